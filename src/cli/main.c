@@ -1,0 +1,45 @@
+/* engage: one binary, thin subcommands over libengage. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+static const char usage[] =
+    "engage: stream engagement events from PostgreSQL to ClickHouse, Redis and an HTTP API\n"
+    "\n"
+    "usage: engage [COMMAND] [OPTIONS]\n"
+    "\n"
+    "commands:\n"
+    "  run        PostgreSQL logical replication -> sinks (the default)\n"
+    "  mock-api   a stand-in for the external HTTP API, for tests and demos\n"
+    "\n"
+    "`engage COMMAND --help` describes each command's options.\n";
+
+struct command {
+    const char *name;
+    int (*fn)(int, char **);
+};
+
+static const struct command commands[] = {
+    {"run", eng_cmd_run},
+    {"mock-api", eng_cmd_mock_api},
+};
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+                      strcmp(argv[1], "help") == 0)) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    if (argc >= 2 && argv[1][0] != '-') {
+        for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+            if (strcmp(argv[1], commands[i].name) == 0)
+                return commands[i].fn(argc - 1, argv + 1);
+        }
+        fprintf(stderr, "engage: unknown command \"%s\"\n\n%s", argv[1], usage);
+        return 2;
+    }
+    /* No command: run, with argv[0] standing in for the command name. */
+    return eng_cmd_run(argc, argv);
+}

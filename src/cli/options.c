@@ -1,0 +1,195 @@
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/error.h"
+#include "../core/pgtext.h"
+#include "options.h"
+
+struct opt_def {
+    const char *name;
+    const char *env;
+    const char *def;
+};
+
+static const struct opt_def defs[OPT__COUNT] = {
+    [OPT_PG] = {"pg", "ENGAGE_PG", NULL},
+    [OPT_CLICKHOUSE] = {"clickhouse", "ENGAGE_CLICKHOUSE", NULL},
+    [OPT_REDIS] = {"redis", "ENGAGE_REDIS", NULL},
+    [OPT_HTTP] = {"http", "ENGAGE_HTTP", NULL},
+    [OPT_KAFKA] = {"kafka", "ENGAGE_KAFKA", NULL},
+    [OPT_SINKS] = {"sinks", "ENGAGE_SINKS", NULL},
+    [OPT_SLOT] = {"slot", "ENGAGE_SLOT", "engage_slot"},
+    [OPT_PUBLICATION] = {"publication", "ENGAGE_PUBLICATION", "engage_pub"},
+    [OPT_ADMIN_ADDR] = {"admin-addr", "ENGAGE_ADMIN_ADDR", "127.0.0.1:9187"},
+    [OPT_STATE_DIR] = {"state-dir", "ENGAGE_STATE_DIR", "engage-state"},
+    [OPT_BATCH_EVENTS] = {"batch-events", "ENGAGE_BATCH_EVENTS", "10000"},
+    [OPT_BATCH_MS] = {"batch-ms", "ENGAGE_BATCH_MS", "50"},
+    [OPT_QUEUE_DEPTH] = {"queue-depth", "ENGAGE_QUEUE_DEPTH", "8"},
+    [OPT_LOG_LEVEL] = {"log-level", "ENGAGE_LOG_LEVEL", "info"},
+    [OPT_SOURCE] = {"source", "ENGAGE_SOURCE", "pg"},
+    [OPT_HTTP_BATCH] = {"http-batch", "ENGAGE_HTTP_BATCH", "100"},
+    [OPT_HTTP_TIMEOUT_MS] = {"http-timeout-ms", "ENGAGE_HTTP_TIMEOUT_MS", "5000"},
+    [OPT_HTTP_MAX_ATTEMPTS] = {"http-max-attempts", "ENGAGE_HTTP_MAX_ATTEMPTS", "8"},
+    [OPT_HTTP_RETRY_BUDGET_MS] = {"http-retry-budget-ms", "ENGAGE_HTTP_RETRY_BUDGET_MS",
+                                  "60000"},
+    [OPT_HTTP_INFLIGHT] = {"http-inflight", "ENGAGE_HTTP_INFLIGHT", "4"},
+    [OPT_HTTP_TOKEN_FILE] = {"http-token-file", "ENGAGE_HTTP_TOKEN_FILE", NULL},
+    [OPT_DLQ_TABLE] = {"dlq-table", "ENGAGE_DLQ_TABLE", "engage_dlq"},
+    [OPT_SEEN_TTL] = {"seen-ttl", "ENGAGE_SEEN_TTL", "0"},
+    [OPT_CONFIG] = {"config", "ENGAGE_CONFIG", NULL},
+};
+
+const char *eng_opt(const struct eng_options *o, enum eng_opt_id id)
+{
+    return o->v[id];
+}
+
+static int find_opt(const char *name, size_t len)
+{
+    for (int i = 0; i < OPT__COUNT; i++) {
+        if (strlen(defs[i].name) == len && strncmp(defs[i].name, name, len) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
+        *--e = '\0';
+    return s;
+}
+
+/* Fills options not yet set from the config file. */
+static int read_config(struct eng_options *o, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "engage: could not open config file \"%s\": %s\n", path,
+                strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, rc = 0;
+    while (getline(&line, &cap, f) >= 0) {
+        lineno++;
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#')
+            continue;
+        char *eq = strchr(s, '=');
+        if (eq == NULL) {
+            fprintf(stderr, "engage: %s:%d: expected \"name = value\"\n", path, lineno);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *val = trim(eq + 1);
+        int id = find_opt(key, strlen(key));
+        if (id < 0 || id == OPT_CONFIG) {
+            fprintf(stderr, "engage: %s:%d: unknown option \"%s\"\n", path, lineno, key);
+            rc = -1;
+            break;
+        }
+        if (o->v[id] == NULL)
+            o->v[id] = eng_strdup(val);
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+int eng_options_parse(struct eng_options *o, int argc, char **argv, const char *usage)
+{
+    struct option longopts[OPT__COUNT + 2];
+    memset(o, 0, sizeof(*o));
+    for (int i = 0; i < OPT__COUNT; i++)
+        longopts[i] = (struct option){defs[i].name, required_argument, NULL, 1000 + i};
+    longopts[OPT__COUNT] = (struct option){"help", no_argument, NULL, 'h'};
+    longopts[OPT__COUNT + 1] = (struct option){NULL, 0, NULL, 0};
+    optind = 1;
+    opterr = 1;
+    for (;;) {
+        int c = getopt_long(argc, argv, "h", longopts, NULL);
+        if (c == -1)
+            break;
+        if (c == 'h') {
+            fputs(usage, stdout);
+            return 1;
+        }
+        if (c < 1000 || c >= 1000 + OPT__COUNT) {
+            fprintf(stderr, "%s", usage);
+            return -1;
+        }
+        free(o->v[c - 1000]);
+        o->v[c - 1000] = eng_strdup(optarg);
+    }
+    o->args = argv + optind;
+    o->nargs = argc - optind;
+    for (int i = 0; i < OPT__COUNT; i++) {
+        const char *env = getenv(defs[i].env);
+        if (o->v[i] == NULL && env != NULL && *env != '\0')
+            o->v[i] = eng_strdup(env);
+    }
+    if (o->v[OPT_CONFIG] != NULL && read_config(o, o->v[OPT_CONFIG]) != 0)
+        return -1;
+    for (int i = 0; i < OPT__COUNT; i++) {
+        if (o->v[i] == NULL && defs[i].def != NULL)
+            o->v[i] = eng_strdup(defs[i].def);
+    }
+    return 0;
+}
+
+void eng_options_free(struct eng_options *o)
+{
+    for (int i = 0; i < OPT__COUNT; i++) {
+        free(o->v[i]);
+        o->v[i] = NULL;
+    }
+}
+
+bool eng_opt_int(const struct eng_options *o, enum eng_opt_id id, int64_t min, int64_t max,
+                 int64_t *out)
+{
+    const char *s = o->v[id];
+    if (s == NULL)
+        return true;
+    int64_t v;
+    if (!eng_parse_i64(s, strlen(s), &v) || v < min || v > max) {
+        fprintf(stderr, "engage: --%s must be an integer from %lld to %lld, not \"%s\"\n",
+                defs[id].name, (long long)min, (long long)max, s);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+bool eng_opt_sink_enabled(const struct eng_options *o, const char *name)
+{
+    const char *list = o->v[OPT_SINKS];
+    if (list == NULL) {
+        if (strcmp(name, "clickhouse") == 0)
+            return o->v[OPT_CLICKHOUSE] != NULL;
+        if (strcmp(name, "redis") == 0)
+            return o->v[OPT_REDIS] != NULL;
+        if (strcmp(name, "http") == 0)
+            return o->v[OPT_HTTP] != NULL;
+        return false;
+    }
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == n && strncmp(p, name, n) == 0)
+            return true;
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    return false;
+}

@@ -1,0 +1,64 @@
+/* engage: the command line shared by the subcommands. Values come from flags, then ENGAGE_*
+ * environment variables, then an optional config file (--config or ENGAGE_CONFIG) of
+ * `name = value` lines using the long option names. Ownership: every string in
+ * struct eng_options is owned by it; eng_options_free releases them. */
+#ifndef ENG_OPTIONS_H
+#define ENG_OPTIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum eng_opt_id {
+    OPT_PG,
+    OPT_CLICKHOUSE,
+    OPT_REDIS,
+    OPT_HTTP,
+    OPT_KAFKA,
+    OPT_SINKS,
+    OPT_SLOT,
+    OPT_PUBLICATION,
+    OPT_ADMIN_ADDR,
+    OPT_STATE_DIR,
+    OPT_BATCH_EVENTS,
+    OPT_BATCH_MS,
+    OPT_QUEUE_DEPTH,
+    OPT_LOG_LEVEL,
+    OPT_SOURCE,
+    OPT_HTTP_BATCH,
+    OPT_HTTP_TIMEOUT_MS,
+    OPT_HTTP_MAX_ATTEMPTS,
+    OPT_HTTP_RETRY_BUDGET_MS,
+    OPT_HTTP_INFLIGHT,
+    OPT_HTTP_TOKEN_FILE,
+    OPT_DLQ_TABLE,
+    OPT_SEEN_TTL,
+    OPT_CONFIG,
+    OPT__COUNT
+};
+
+struct eng_options {
+    char *v[OPT__COUNT]; /* NULL when not given anywhere and no default */
+    char **args;         /* positional arguments left after the options */
+    int nargs;
+};
+
+/* Parses argv (argv[0] is the subcommand name) into o, filling defaults, environment and
+ * config file. Returns 0, 1 when --help was asked (usage printed), or -1 on an error
+ * (message printed). */
+int eng_options_parse(struct eng_options *o, int argc, char **argv, const char *usage);
+
+void eng_options_free(struct eng_options *o);
+
+/* The value of id, or NULL. */
+const char *eng_opt(const struct eng_options *o, enum eng_opt_id id);
+
+/* Parses an integer option into *out within [min, max]; prints an error and returns false
+ * when it does not parse. A missing option keeps *out. */
+bool eng_opt_int(const struct eng_options *o, enum eng_opt_id id, int64_t min, int64_t max,
+                 int64_t *out);
+
+/* True when sink name ("clickhouse", "redis", "http") is enabled: listed in --sinks, or, when
+ * --sinks is absent, configured with a URL. */
+bool eng_opt_sink_enabled(const struct eng_options *o, const char *name);
+
+#endif

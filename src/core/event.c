@@ -1,0 +1,64 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "event.h"
+
+struct eng_batch *eng_batch_create(uint32_t cap)
+{
+    struct eng_batch *b = eng_calloc(1, sizeof(*b));
+    b->cap = cap ? cap : 1;
+    b->events = eng_calloc(b->cap, sizeof(*b->events));
+    b->strings.cap = ENG_BATCH_MAX_BYTES;
+    b->jsonl.cap = ENG_BATCH_MAX_BYTES;
+    b->created_us = eng_clock_mono_us();
+    atomic_init(&b->refs, 1);
+    return b;
+}
+
+void eng_batch_retain(struct eng_batch *b)
+{
+    atomic_fetch_add(&b->refs, 1);
+}
+
+void eng_batch_release(struct eng_batch *b)
+{
+    if (b == NULL || atomic_fetch_sub(&b->refs, 1) != 1)
+        return;
+    free(b->events);
+    eng_buf_free(&b->strings);
+    eng_buf_free(&b->jsonl);
+    free(b);
+}
+
+bool eng_batch_full(const struct eng_batch *b)
+{
+    /* Leave room for one more event's text (a row is capped well below this margin). */
+    const size_t margin = (size_t)4 << 20;
+    return b->n >= b->cap || b->strings.len > ENG_BATCH_MAX_BYTES - margin ||
+           b->jsonl.len > ENG_BATCH_MAX_BYTES - margin;
+}
+
+struct eng_event *eng_batch_push(struct eng_batch *b)
+{
+    if (b->n >= b->cap)
+        eng_die("eng_batch_push on a full batch");
+    struct eng_event *e = &b->events[b->n++];
+    memset(e, 0, sizeof(*e));
+    return e;
+}
+
+void eng_batch_pop(struct eng_batch *b)
+{
+    if (b->n == 0)
+        eng_die("eng_batch_pop on an empty batch");
+    b->n--;
+}
+
+struct eng_slice eng_batch_put_string(struct eng_batch *b, const char *s, size_t n)
+{
+    struct eng_slice sl = {(uint32_t)b->strings.len, (uint32_t)n};
+    eng_buf_append(&b->strings, s, n);
+    eng_buf_putc(&b->strings, '\0');
+    return sl;
+}

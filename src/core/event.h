@@ -1,0 +1,94 @@
+/* engage: the enriched event and the batch that carries events from a source to the sinks.
+ * Ownership: a batch owns its events and every byte they point to; once submitted to the
+ * pipeline it is immutable and shared by the sink threads through a reference count. */
+#ifndef ENG_EVENT_H
+#define ENG_EVENT_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "buf.h"
+
+/* A byte range inside one of the batch's buffers (offsets, so the buffers may grow). */
+struct eng_slice {
+    uint32_t off;
+    uint32_t len;
+};
+
+enum eng_event_flags {
+    ENG_EV_USER_NULL = 1u << 0,
+    ENG_EV_TYPE_NULL = 1u << 1,
+    ENG_EV_DURATION_NULL = 1u << 2,
+    ENG_EV_DEVICE_NULL = 1u << 3,
+    ENG_EV_CONTENT_FOUND = 1u << 4,   /* a content row joined */
+    ENG_EV_CTYPE_NULL = 1u << 5,      /* content_type NULL (or no content row) */
+    ENG_EV_LENGTH_NULL = 1u << 6,     /* length_seconds NULL (or no content row) */
+    ENG_EV_SECONDS_VALID = 1u << 7,   /* engagement_seconds is not NULL */
+    ENG_EV_PCT_VALID = 1u << 8,       /* engagement_pct is not NULL */
+};
+
+/* One engagement event, enriched. Text fields are slices of batch->strings; json is a slice
+ * of batch->jsonl, the enriched event exactly as DESIGN.md section 1 writes it. */
+struct eng_event {
+    int64_t event_id;
+    int64_t event_ts_us;    /* timestamp without time zone, taken as UTC, microseconds */
+    int64_t commit_time_us; /* source commit time (for end-to-end latency), 0 if unknown */
+    int32_t content_id;
+    int32_t user_id;
+    int32_t duration_ms;
+    int32_t length_seconds;
+    int64_t pct_hundredths; /* engagement_pct * 100, rounded half away from zero */
+    uint32_t flags;
+    struct eng_slice event_type;
+    struct eng_slice device;
+    struct eng_slice content_type;
+    struct eng_slice json;
+};
+
+/* A micro-batch. Events are in source order. `position` is what the source may confirm
+ * once this batch and every batch before it are durable in every sink (for PostgreSQL the
+ * end_lsn of the last transaction completed in or before this batch). */
+struct eng_batch {
+    uint64_t seq;      /* assigned by the pipeline, 1, 2, ... */
+    uint64_t position;
+    int64_t created_us;
+    uint32_t n;
+    uint32_t cap;
+    struct eng_event *events;
+    struct eng_buf strings; /* text fields */
+    struct eng_buf jsonl;   /* every event's json, each followed by '\n' */
+    atomic_int refs;
+};
+
+/* Creates an empty batch for at most cap events (and at most ENG_BATCH_MAX_BYTES of text). */
+struct eng_batch *eng_batch_create(uint32_t cap);
+
+#define ENG_BATCH_MAX_BYTES ((size_t)256 << 20)
+
+/* Drops one reference (the creator holds the first); frees the batch at zero. NULL is a no-op. */
+void eng_batch_release(struct eng_batch *b);
+void eng_batch_retain(struct eng_batch *b);
+
+/* True when no more events fit (count or bytes). */
+bool eng_batch_full(const struct eng_batch *b);
+
+/* Appends a zeroed event and returns it; the caller must have checked eng_batch_full. */
+struct eng_event *eng_batch_push(struct eng_batch *b);
+
+/* Drops the last event pushed (after an enrichment or encoding failure). */
+void eng_batch_pop(struct eng_batch *b);
+
+/* Copies text into batch->strings and returns its slice. */
+struct eng_slice eng_batch_put_string(struct eng_batch *b, const char *s, size_t n);
+
+/* Pointer to a slice of strings / of jsonl (valid until the buffer grows). */
+static inline const char *eng_batch_str(const struct eng_batch *b, struct eng_slice s)
+{
+    return b->strings.data + s.off;
+}
+static inline const char *eng_batch_json(const struct eng_batch *b, const struct eng_event *e)
+{
+    return b->jsonl.data + e->json.off;
+}
+
+#endif

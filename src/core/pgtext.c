@@ -1,0 +1,154 @@
+#include "pgtext.h"
+
+bool eng_parse_i64(const char *s, size_t n, int64_t *out)
+{
+    size_t i = 0;
+    bool neg = false;
+    if (n > 0 && s[0] == '-') {
+        neg = true;
+        i = 1;
+    }
+    if (i == n || n - i > 19)
+        return false;
+    uint64_t v = 0;
+    for (; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    /* 19 digits cannot overflow uint64; check the int64 range. */
+    if (neg) {
+        if (v > (uint64_t)INT64_MAX + 1)
+            return false;
+        *out = v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v;
+    } else {
+        if (v > (uint64_t)INT64_MAX)
+            return false;
+        *out = (int64_t)v;
+    }
+    return true;
+}
+
+bool eng_parse_i32(const char *s, size_t n, int32_t *out)
+{
+    int64_t v;
+    if (!eng_parse_i64(s, n, &v) || v < INT32_MIN || v > INT32_MAX)
+        return false;
+    *out = (int32_t)v;
+    return true;
+}
+
+/* Howard Hinnant's days_from_civil / civil_from_days. */
+int64_t eng_days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned doy = (153 * (m + (m > 2 ? -3u : 9u)) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+void eng_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+{
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    unsigned doe = (unsigned)(z - era * 146097);
+    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t yy = (int64_t)yoe + era * 400;
+    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    unsigned mp = (5 * doy + 2) / 153;
+    *d = doy - (153 * mp + 2) / 5 + 1;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = yy + (*m <= 2);
+}
+
+static bool digits(const char *s, size_t n, unsigned *out)
+{
+    unsigned v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (unsigned)(s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+static bool leap(unsigned y)
+{
+    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+bool eng_parse_timestamp(const char *s, size_t n, int64_t *out_us)
+{
+    static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    unsigned y, mo, d, h, mi, sec, frac = 0;
+    if (n < 19 || s[4] != '-' || s[7] != '-' || s[10] != ' ' || s[13] != ':' || s[16] != ':')
+        return false;
+    if (!digits(s, 4, &y) || !digits(s + 5, 2, &mo) || !digits(s + 8, 2, &d) ||
+        !digits(s + 11, 2, &h) || !digits(s + 14, 2, &mi) || !digits(s + 17, 2, &sec))
+        return false;
+    if (n > 19) {
+        size_t fn = n - 20;
+        if (s[19] != '.' || fn < 1 || fn > 6 || !digits(s + 20, fn, &frac))
+            return false;
+        for (size_t i = fn; i < 6; i++)
+            frac *= 10;
+    }
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 59)
+        return false;
+    unsigned dim = mdays[mo - 1] + (mo == 2 && leap(y));
+    if (d > dim)
+        return false;
+    int64_t days = eng_days_from_civil(y, mo, d);
+    *out_us = ((days * 86400) + (int64_t)h * 3600 + (int64_t)mi * 60 + sec) * 1000000 + frac;
+    return true;
+}
+
+static void split(int64_t us, int64_t *days, unsigned *secs)
+{
+    int64_t s = us >= 0 ? us / 1000000 : -((-us + 999999) / 1000000); /* floor */
+    int64_t dd = s >= 0 ? s / 86400 : -((-s + 86399) / 86400);
+    *days = dd;
+    *secs = (unsigned)(s - dd * 86400);
+}
+
+static void put2(char *p, unsigned v)
+{
+    p[0] = (char)('0' + v / 10 % 10);
+    p[1] = (char)('0' + v % 10);
+}
+
+void eng_format_timestamp(int64_t us, char out[20])
+{
+    int64_t days, y;
+    unsigned secs, m, d;
+    split(us, &days, &secs);
+    eng_civil_from_days(days, &y, &m, &d);
+    unsigned yy = y < 0 ? 0 : y > 9999 ? 9999 : (unsigned)y;
+    put2(out, yy / 100);
+    put2(out + 2, yy % 100);
+    out[4] = '-';
+    put2(out + 5, m);
+    out[7] = '-';
+    put2(out + 8, d);
+    out[10] = ' ';
+    put2(out + 11, secs / 3600);
+    out[13] = ':';
+    put2(out + 14, secs / 60 % 60);
+    out[16] = ':';
+    put2(out + 17, secs % 60);
+    out[19] = '\0';
+}
+
+void eng_format_minute(int64_t us, char out[13])
+{
+    char ts[20];
+    eng_format_timestamp(us, ts);
+    /* "YYYY-MM-DD HH:MM:SS" -> "YYYYMMDDHHMM" */
+    const int pick[12] = {0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15};
+    for (int i = 0; i < 12; i++)
+        out[i] = ts[pick[i]];
+    out[12] = '\0';
+}

@@ -1,0 +1,378 @@
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../admin/metrics.h"
+#include "../core/backoff.h"
+#include "../core/clock.h"
+#include "../core/log.h"
+#include "pipeline.h"
+
+struct sink_lane {
+    struct eng_pipeline *p;
+    struct eng_sink *sink;
+    pthread_t thread;
+    bool started;
+    /* ring of queued batches, guarded by p->lock */
+    struct eng_batch **ring;
+    uint32_t head, count;
+    pthread_cond_t not_empty;
+    /* acknowledged state, guarded by p->lock */
+    uint64_t acked_seq;
+    uint64_t acked_position;
+    bool healthy;
+    char last_error[200];
+    /* metrics */
+    struct eng_counter *m_batches, *m_events, *m_failures;
+    struct eng_histogram *m_latency, *m_write;
+    struct eng_gauge *m_queue;
+};
+
+struct eng_pipeline {
+    pthread_mutex_t lock;
+    pthread_cond_t not_full; /* a lane popped */
+    pthread_cond_t acked;    /* a lane acknowledged */
+    struct sink_lane *lanes;
+    size_t nlanes;
+    uint32_t depth;
+    int64_t backoff_base_us, backoff_cap_us;
+    uint64_t next_seq;
+    uint64_t submitted_position;
+    bool stopping;
+    struct eng_histogram *m_batch_size;
+};
+
+static void deadline_from_now(struct timespec *ts, int64_t us)
+{
+    clock_gettime(CLOCK_REALTIME, ts); /* pthread_cond_timedwait's default clock */
+    int64_t ns = ts->tv_nsec + (us % 1000000) * 1000;
+    ts->tv_sec += (time_t)(us / 1000000 + ns / 1000000000);
+    ts->tv_nsec = (long)(ns % 1000000000);
+}
+
+struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
+                                         const struct eng_pipeline_options *opt,
+                                         struct eng_error *err)
+{
+    if (n == 0) {
+        eng_error_set(err, ENG_EINVAL, false, "no sink is configured");
+        return NULL;
+    }
+    struct eng_pipeline *p = eng_calloc(1, sizeof(*p));
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->not_full, NULL);
+    pthread_cond_init(&p->acked, NULL);
+    p->depth = opt && opt->queue_depth ? opt->queue_depth : 8;
+    p->backoff_base_us = opt && opt->backoff_base_us ? opt->backoff_base_us : 100000;
+    p->backoff_cap_us = opt && opt->backoff_cap_us ? opt->backoff_cap_us : 10000000;
+    p->next_seq = 1;
+    p->m_batch_size = eng_metrics_histogram("engage_batch_close_age_seconds", NULL,
+                                            "Age of a batch when it was submitted");
+    p->lanes = eng_calloc(n, sizeof(*p->lanes));
+    p->nlanes = n;
+    for (size_t i = 0; i < n; i++) {
+        struct sink_lane *l = &p->lanes[i];
+        char labels[64];
+        l->p = p;
+        l->sink = sinks[i];
+        sinks[i] = NULL; /* now owned by the pipeline */
+        l->ring = eng_calloc(p->depth, sizeof(*l->ring));
+        l->healthy = true;
+        pthread_cond_init(&l->not_empty, NULL);
+        snprintf(labels, sizeof(labels), "sink=\"%s\"", l->sink->ops->name);
+        l->m_batches = eng_metrics_counter("engage_sink_acked_batches_total", labels,
+                                           "Batches made durable by the sink");
+        l->m_events = eng_metrics_counter("engage_sink_acked_events_total", labels,
+                                          "Events made durable by the sink");
+        l->m_failures = eng_metrics_counter("engage_sink_write_failures_total", labels,
+                                            "Failed write attempts (retried)");
+        l->m_latency = eng_metrics_histogram("engage_sink_latency_seconds", labels,
+                                             "Source commit to sink ack, per event");
+        l->m_write = eng_metrics_histogram("engage_sink_write_seconds", labels,
+                                           "Duration of one successful batch write");
+        l->m_queue = eng_metrics_gauge("engage_sink_queue_batches", labels,
+                                       "Batches waiting for the sink");
+    }
+    return p;
+}
+
+/* Sleeps for us unless the pipeline stops first. Returns false if stopping. */
+static bool lane_sleep(struct sink_lane *l, int64_t us)
+{
+    struct eng_pipeline *p = l->p;
+    struct timespec ts;
+    deadline_from_now(&ts, us);
+    pthread_mutex_lock(&p->lock);
+    while (!p->stopping) {
+        if (pthread_cond_timedwait(&l->not_empty, &p->lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    bool go_on = !p->stopping;
+    pthread_mutex_unlock(&p->lock);
+    return go_on;
+}
+
+static void lane_set_health(struct sink_lane *l, bool ok, const char *msg)
+{
+    pthread_mutex_lock(&l->p->lock);
+    l->healthy = ok;
+    snprintf(l->last_error, sizeof(l->last_error), "%s", msg);
+    pthread_mutex_unlock(&l->p->lock);
+}
+
+/* Writes b until it is durable or the pipeline stops. Returns true if durable. */
+static bool lane_deliver(struct sink_lane *l, bool *open, struct eng_backoff *bo,
+                         const struct eng_batch *b)
+{
+    const char *name = l->sink->ops->name;
+    struct eng_error err;
+    for (;;) {
+        eng_error_clear(&err);
+        int rc = 0;
+        if (!*open) {
+            rc = eng_sink_open(l->sink, &err);
+            if (rc == 0)
+                *open = true;
+        }
+        if (rc == 0) {
+            int64_t t0 = eng_clock_mono_us();
+            rc = eng_sink_write(l->sink, b, &err);
+            if (rc == 0) {
+                eng_histogram_observe(l->m_write, eng_clock_mono_us() - t0);
+                if (!l->healthy) {
+                    eng_info("msg=\"sink recovered\" sink=%s", name);
+                    lane_set_health(l, true, "");
+                }
+                eng_backoff_reset(bo);
+                return true;
+            }
+        }
+        eng_counter_add(l->m_failures, 1);
+        int64_t delay = err.retriable ? eng_backoff_next(bo) : bo->cap_us;
+        eng_log(err.retriable ? ENG_LOG_WARN : ENG_LOG_ERROR,
+                "msg=\"sink write failed, will retry\" sink=%s retriable=%s retry_in_ms=%lld "
+                "error=\"%s\"",
+                name, err.retriable ? "yes" : "no", (long long)(delay / 1000), err.msg);
+        lane_set_health(l, false, err.msg);
+        if (*open) {
+            eng_sink_close(l->sink);
+            *open = false;
+        }
+        if (!lane_sleep(l, delay))
+            return false;
+    }
+}
+
+static void *lane_main(void *arg)
+{
+    struct sink_lane *l = arg;
+    struct eng_pipeline *p = l->p;
+    struct eng_backoff bo;
+    bool open = false;
+    eng_backoff_init(&bo, p->backoff_base_us, p->backoff_cap_us,
+                     (uint64_t)eng_clock_mono_us() ^ (uint64_t)(uintptr_t)l);
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        while (l->count == 0 && !p->stopping)
+            pthread_cond_wait(&l->not_empty, &p->lock);
+        if (p->stopping) {
+            pthread_mutex_unlock(&p->lock);
+            break;
+        }
+        struct eng_batch *b = l->ring[l->head]; /* stays queued until acknowledged */
+        pthread_mutex_unlock(&p->lock);
+
+        if (!lane_deliver(l, &open, &bo, b))
+            break;
+
+        int64_t now = eng_clock_wall_us();
+        for (uint32_t i = 0; i < b->n; i++) {
+            if (b->events[i].commit_time_us > 0)
+                eng_histogram_observe(l->m_latency, now - b->events[i].commit_time_us);
+        }
+        eng_counter_add(l->m_batches, 1);
+        eng_counter_add(l->m_events, b->n);
+
+        pthread_mutex_lock(&p->lock);
+        l->ring[l->head] = NULL;
+        l->head = (l->head + 1) % p->depth;
+        l->count--;
+        l->acked_seq = b->seq;
+        l->acked_position = b->position;
+        eng_gauge_set(l->m_queue, l->count);
+        pthread_cond_broadcast(&p->not_full);
+        pthread_cond_broadcast(&p->acked);
+        pthread_mutex_unlock(&p->lock);
+        eng_batch_release(b);
+    }
+    if (open)
+        eng_sink_close(l->sink);
+    return NULL;
+}
+
+int eng_pipeline_start(struct eng_pipeline *p, struct eng_error *err)
+{
+    for (size_t i = 0; i < p->nlanes; i++) {
+        int rc = pthread_create(&p->lanes[i].thread, NULL, lane_main, &p->lanes[i]);
+        if (rc != 0)
+            return eng_error_set(err, ENG_EIO, false, "could not start sink thread: %s",
+                                 strerror(rc));
+        p->lanes[i].started = true;
+    }
+    return 0;
+}
+
+static bool all_have_room(const struct eng_pipeline *p)
+{
+    for (size_t i = 0; i < p->nlanes; i++) {
+        if (p->lanes[i].count >= p->depth)
+            return false;
+    }
+    return true;
+}
+
+int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b, int64_t timeout_us)
+{
+    struct timespec ts;
+    deadline_from_now(&ts, timeout_us);
+    pthread_mutex_lock(&p->lock);
+    while (!all_have_room(p) && !p->stopping) {
+        if (pthread_cond_timedwait(&p->not_full, &p->lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    if (p->stopping || !all_have_room(p)) {
+        int rc = p->stopping ? ENG_ESTOPPED : ENG_EAGAIN;
+        pthread_mutex_unlock(&p->lock);
+        return rc;
+    }
+    if (b->position < p->submitted_position)
+        eng_die("batch position went backwards");
+    b->seq = p->next_seq++;
+    p->submitted_position = b->position;
+    for (size_t i = 0; i < p->nlanes; i++) {
+        struct sink_lane *l = &p->lanes[i];
+        if (i > 0)
+            eng_batch_retain(b); /* the caller's reference goes to the first lane */
+        l->ring[(l->head + l->count) % p->depth] = b;
+        l->count++;
+        eng_gauge_set(l->m_queue, l->count);
+        pthread_cond_signal(&l->not_empty);
+    }
+    pthread_mutex_unlock(&p->lock);
+    eng_histogram_observe(p->m_batch_size, eng_clock_mono_us() - b->created_us);
+    return 0;
+}
+
+uint64_t eng_pipeline_durable_position(struct eng_pipeline *p)
+{
+    pthread_mutex_lock(&p->lock);
+    uint64_t pos = UINT64_MAX;
+    for (size_t i = 0; i < p->nlanes; i++) {
+        if (p->lanes[i].acked_position < pos)
+            pos = p->lanes[i].acked_position;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return pos;
+}
+
+uint64_t eng_pipeline_submitted_position(struct eng_pipeline *p)
+{
+    pthread_mutex_lock(&p->lock);
+    uint64_t pos = p->submitted_position;
+    pthread_mutex_unlock(&p->lock);
+    return pos;
+}
+
+static bool idle_locked(const struct eng_pipeline *p)
+{
+    for (size_t i = 0; i < p->nlanes; i++) {
+        if (p->lanes[i].acked_seq + 1 != p->next_seq)
+            return false;
+    }
+    return true;
+}
+
+bool eng_pipeline_idle(struct eng_pipeline *p)
+{
+    pthread_mutex_lock(&p->lock);
+    bool idle = idle_locked(p);
+    pthread_mutex_unlock(&p->lock);
+    return idle;
+}
+
+bool eng_pipeline_wait_idle(struct eng_pipeline *p, int64_t timeout_us)
+{
+    struct timespec ts;
+    deadline_from_now(&ts, timeout_us);
+    pthread_mutex_lock(&p->lock);
+    while (!idle_locked(p) && !p->stopping) {
+        if (pthread_cond_timedwait(&p->acked, &p->lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    bool idle = idle_locked(p);
+    pthread_mutex_unlock(&p->lock);
+    return idle;
+}
+
+bool eng_pipeline_healthy(struct eng_pipeline *p, char *why, size_t whylen)
+{
+    bool ok = true;
+    size_t used = 0;
+    if (whylen > 0)
+        why[0] = '\0';
+    pthread_mutex_lock(&p->lock);
+    for (size_t i = 0; i < p->nlanes; i++) {
+        struct sink_lane *l = &p->lanes[i];
+        ok = ok && l->healthy;
+        if (used < whylen) {
+            int w = snprintf(why + used, whylen - used, "%s%s=%s", i ? " " : "",
+                             l->sink->ops->name, l->healthy ? "ok" : l->last_error);
+            used += w > 0 ? (size_t)w : 0;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return ok;
+}
+
+void eng_pipeline_stop(struct eng_pipeline *p)
+{
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stopping = true;
+    for (size_t i = 0; i < p->nlanes; i++)
+        pthread_cond_broadcast(&p->lanes[i].not_empty);
+    pthread_cond_broadcast(&p->not_full);
+    pthread_cond_broadcast(&p->acked);
+    pthread_mutex_unlock(&p->lock);
+    for (size_t i = 0; i < p->nlanes; i++) {
+        if (p->lanes[i].started) {
+            pthread_join(p->lanes[i].thread, NULL);
+            p->lanes[i].started = false;
+        }
+    }
+}
+
+void eng_pipeline_destroy(struct eng_pipeline *p)
+{
+    if (p == NULL)
+        return;
+    eng_pipeline_stop(p);
+    for (size_t i = 0; i < p->nlanes; i++) {
+        struct sink_lane *l = &p->lanes[i];
+        for (uint32_t k = 0; k < l->count; k++)
+            eng_batch_release(l->ring[(l->head + k) % p->depth]);
+        free(l->ring);
+        pthread_cond_destroy(&l->not_empty);
+        eng_sink_destroy(l->sink);
+    }
+    free(p->lanes);
+    pthread_cond_destroy(&p->not_full);
+    pthread_cond_destroy(&p->acked);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}

@@ -1,0 +1,50 @@
+/* engage: the sink interface. A sink is an ops table plus this base struct embedded first
+ * in the sink's own struct. Ownership: the pipeline owns every sink it is given and calls
+ * destroy; a sink borrows each batch for the duration of one write call. */
+#ifndef ENG_SINK_H
+#define ENG_SINK_H
+
+#include "../core/error.h"
+#include "../core/event.h"
+
+struct eng_sink;
+
+struct eng_sink_ops {
+    const char *name;
+    /* Connects and prepares (creates tables, loads scripts). Called on the sink's own thread
+     * before the first write and again after a retriable failure; returns 0 or an error. */
+    int (*open)(struct eng_sink *s, struct eng_error *err);
+    /* Makes every event of the batch durable in the sink, idempotently by event_id: the same
+     * batch may be written again after a crash or a failed call. Returns 0 only when all of
+     * it is durable. Called on the sink's own thread only. */
+    int (*write)(struct eng_sink *s, const struct eng_batch *b, struct eng_error *err);
+    /* Drops the connection after a failure (open is called again before the next write). */
+    void (*close)(struct eng_sink *s);
+    /* Frees the sink. */
+    void (*destroy)(struct eng_sink *s);
+};
+
+struct eng_sink {
+    const struct eng_sink_ops *ops;
+};
+
+static inline int eng_sink_open(struct eng_sink *s, struct eng_error *err)
+{
+    return s->ops->open(s, err);
+}
+static inline int eng_sink_write(struct eng_sink *s, const struct eng_batch *b,
+                                 struct eng_error *err)
+{
+    return s->ops->write(s, b, err);
+}
+static inline void eng_sink_close(struct eng_sink *s)
+{
+    s->ops->close(s);
+}
+static inline void eng_sink_destroy(struct eng_sink *s)
+{
+    if (s != NULL)
+        s->ops->destroy(s);
+}
+
+#endif

@@ -1,0 +1,1012 @@
+/* The PostgreSQL source: publication and slot set-up, the replication stream, the content
+ * cache kept in commit order, micro-batching on transaction boundaries, and the checkpoint.
+ *
+ * Invariants (see docs/exactly-once.md):
+ * - the flush LSN sent to the server is always a position every sink made durable;
+ * - the state file holds the content cache as of its LSN and is written before any flush
+ *   LSN past a content change is sent, so a restart enriches replayed events as before. */
+#include <errno.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+
+#include "../admin/metrics.h"
+#include "../core/backoff.h"
+#include "../core/buf.h"
+#include "../core/clock.h"
+#include "../core/log.h"
+#include "../decode/pgoutput.h"
+#include "../enrich/enrich.h"
+#include "pg.h"
+#include "state.h"
+
+enum rel_role { REL_OTHER, REL_EVENTS, REL_CONTENT };
+
+struct relmap {
+    uint32_t oid;
+    enum rel_role role;
+    int ev[ENG_COL__COUNT]; /* attribute index per event column, -1 if absent */
+    int c_id, c_type, c_len; /* content columns */
+};
+
+/* A content change waiting until its transaction is durable everywhere. */
+struct content_change {
+    uint64_t end_lsn;
+    enum eng_content_op op;
+    struct eng_content row; /* content_type owned */
+};
+
+struct change_list {
+    struct content_change *v;
+    size_t n, cap;
+};
+
+/* (position, commit time) of submitted batches, for the lag in seconds. */
+#define LAG_RING 64
+
+struct pgsrc {
+    const struct eng_pg_source_options *opt;
+    struct eng_pipeline *p;
+    volatile sig_atomic_t *stop;
+    PGconn *conn; /* ordinary connection: set-up, snapshot */
+    PGconn *repl; /* replication connection */
+    struct eng_pgo_decoder *dec;
+    struct eng_content_cache *live;    /* as of the last decoded change */
+    struct eng_content_cache *durable; /* as of the checkpoint */
+    char system_id[32];
+    bool caches_ready;
+
+    struct relmap *rels;
+    size_t nrels;
+
+    bool in_tx;
+    int64_t tx_commit_us;
+    struct change_list tx_changes; /* content changes of the open transaction */
+    struct change_list pending;    /* committed, not yet durable */
+
+    struct eng_batch *batch;
+    int64_t batch_deadline; /* 0: nothing waiting */
+    uint64_t last_end_lsn;  /* end of the last transaction decoded */
+    int64_t last_commit_us;
+    uint64_t submitted_pos;
+
+    uint64_t confirmed; /* flush LSN last sent */
+    uint64_t sent_confirmed;
+    uint64_t state_lsn;
+    uint64_t received_lsn;
+    uint64_t server_wal_end;
+    int64_t last_status_us;
+    struct {
+        uint64_t pos;
+        int64_t commit_us;
+    } lag[LAG_RING];
+    unsigned lag_head, lag_count;
+
+    struct eng_counter *m_events, *m_bad, *m_misses, *m_tx, *m_ignored, *m_content;
+    struct eng_gauge *m_lag_bytes, *m_lag_ms, *m_confirmed;
+};
+
+/* ---- small helpers ---- */
+
+static uint64_t be64(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | u[i];
+    return v;
+}
+
+static void put_be64(char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (char)(v & 0xff);
+        v >>= 8;
+    }
+}
+
+static bool valid_identifier(const char *s)
+{
+    if (s == NULL || *s == '\0' || strlen(s) > 63)
+        return false;
+    for (const char *c = s; *c; c++) {
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_'))
+            return false;
+    }
+    return true;
+}
+
+static void change_list_push(struct change_list *l, const struct content_change *c)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->v = eng_realloc(l->v, l->cap * sizeof(*l->v));
+    }
+    l->v[l->n++] = *c;
+}
+
+static void change_list_clear(struct change_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i].row.content_type);
+    l->n = 0;
+}
+
+static void apply_change(struct eng_content_cache *c, const struct content_change *ch)
+{
+    switch (ch->op) {
+    case ENG_CONTENT_PUT: eng_content_cache_put(c, &ch->row); break;
+    case ENG_CONTENT_REMOVE: eng_content_cache_remove(c, ch->row.content_id); break;
+    case ENG_CONTENT_CLEAR: eng_content_cache_clear(c); break;
+    }
+}
+
+static int pq_fail(struct eng_error *err, PGconn *c, const char *what)
+{
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s", c ? PQerrorMessage(c) : "no connection");
+    msg[strcspn(msg, "\n")] = '\0';
+    return eng_error_set(err, ENG_EIO, true, "%s: %s", what, msg);
+}
+
+/* Runs a command that returns no rows or rows; returns the result or NULL with err set. */
+static PGresult *exec_ok(PGconn *c, const char *sql, int nparams, const char *const *params,
+                         struct eng_error *err, const char *what)
+{
+    PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return r;
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    bool retriable = PQstatus(c) != CONNECTION_OK || (state && strncmp(state, "08", 2) == 0) ||
+                     (state && strncmp(state, "57P", 3) == 0);
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    msg[strcspn(msg, "\n")] = '\0';
+    eng_error_set(err, retriable ? ENG_EIO : ENG_EINVAL, retriable, "%s: %s", what, msg);
+    PQclear(r);
+    return NULL;
+}
+
+/* ---- set-up ---- */
+
+static PGconn *connect_pg(const char *conninfo, bool replication, struct eng_error *err)
+{
+    const char *keys[] = {"application_name", "dbname", replication ? "replication" : NULL,
+                          NULL};
+    const char *vals[] = {"engage", conninfo, "database", NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    if (PQstatus(c) != CONNECTION_OK) {
+        pq_fail(err, c, replication ? "could not open replication connection"
+                                    : "could not connect to PostgreSQL");
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+static int check_server(struct pgsrc *s, struct eng_error *err)
+{
+    PGresult *r = exec_ok(s->conn, "SELECT current_setting('wal_level')", 0, NULL, err,
+                          "could not read wal_level");
+    if (r == NULL)
+        return err->code;
+    bool logical = strcmp(PQgetvalue(r, 0, 0), "logical") == 0;
+    PQclear(r);
+    if (!logical)
+        return eng_error_set(err, ENG_EFATAL, false,
+                             "wal_level is not \"logical\" (runbook: set wal_level = logical in "
+                             "postgresql.conf and restart PostgreSQL)");
+    return 0;
+}
+
+static int ensure_publication(struct pgsrc *s, struct eng_error *err)
+{
+    const char *pub = s->opt->publication;
+    const char *params[] = {pub};
+    PGresult *r = exec_ok(s->conn,
+                          "SELECT tablename FROM pg_publication_tables WHERE pubname = $1 AND "
+                          "tablename IN ('engagement_events', 'content')",
+                          1, params, err, "could not read publication");
+    if (r == NULL)
+        return err->code;
+    int have = PQntuples(r);
+    PQclear(r);
+    if (have == 2)
+        return 0;
+    r = exec_ok(s->conn, "SELECT 1 FROM pg_publication WHERE pubname = $1", 1, params, err,
+                "could not read publication");
+    if (r == NULL)
+        return err->code;
+    bool exists = PQntuples(r) > 0;
+    PQclear(r);
+    if (exists)
+        return eng_error_set(err, ENG_EFATAL, false,
+                             "publication \"%s\" does not include both engagement_events and "
+                             "content (runbook: ALTER PUBLICATION %s ADD TABLE ...)",
+                             pub, pub);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "CREATE PUBLICATION %s FOR TABLE engagement_events, content", pub);
+    r = exec_ok(s->conn, sql, 0, NULL, err, "could not create publication");
+    if (r == NULL)
+        return err->code;
+    PQclear(r);
+    eng_info("msg=\"created publication\" publication=%s", pub);
+    return 0;
+}
+
+static int load_content_table(PGconn *c, const char *snapshot, struct eng_content_cache *cache,
+                              struct eng_error *err)
+{
+    PGresult *r = exec_ok(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, err,
+                          "could not begin snapshot transaction");
+    if (r == NULL)
+        return err->code;
+    PQclear(r);
+    if (snapshot != NULL) {
+        char sql[128];
+        snprintf(sql, sizeof(sql), "SET TRANSACTION SNAPSHOT '%s'", snapshot);
+        r = exec_ok(c, sql, 0, NULL, err, "could not use the slot's snapshot");
+        if (r == NULL)
+            goto fail;
+        PQclear(r);
+    }
+    r = exec_ok(c, "SELECT content_id, content_type, length_seconds FROM content", 0, NULL, err,
+                "could not read content");
+    if (r == NULL)
+        goto fail;
+    eng_content_cache_clear(cache);
+    for (int i = 0; i < PQntuples(r); i++) {
+        struct eng_content row = {0};
+        const char *id = PQgetvalue(r, i, 0);
+        if (PQgetisnull(r, i, 0) || !eng_parse_i32(id, strlen(id), &row.content_id))
+            continue;
+        row.type_null = PQgetisnull(r, i, 1);
+        row.content_type = PQgetvalue(r, i, 1);
+        row.type_len = (uint32_t)PQgetlength(r, i, 1);
+        row.length_null = PQgetisnull(r, i, 2);
+        if (!row.length_null) {
+            const char *l = PQgetvalue(r, i, 2);
+            if (!eng_parse_i32(l, strlen(l), &row.length_seconds))
+                row.length_null = true;
+        }
+        eng_content_cache_put(cache, &row);
+    }
+    PQclear(r);
+    r = exec_ok(c, "COMMIT", 0, NULL, err, "could not end snapshot transaction");
+    if (r == NULL)
+        return err->code;
+    PQclear(r);
+    return 0;
+fail:
+    PQclear(PQexec(c, "ROLLBACK"));
+    return err->code;
+}
+
+static int identify_system(struct pgsrc *s, struct eng_error *err)
+{
+    PGresult *r = PQexec(s->repl, "IDENTIFY_SYSTEM");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) < 3) {
+        PQclear(r);
+        return pq_fail(err, s->repl, "IDENTIFY_SYSTEM failed");
+    }
+    char sysid[32];
+    snprintf(sysid, sizeof(sysid), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (s->system_id[0] != '\0' && strcmp(sysid, s->system_id) != 0)
+        return eng_error_set(err, ENG_EFATAL, false,
+                             "server system identifier changed from %s to %s: this is not the "
+                             "server the checkpoint belongs to (runbook: if the database was "
+                             "restored or replaced, remove the state file and re-run a "
+                             "backfill for the gap)",
+                             s->system_id, sysid);
+    memcpy(s->system_id, sysid, sizeof(sysid));
+    return 0;
+}
+
+static int save_state(struct pgsrc *s, uint64_t lsn, struct eng_error *err)
+{
+    struct eng_pg_state st;
+    snprintf(st.system_id, sizeof(st.system_id), "%s", s->system_id);
+    st.lsn = lsn;
+    int rc = eng_pg_state_save(s->opt->state_dir, s->opt->slot, &st, s->durable, err);
+    if (rc == 0)
+        s->state_lsn = lsn;
+    return rc;
+}
+
+/* Makes sure the slot exists (creating it, with its snapshot's content, if this is a fresh
+ * start) and that the caches belong to the checkpoint. Sets *start to the position to
+ * stream from. */
+static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
+{
+    const char *slot = s->opt->slot;
+    const char *params[] = {slot};
+    PGresult *r = exec_ok(s->conn,
+                          "SELECT plugin, database = current_database(), confirmed_flush_lsn, "
+                          "wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                          1, params, err, "could not read replication slots");
+    if (r == NULL)
+        return err->code;
+    bool exists = PQntuples(r) == 1;
+    uint64_t confirmed_flush = 0;
+    if (exists) {
+        bool pgoutput = strcmp(PQgetvalue(r, 0, 0), "pgoutput") == 0;
+        bool same_db = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+        bool lost = strcmp(PQgetvalue(r, 0, 3), "lost") == 0;
+        if (!PQgetisnull(r, 0, 2))
+            eng_lsn_parse(PQgetvalue(r, 0, 2), &confirmed_flush);
+        PQclear(r);
+        if (!pgoutput || !same_db)
+            return eng_error_set(err, ENG_EFATAL, false,
+                                 "replication slot \"%s\" exists but is not a pgoutput slot of "
+                                 "this database (runbook: choose another --slot)",
+                                 slot);
+        if (lost)
+            return eng_error_set(err, ENG_EFATAL, false,
+                                 "replication slot \"%s\" was invalidated (wal_status lost): "
+                                 "WAL it needed is gone and events were lost (runbook: drop the "
+                                 "slot and the state file, start again, and backfill the gap)",
+                                 slot);
+    } else {
+        PQclear(r);
+    }
+
+    if (!s->caches_ready) {
+        struct eng_pg_state st = {0};
+        int lrc = eng_pg_state_load(s->opt->state_dir, slot, &st, s->durable, err);
+        if (lrc < 0)
+            return eng_error_set(err, ENG_EFATAL, false, "%s (runbook: move the file aside "
+                                 "to rebuild the cache from the content table)", err->msg);
+        if (lrc == 0) {
+            if (strcmp(st.system_id, s->system_id) != 0)
+                return eng_error_set(err, ENG_EFATAL, false,
+                                     "state file belongs to server %s, this is server %s "
+                                     "(runbook: use another --state-dir, or remove the file if "
+                                     "the server was replaced, and backfill the gap)",
+                                     st.system_id, s->system_id);
+            if (!exists)
+                return eng_error_set(err, ENG_EFATAL, false,
+                                     "replication slot \"%s\" is gone but a checkpoint exists "
+                                     "at %" PRIX64 ": events after it may be lost (runbook: "
+                                     "remove the state file to start a new slot, then backfill "
+                                     "from the checkpoint's time)",
+                                     slot, st.lsn);
+            s->state_lsn = st.lsn;
+            s->confirmed = st.lsn > confirmed_flush ? st.lsn : confirmed_flush;
+            eng_info("msg=\"restored checkpoint\" slot=%s content_rows=%u", slot,
+                     eng_content_cache_count(s->durable));
+        } else if (exists) {
+            eng_warn("msg=\"no state file for an existing slot; loading content as it is now, "
+                     "so events replayed from the slot may be enriched with newer content\" "
+                     "slot=%s dir=%s",
+                     slot, s->opt->state_dir);
+            if (load_content_table(s->conn, NULL, s->durable, err) != 0)
+                return err->code;
+            s->confirmed = confirmed_flush;
+            if (save_state(s, confirmed_flush, err) != 0)
+                return err->code;
+        }
+    }
+
+    if (!exists) {
+        if (s->caches_ready)
+            return eng_error_set(err, ENG_EFATAL, false,
+                                 "replication slot \"%s\" disappeared while streaming (runbook: "
+                                 "find who dropped it; remove the state file and backfill the "
+                                 "gap)",
+                                 slot);
+        char sql[160];
+        snprintf(sql, sizeof(sql), "CREATE_REPLICATION_SLOT %s LOGICAL pgoutput EXPORT_SNAPSHOT",
+                 slot);
+        r = PQexec(s->repl, sql);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+            PQclear(r);
+            return pq_fail(err, s->repl, "could not create replication slot");
+        }
+        uint64_t consistent = 0;
+        eng_lsn_parse(PQgetvalue(r, 0, 1), &consistent);
+        char snapshot[64];
+        snprintf(snapshot, sizeof(snapshot), "%s", PQgetvalue(r, 0, 2));
+        PQclear(r);
+        /* The snapshot stays valid while the replication connection runs no other command. */
+        if (load_content_table(s->conn, snapshot, s->durable, err) != 0)
+            return err->code;
+        if (save_state(s, consistent, err) != 0)
+            return err->code;
+        s->confirmed = consistent;
+        eng_info("msg=\"created replication slot\" slot=%s content_rows=%u", slot,
+                 eng_content_cache_count(s->durable));
+    }
+    if (!s->caches_ready) {
+        s->caches_ready = true;
+    }
+    eng_content_cache_destroy(s->live);
+    s->live = eng_content_cache_clone(s->durable);
+    *start = s->confirmed;
+    return 0;
+}
+
+/* ---- relations ---- */
+
+static struct relmap *relmap_get(struct pgsrc *s, uint32_t oid)
+{
+    for (size_t i = 0; i < s->nrels; i++) {
+        if (s->rels[i].oid == oid)
+            return &s->rels[i];
+    }
+    return NULL;
+}
+
+static void relmap_update(struct pgsrc *s, const struct eng_pgo_relation *rel)
+{
+    struct relmap *m = relmap_get(s, rel->oid);
+    if (m == NULL) {
+        s->rels = eng_realloc(s->rels, (s->nrels + 1) * sizeof(*s->rels));
+        m = &s->rels[s->nrels++];
+    }
+    memset(m, 0, sizeof(*m));
+    m->oid = rel->oid;
+    m->role = strcmp(rel->relname, "engagement_events") == 0 ? REL_EVENTS
+              : strcmp(rel->relname, "content") == 0       ? REL_CONTENT
+                                                            : REL_OTHER;
+    for (int c = 0; c < ENG_COL__COUNT; c++)
+        m->ev[c] = -1;
+    m->c_id = m->c_type = m->c_len = -1;
+    for (int i = 0; i < rel->natts; i++) {
+        const char *name = rel->attrs[i].name;
+        for (int c = 0; c < ENG_COL__COUNT; c++) {
+            if (strcmp(name, eng_event_col_names[c]) == 0)
+                m->ev[c] = i;
+        }
+        if (strcmp(name, "content_id") == 0)
+            m->c_id = i;
+        else if (strcmp(name, "content_type") == 0)
+            m->c_type = i;
+        else if (strcmp(name, "length_seconds") == 0)
+            m->c_len = i;
+    }
+}
+
+static struct eng_text col_text(const struct eng_pgo_tuple *t, int idx)
+{
+    struct eng_text v = {NULL, 0, true};
+    if (idx >= 0 && idx < t->ncols && t->cols[idx].kind == ENG_PGO_TEXT) {
+        v.data = t->cols[idx].data;
+        v.len = t->cols[idx].len;
+        v.null = false;
+    }
+    return v;
+}
+
+/* ---- batches and checkpoint ---- */
+
+static void send_status(struct pgsrc *s, bool force)
+{
+    int64_t now = eng_clock_mono_us();
+    if (!force && s->confirmed == s->sent_confirmed &&
+        now - s->last_status_us < s->opt->status_interval_us)
+        return;
+    char msg[34];
+    msg[0] = 'r';
+    put_be64(msg + 1, s->received_lsn > s->confirmed ? s->received_lsn : s->confirmed);
+    put_be64(msg + 9, s->confirmed);
+    put_be64(msg + 17, s->confirmed);
+    put_be64(msg + 25, (uint64_t)(eng_clock_wall_us() - INT64_C(946684800000000)));
+    msg[33] = 0;
+    if (PQputCopyData(s->repl, msg, sizeof(msg)) <= 0 || PQflush(s->repl) != 0) {
+        eng_warn("msg=\"could not send standby status\" error=\"%s\"", PQerrorMessage(s->repl));
+        return;
+    }
+    s->sent_confirmed = s->confirmed;
+    s->last_status_us = now;
+    eng_gauge_set(s->m_confirmed, (int64_t)s->confirmed);
+}
+
+/* Moves the checkpoint to what every sink made durable: applies the content changes that
+ * became durable to the durable cache and saves it before the flush LSN passes them. */
+static void checkpoint_tick(struct pgsrc *s)
+{
+    uint64_t durable = eng_pipeline_durable_position(s->p);
+    if (durable <= s->confirmed)
+        goto lag;
+    size_t k = 0;
+    while (k < s->pending.n && s->pending.v[k].end_lsn <= durable) {
+        apply_change(s->durable, &s->pending.v[k]);
+        k++;
+    }
+    if (k > 0) {
+        struct eng_error err;
+        for (size_t i = 0; i < k; i++)
+            free(s->pending.v[i].row.content_type);
+        memmove(s->pending.v, s->pending.v + k, (s->pending.n - k) * sizeof(*s->pending.v));
+        s->pending.n -= k;
+        if (save_state(s, durable, &err) != 0) {
+            /* Not confirming is always safe; the next tick tries again. */
+            eng_error("msg=\"could not save state; checkpoint held\" error=\"%s\"", err.msg);
+            return;
+        }
+    }
+    s->confirmed = durable;
+    send_status(s, true);
+lag:
+    while (s->lag_count > 0 && s->lag[s->lag_head].pos <= s->confirmed) {
+        eng_gauge_set(s->m_lag_ms,
+                      (eng_clock_wall_us() - s->lag[s->lag_head].commit_us) / 1000);
+        s->lag_head = (s->lag_head + 1) % LAG_RING;
+        s->lag_count--;
+    }
+    if (s->server_wal_end > s->confirmed)
+        eng_gauge_set(s->m_lag_bytes, (int64_t)(s->server_wal_end - s->confirmed));
+    else
+        eng_gauge_set(s->m_lag_bytes, 0);
+}
+
+/* Submits the open batch, keeping the connection alive while the sinks push back.
+ * Returns 0, or ENG_ESTOPPED when asked to stop. */
+static int flush_batch(struct pgsrc *s)
+{
+    struct eng_batch *b = s->batch;
+    b->position = s->last_end_lsn;
+    for (;;) {
+        int rc = eng_pipeline_submit(s->p, b, 100000);
+        if (rc == 0)
+            break;
+        if (rc == ENG_ESTOPPED || *s->stop)
+            return ENG_ESTOPPED;
+        checkpoint_tick(s);
+        send_status(s, false);
+    }
+    if (s->lag_count < LAG_RING) {
+        unsigned at = (s->lag_head + s->lag_count) % LAG_RING;
+        s->lag[at].pos = b->position;
+        s->lag[at].commit_us = s->last_commit_us;
+        s->lag_count++;
+    }
+    s->submitted_pos = b->position;
+    s->batch = eng_batch_create(s->opt->batch_max_events);
+    s->batch_deadline = 0;
+    checkpoint_tick(s);
+    return 0;
+}
+
+static bool batch_waiting(const struct pgsrc *s)
+{
+    return s->batch->n > 0 || s->last_end_lsn > s->submitted_pos;
+}
+
+/* ---- change handling ---- */
+
+static int park_bad(struct pgsrc *s, uint64_t lsn, int64_t event_id, const char *reason,
+                    const void *payload, size_t len, struct eng_error *err)
+{
+    char pos[24];
+    eng_lsn_format(lsn, pos, sizeof(pos));
+    struct eng_dlq_item item = {
+        .origin = "source",
+        .position = pos,
+        .event_id = event_id,
+        .reason = reason,
+        .payload = payload,
+        .payload_len = len,
+    };
+    eng_counter_add(s->m_bad, 1);
+    eng_warn("msg=\"bad input parked in the dead-letter queue\" lsn=%s reason=\"%s\"", pos,
+             reason);
+    return eng_dlq_park(s->opt->dlq, &item, 1, err);
+}
+
+/* The row as a JSON object of column texts, for the dead-letter queue. */
+static void row_json(const struct eng_pgo_relation *rel, const struct eng_pgo_tuple *t,
+                     struct eng_buf *out)
+{
+    eng_buf_putc(out, '{');
+    for (int i = 0; i < t->ncols; i++) {
+        if (i > 0)
+            eng_buf_putc(out, ',');
+        const char *name = rel && i < rel->natts ? rel->attrs[i].name : "?";
+        eng_buf_put_json_str(out, name, strlen(name));
+        eng_buf_putc(out, ':');
+        if (t->cols[i].kind == ENG_PGO_TEXT)
+            eng_buf_put_json_str(out, t->cols[i].data, t->cols[i].len);
+        else
+            eng_buf_puts(out, "null");
+    }
+    eng_buf_putc(out, '}');
+}
+
+static int on_event_insert(struct pgsrc *s, const struct relmap *m,
+                           const struct eng_pgo_relation *rel, const struct eng_pgo_tuple *t,
+                           uint64_t lsn, struct eng_error *err)
+{
+    if (eng_batch_full(s->batch)) {
+        int rc = flush_batch(s);
+        if (rc != 0)
+            return rc;
+    }
+    struct eng_text cols[ENG_COL__COUNT];
+    for (int c = 0; c < ENG_COL__COUNT; c++)
+        cols[c] = col_text(t, m->ev[c]);
+    struct eng_batch *b = s->batch;
+    struct eng_event *e = eng_batch_push(b);
+    struct eng_error perr;
+    eng_error_clear(&perr);
+    if (eng_event_from_text(b, e, cols, &perr) != 0) {
+        int64_t id = -1;
+        if (!cols[ENG_COL_EVENT_ID].null)
+            eng_parse_i64(cols[ENG_COL_EVENT_ID].data, cols[ENG_COL_EVENT_ID].len, &id);
+        eng_batch_pop(b);
+        struct eng_buf payload = {0};
+        row_json(rel, t, &payload);
+        int rc = park_bad(s, lsn, id, perr.msg, payload.data, payload.len, err);
+        eng_buf_free(&payload);
+        return rc;
+    }
+    e->commit_time_us = s->tx_commit_us;
+    if (!eng_enrich(b, e, s->live))
+        eng_counter_add(s->m_misses, 1);
+    eng_counter_add(s->m_events, 1);
+    if (s->batch_deadline == 0)
+        s->batch_deadline = eng_clock_mono_us() + s->opt->batch_max_us;
+    return 0;
+}
+
+static void on_content_row(struct pgsrc *s, const struct relmap *m, const struct eng_pgo_tuple *t,
+                           bool remove)
+{
+    struct eng_text id = col_text(t, m->c_id);
+    struct content_change ch = {.op = remove ? ENG_CONTENT_REMOVE : ENG_CONTENT_PUT};
+    if (id.null || !eng_parse_i32(id.data, id.len, &ch.row.content_id))
+        return;
+    if (!remove) {
+        const struct eng_content *old = eng_content_cache_get(s->live, ch.row.content_id);
+        bool type_unchanged = m->c_type >= 0 && m->c_type < t->ncols &&
+                              t->cols[m->c_type].kind == ENG_PGO_UNCHANGED;
+        if (type_unchanged && old != NULL) {
+            ch.row.type_null = old->type_null;
+            ch.row.content_type = eng_strndup(old->content_type, old->type_len);
+            ch.row.type_len = old->type_len;
+        } else {
+            struct eng_text ty = col_text(t, m->c_type);
+            ch.row.type_null = ty.null;
+            ch.row.content_type = ty.null ? NULL : eng_strndup(ty.data, ty.len);
+            ch.row.type_len = ty.null ? 0 : ty.len;
+        }
+        struct eng_text len = col_text(t, m->c_len);
+        ch.row.length_null = len.null || !eng_parse_i32(len.data, len.len, &ch.row.length_seconds);
+    }
+    apply_change(s->live, &ch);
+    change_list_push(&s->tx_changes, &ch);
+    eng_counter_add(s->m_content, 1);
+}
+
+static int on_message(struct pgsrc *s, const struct eng_pgo_msg *msg, uint64_t lsn,
+                      struct eng_error *err)
+{
+    const struct relmap *m;
+    switch (msg->kind) {
+    case ENG_PGO_BEGIN:
+        s->in_tx = true;
+        s->tx_commit_us = eng_pgo_time_to_unix_us(msg->u.begin.commit_time);
+        change_list_clear(&s->tx_changes);
+        return 0;
+    case ENG_PGO_COMMIT:
+        s->in_tx = false;
+        s->last_end_lsn = msg->u.commit.end_lsn;
+        s->last_commit_us = s->tx_commit_us;
+        for (size_t i = 0; i < s->tx_changes.n; i++) {
+            s->tx_changes.v[i].end_lsn = msg->u.commit.end_lsn;
+            change_list_push(&s->pending, &s->tx_changes.v[i]);
+        }
+        s->tx_changes.n = 0; /* ownership of the rows moved to pending */
+        eng_counter_add(s->m_tx, 1);
+        if (s->batch_deadline == 0)
+            s->batch_deadline = eng_clock_mono_us() + s->opt->batch_max_us;
+        return 0;
+    case ENG_PGO_RELATION:
+        relmap_update(s, msg->u.relation);
+        return 0;
+    case ENG_PGO_INSERT:
+        m = relmap_get(s, msg->u.insert.relid);
+        if (m == NULL || m->role == REL_OTHER)
+            return 0;
+        if (m->role == REL_CONTENT) {
+            on_content_row(s, m, &msg->u.insert.newtup, false);
+            return 0;
+        }
+        return on_event_insert(s, m, msg->u.insert.rel, &msg->u.insert.newtup, lsn, err);
+    case ENG_PGO_UPDATE:
+        m = relmap_get(s, msg->u.update.relid);
+        if (m != NULL && m->role == REL_CONTENT) {
+            /* A changed key arrives as the old key plus the new row. */
+            if (msg->u.update.oldkind != 0)
+                on_content_row(s, m, &msg->u.update.oldtup, true);
+            on_content_row(s, m, &msg->u.update.newtup, false);
+        } else {
+            eng_counter_add(s->m_ignored, 1); /* updates of events are not events */
+        }
+        return 0;
+    case ENG_PGO_DELETE:
+        m = relmap_get(s, msg->u.del.relid);
+        if (m != NULL && m->role == REL_CONTENT)
+            on_content_row(s, m, &msg->u.del.oldtup, true);
+        else
+            eng_counter_add(s->m_ignored, 1);
+        return 0;
+    case ENG_PGO_TRUNCATE:
+        for (uint32_t i = 0; i < msg->u.truncate.nrelids; i++) {
+            m = relmap_get(s, msg->u.truncate.relids[i]);
+            if (m != NULL && m->role == REL_CONTENT) {
+                struct content_change ch = {.op = ENG_CONTENT_CLEAR};
+                apply_change(s->live, &ch);
+                change_list_push(&s->tx_changes, &ch);
+            }
+        }
+        return 0;
+    default: /* ORIGIN, TYPE, MESSAGE: nothing to do */
+        return 0;
+    }
+}
+
+static int on_copy_data(struct pgsrc *s, const char *buf, int len, struct eng_error *err)
+{
+    if (len < 1)
+        return eng_error_set(err, ENG_EPROTO, true, "empty replication message");
+    if (buf[0] == 'k') {
+        if (len < 18)
+            return eng_error_set(err, ENG_EPROTO, true, "short keepalive message");
+        uint64_t wal_end = be64(buf + 1);
+        bool reply = buf[17] != 0;
+        s->server_wal_end = wal_end;
+        /* Nothing in flight: everything the server sent is durable, so an idle slot may
+         * confirm the server's position and never hold WAL. */
+        if (!s->in_tx && !batch_waiting(s) && s->pending.n == 0 && wal_end > s->confirmed &&
+            eng_pipeline_idle(s->p) && eng_pipeline_durable_position(s->p) >= s->submitted_pos)
+            s->confirmed = wal_end;
+        send_status(s, reply);
+        return 0;
+    }
+    if (buf[0] != 'w')
+        return eng_error_set(err, ENG_EPROTO, true, "unexpected replication message 0x%02x",
+                             (unsigned char)buf[0]);
+    if (len < 25)
+        return eng_error_set(err, ENG_EPROTO, true, "short XLogData message");
+    uint64_t start = be64(buf + 1);
+    uint64_t wal_end = be64(buf + 9);
+    if (wal_end > s->received_lsn)
+        s->received_lsn = wal_end;
+    s->server_wal_end = wal_end;
+    struct eng_pgo_msg msg;
+    struct eng_error derr;
+    eng_error_clear(&derr);
+    if (eng_pgo_decode(s->dec, (const uint8_t *)buf + 25, (size_t)len - 25, &msg, &derr) != 0) {
+        char reason[300];
+        snprintf(reason, sizeof(reason), "could not decode pgoutput message: %s", derr.msg);
+        return park_bad(s, start, -1, reason, buf + 25, (size_t)len - 25, err);
+    }
+    return on_message(s, &msg, start, err);
+}
+
+/* ---- the session ---- */
+
+static void session_reset(struct pgsrc *s)
+{
+    PQfinish(s->repl);
+    s->repl = NULL;
+    PQfinish(s->conn);
+    s->conn = NULL;
+    eng_pgo_decoder_destroy(s->dec);
+    s->dec = NULL;
+    free(s->rels);
+    s->rels = NULL;
+    s->nrels = 0;
+    s->in_tx = false;
+    change_list_clear(&s->tx_changes);
+    eng_batch_release(s->batch);
+    s->batch = NULL;
+}
+
+static int wait_readable(PGconn *c, int64_t timeout_us)
+{
+    int fd = PQsocket(c);
+    if (fd < 0)
+        return -1;
+    fd_set rfds;
+    FD_ZERO(&rfds);
+    FD_SET(fd, &rfds);
+    struct timeval tv = {(time_t)(timeout_us / 1000000), (suseconds_t)(timeout_us % 1000000)};
+    int rc = select(fd + 1, &rfds, NULL, NULL, &tv);
+    return rc < 0 && errno != EINTR ? -1 : 0;
+}
+
+static int stream(struct pgsrc *s, struct eng_error *err)
+{
+    unsigned since_tick = 0;
+    for (;;) {
+        if (*s->stop)
+            return ENG_ESTOPPED;
+        char *buf = NULL;
+        int n = PQgetCopyData(s->repl, &buf, 1);
+        if (n == 0) {
+            /* Caught up with what the server sent: close the batch now rather than wait for
+             * the timer, so latency stays low when the stream is quiet. */
+            if (batch_waiting(s) && !s->in_tx) {
+                if (flush_batch(s) != 0)
+                    return ENG_ESTOPPED;
+            }
+            checkpoint_tick(s);
+            send_status(s, false);
+            int64_t wait = 100000;
+            if (s->batch_deadline != 0) {
+                int64_t left = s->batch_deadline - eng_clock_mono_us();
+                wait = left < 0 ? 0 : left < wait ? left : wait;
+            }
+            if (wait > 0 && wait_readable(s->repl, wait) != 0)
+                return pq_fail(err, s->repl, "replication connection failed");
+            if (PQconsumeInput(s->repl) == 0)
+                return pq_fail(err, s->repl, "replication connection failed");
+            if (s->batch_deadline != 0 && eng_clock_mono_us() >= s->batch_deadline &&
+                batch_waiting(s)) {
+                if (flush_batch(s) != 0)
+                    return ENG_ESTOPPED;
+            }
+            continue;
+        }
+        if (n == -1) {
+            PGresult *r = PQgetResult(s->repl);
+            char msg[200];
+            snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+            msg[strcspn(msg, "\n")] = '\0';
+            PQclear(r);
+            return eng_error_set(err, ENG_EIO, true, "replication stream ended: %s", msg);
+        }
+        if (n < 0)
+            return pq_fail(err, s->repl, "replication connection failed");
+        int rc = on_copy_data(s, buf, n, err);
+        PQfreemem(buf);
+        if (rc != 0)
+            return rc;
+        if (s->batch_deadline != 0 && eng_clock_mono_us() >= s->batch_deadline &&
+            batch_waiting(s)) {
+            if (flush_batch(s) != 0)
+                return ENG_ESTOPPED;
+        }
+        if (++since_tick >= 256) {
+            since_tick = 0;
+            checkpoint_tick(s);
+            send_status(s, false);
+        }
+    }
+}
+
+static int session(struct pgsrc *s, struct eng_error *err)
+{
+    uint64_t start = 0;
+    s->conn = connect_pg(s->opt->conninfo, false, err);
+    if (s->conn == NULL)
+        return err->code;
+    s->repl = connect_pg(s->opt->conninfo, true, err);
+    if (s->repl == NULL)
+        return err->code;
+    if (check_server(s, err) != 0 || identify_system(s, err) != 0 ||
+        ensure_publication(s, err) != 0 || prepare_slot(s, &start, err) != 0)
+        return err->code;
+    PQfinish(s->conn); /* not needed while streaming */
+    s->conn = NULL;
+
+    char sql[256], lsn[24];
+    eng_lsn_format(start, lsn, sizeof(lsn));
+    snprintf(sql, sizeof(sql),
+             "START_REPLICATION SLOT %s LOGICAL %s (proto_version '1', publication_names '%s')",
+             s->opt->slot, lsn, s->opt->publication);
+    PGresult *r = PQexec(s->repl, sql);
+    if (PQresultStatus(r) != PGRES_COPY_BOTH) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+        msg[strcspn(msg, "\n")] = '\0';
+        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        /* 55006: the slot is active for another process (another instance, or our previous
+         * connection not yet gone): worth retrying. */
+        bool retriable = state == NULL || strcmp(state, "55006") == 0 ||
+                         strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0;
+        PQclear(r);
+        return eng_error_set(err, retriable ? ENG_EIO : ENG_EFATAL, retriable,
+                             "could not start replication: %s", msg);
+    }
+    PQclear(r);
+    eng_info("msg=\"streaming\" slot=%s publication=%s from=%s", s->opt->slot,
+             s->opt->publication, lsn);
+    s->dec = eng_pgo_decoder_create();
+    s->batch = eng_batch_create(s->opt->batch_max_events);
+    s->batch_deadline = 0;
+    s->last_end_lsn = s->submitted_pos = start;
+    s->sent_confirmed = 0; /* send our position right away */
+    send_status(s, true);
+    return stream(s, err);
+}
+
+/* After a failed session: wait until everything submitted is durable, so that the caches
+ * and the checkpoint agree, then stream again from the checkpoint. */
+static bool drain(struct pgsrc *s)
+{
+    while (!*s->stop) {
+        if (eng_pipeline_wait_idle(s->p, 200000)) {
+            checkpoint_tick(s);
+            /* Changes of transactions that were never submitted come again in the replay. */
+            change_list_clear(&s->pending);
+            return true;
+        }
+    }
+    return false;
+}
+
+int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeline *p,
+                      volatile sig_atomic_t *stop, struct eng_error *err)
+{
+    if (!valid_identifier(opt->slot) || !valid_identifier(opt->publication))
+        return eng_error_set(err, ENG_EINVAL, false,
+                             "slot and publication names must be lowercase letters, digits and "
+                             "underscores (at most 63)");
+    struct pgsrc s = {.opt = opt, .p = p, .stop = stop};
+    s.durable = eng_content_cache_create();
+    s.live = eng_content_cache_create();
+    s.m_events = eng_metrics_counter("engage_source_events_total", "source=\"pg\"",
+                                     "Events read from the source");
+    s.m_bad = eng_metrics_counter("engage_source_bad_input_total", "source=\"pg\"",
+                                  "Input parked in the dead-letter queue as undecodable");
+    s.m_misses = eng_metrics_counter("engage_enrich_misses_total", NULL,
+                                     "Events whose content_id has no content row");
+    s.m_tx = eng_metrics_counter("engage_source_transactions_total", "source=\"pg\"",
+                                 "Transactions decoded");
+    s.m_ignored = eng_metrics_counter("engage_source_ignored_changes_total", "source=\"pg\"",
+                                      "Updates and deletes of events (not events)");
+    s.m_content = eng_metrics_counter("engage_content_changes_total", NULL,
+                                      "Changes to the content table applied to the cache");
+    s.m_lag_bytes = eng_metrics_gauge("engage_replication_lag_bytes", NULL,
+                                      "Server WAL end minus the confirmed flush LSN");
+    s.m_lag_ms = eng_metrics_gauge("engage_replication_lag_milliseconds", NULL,
+                                   "Age of the newest transaction at the checkpoint when it moved");
+    s.m_confirmed = eng_metrics_gauge("engage_confirmed_flush_lsn", NULL,
+                                      "Flush LSN last sent to the server");
+    struct eng_backoff bo;
+    eng_backoff_init(&bo, 200000, 10000000, (uint64_t)eng_clock_mono_us());
+    int rc = 0;
+    for (;;) {
+        eng_error_clear(err);
+        rc = session(&s, err);
+        if (rc == ENG_ESTOPPED || *stop) {
+            rc = 0;
+            break;
+        }
+        if (rc == ENG_EFATAL || (rc != 0 && !err->retriable))
+            break;
+        if (s.submitted_pos > s.confirmed)
+            eng_backoff_reset(&bo); /* we made progress in that session */
+        int64_t delay = eng_backoff_next(&bo);
+        eng_warn("msg=\"source failed, reconnecting\" retry_in_ms=%lld error=\"%s\"",
+                 (long long)(delay / 1000), err->msg);
+        session_reset(&s);
+        if (!drain(&s))
+            break;
+        int64_t until = eng_clock_mono_us() + delay;
+        while (!*stop && eng_clock_mono_us() < until)
+            (void)eng_pipeline_wait_idle(p, 100000);
+        if (*stop)
+            break;
+    }
+    /* Shutdown: give the sinks a moment to finish what is in flight, then confirm it. */
+    if (s.repl != NULL) {
+        (void)eng_pipeline_wait_idle(p, 5000000);
+        checkpoint_tick(&s);
+        send_status(&s, true);
+    }
+    session_reset(&s);
+    change_list_clear(&s.pending);
+    free(s.pending.v);
+    free(s.tx_changes.v);
+    eng_content_cache_destroy(s.live);
+    eng_content_cache_destroy(s.durable);
+    return rc == 0 || rc == ENG_ESTOPPED ? 0 : rc;
+}
