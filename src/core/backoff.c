@@ -1,3 +1,5 @@
+#include <stddef.h>
+
 #include "backoff.h"
 
 void eng_backoff_init(struct eng_backoff *b, int64_t base_us, int64_t cap_us, uint64_t seed)

@@ -16,6 +16,7 @@
 #include "../core/backoff.h"
 #include "../core/buf.h"
 #include "../core/clock.h"
+#include "../core/pgtext.h"
 #include "../core/log.h"
 #include "../decode/pgoutput.h"
 #include "../enrich/enrich.h"
@@ -357,9 +358,12 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
     if (!s->caches_ready) {
         struct eng_pg_state st = {0};
         int lrc = eng_pg_state_load(s->opt->state_dir, slot, &st, s->durable, err);
-        if (lrc < 0)
+        if (lrc < 0) {
+            char why[sizeof(err->msg)];
+            memcpy(why, err->msg, sizeof(why));
             return eng_error_set(err, ENG_EFATAL, false, "%s (runbook: move the file aside "
-                                 "to rebuild the cache from the content table)", err->msg);
+                                 "to rebuild the cache from the content table)", why);
+        }
         if (lrc == 0) {
             if (strcmp(st.system_id, s->system_id) != 0)
                 return eng_error_set(err, ENG_EFATAL, false,

@@ -118,10 +118,10 @@ int eng_pg_state_load(const char *dir, const char *slot, struct eng_pg_state *st
         eng_error_set(err, rc, false, "state file \"%s\" is corrupt (bad header)", path);
         goto out;
     }
-    snprintf(st->system_id, sizeof(st->system_id), "%s", sysid);
+    memcpy(st->system_id, sysid, strlen(sysid) + 1); /* length checked above */
     if (eng_content_cache_load(cache, f, err) != 0) {
-        char inner[200];
-        snprintf(inner, sizeof(inner), "%s", err ? err->msg : "");
+        char inner[sizeof(err->msg)];
+        memcpy(inner, err ? err->msg : "", err ? sizeof(inner) : 1);
         eng_error_set(err, rc, false, "state file \"%s\" is corrupt: %s", path, inner);
         goto out;
     }
