@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the whole suite against the ASan+UBSan build in $1: the cmocka unit tests through
+# meson, then the end-to-end tests (pytest) against real servers that the suite starts on
+# loopback in a temporary directory and stops afterwards. Ends with one summary line.
+set -u
+build=${1:-build-asan}
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export ENGAGE_BIN="$top/$build/engage"
+logdir=$(mktemp -d /tmp/engage-test.XXXXXX)
+
+echo "== unit tests (cmocka, ASan+UBSan)"
+meson test -C "$build" --print-errorlogs 2>&1 | tee "$logdir/unit.log"
+unit_ok=$(grep -Eo '^Ok: +[0-9]+' "$logdir/unit.log" | grep -Eo '[0-9]+' || echo 0)
+unit_fail=$(grep -Eo '^Fail: +[0-9]+' "$logdir/unit.log" | grep -Eo '[0-9]+' || echo 0)
+unit_err=$(grep -Eo '^Timeout: +[0-9]+' "$logdir/unit.log" | grep -Eo '[0-9]+' || echo 0)
+unit_fail=$((unit_fail + unit_err))
+if [ "$unit_ok" = 0 ] && [ "$unit_fail" = 0 ]; then unit_fail=1; fi # meson did not run
+
+echo "== end-to-end tests (pytest, real PostgreSQL, ClickHouse, Redis)"
+python3 -m pytest -v -rfE -p no:cacheprovider --junitxml="$logdir/e2e.xml" tests/e2e 2>&1 \
+    | tee "$logdir/e2e.log"
+read -r e2e_pass e2e_fail e2e_skip < <(python3 - "$logdir/e2e.xml" <<'PY'
+import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except Exception:
+    print(0, 1, 0); sys.exit()
+suites = [root] if root.tag == "testsuite" else list(root)
+t = sum(int(s.get("tests", 0)) for s in suites)
+f = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+s = sum(int(s.get("skipped", 0)) for s in suites)
+print(t - f - s, f if t else 1, s)
+PY
+)
+passed=$((unit_ok + e2e_pass))
+failed=$((unit_fail + e2e_fail))
+echo
+echo "unit: $unit_ok passed, $unit_fail failed; e2e: $e2e_pass passed, $e2e_fail failed, $e2e_skip skipped"
+echo "$passed passed, $failed failed, $e2e_skip skipped"
+[ "$failed" = 0 ]
