@@ -8,6 +8,7 @@
 #include "../pipeline/dlq.h"
 #include "../pipeline/pipeline.h"
 #include "../sink/clickhouse.h"
+#include "../sink/stdout.h"
 #include "../source/pg.h"
 #include "commands.h"
 #include "options.h"
@@ -22,7 +23,7 @@ static const char usage[] =
     "  --clickhouse URL       http://[user:pass@]host:port               (ENGAGE_CLICKHOUSE)\n"
     "  --redis URL            redis://[:pass@]host:port[/db]             (ENGAGE_REDIS)\n"
     "  --http URL             base URL of the external API               (ENGAGE_HTTP)\n"
-    "  --sinks LIST           clickhouse,redis,http (default: every sink with a URL)\n"
+    "  --sinks LIST           clickhouse,redis,http,stdout (default: every sink with a URL)\n"
     "  --slot NAME            replication slot (default engage_slot)\n"
     "  --publication NAME     publication (default engage_pub)\n"
     "  --state-dir DIR        checkpoint state (default ./engage-state)\n"
@@ -53,7 +54,7 @@ int eng_cmd_run(int argc, char **argv)
 {
     struct eng_options o;
     struct eng_error err;
-    struct eng_sink *sinks[4];
+    struct eng_sink *sinks[8];
     size_t nsinks = 0;
     struct eng_pipeline *pipeline = NULL;
     struct eng_admin *admin = NULL;
@@ -103,6 +104,8 @@ int eng_cmd_run(int argc, char **argv)
             goto fail;
         nsinks++;
     }
+    if (eng_opt_sink_enabled(&o, "stdout"))
+        sinks[nsinks++] = eng_stdout_sink_create(1);
     if (nsinks == 0) {
         fprintf(stderr, "engage: no sink configured: give --clickhouse, --redis or --http\n");
         status = 2;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/select.h>
+#include <time.h>
 
 #include "../admin/metrics.h"
 #include "../core/backoff.h"
@@ -995,8 +996,10 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
         if (!drain(&s))
             break;
         int64_t until = eng_clock_mono_us() + delay;
-        while (!*stop && eng_clock_mono_us() < until)
-            (void)eng_pipeline_wait_idle(p, 100000);
+        for (int64_t left = delay; !*stop && left > 0; left = until - eng_clock_mono_us()) {
+            struct timespec ts = {0, (long)(left < 50000 ? left : 50000) * 1000};
+            nanosleep(&ts, NULL);
+        }
         if (*stop)
             break;
     }
@@ -1012,5 +1015,5 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
     free(s.tx_changes.v);
     eng_content_cache_destroy(s.live);
     eng_content_cache_destroy(s.durable);
-    return rc == 0 || rc == ENG_ESTOPPED ? 0 : rc;
+    return rc == 0 || rc == ENG_ESTOPPED || *stop ? 0 : rc;
 }
