@@ -111,7 +111,7 @@ struct eng_pgo_msg {
             uint64_t lsn;
             const char *prefix; /* NUL-terminated, into the input */
             uint32_t len;
-            const char *content;
+            const char *content; /* len bytes, into the input; NOT NUL-terminated */
         } message;
     } u;
 };
@@ -124,13 +124,17 @@ struct eng_pgo_decoder *eng_pgo_decoder_create(void);
 /* Frees the decoder and its relation map. NULL is a no-op. */
 void eng_pgo_decoder_destroy(struct eng_pgo_decoder *d);
 
-/* Decodes one pgoutput message (the payload of one XLogData 'w' message). A RELATION
- * message replaces the stored definition for its oid. Returns 0, or ENG_EPROTO with err set
- * on truncated, oversized or garbage input; the decoder stays usable after an error. */
+/* Decodes one pgoutput message (the payload of one XLogData 'w' message), which must be
+ * consumed exactly: trailing bytes are an error. A RELATION message replaces the stored
+ * definition for its oid (earlier pointers to it become invalid). A tuple for a known relation
+ * must have one column per attribute. Returns 0, or ENG_EPROTO with err set on truncated,
+ * oversized or garbage input, or ENG_ENOMEM when the relation map is at its cap (2^20
+ * relations); on error *out is zeroed but for kind, and the decoder is left as it was.
+ * One thread at a time per decoder. */
 int eng_pgo_decode(struct eng_pgo_decoder *d, const uint8_t *buf, size_t len,
                    struct eng_pgo_msg *out, struct eng_error *err) ENG_MUSTCHECK;
 
-/* The stored relation for oid, or NULL. */
+/* The stored relation for oid, or NULL; valid until the next eng_pgo_decode call. */
 const struct eng_pgo_relation *eng_pgo_relation_find(const struct eng_pgo_decoder *d,
                                                      uint32_t oid);
 
