@@ -1,0 +1,255 @@
+#include <string.h>
+#include <strings.h>
+
+#include "http_policy.h"
+
+#define DAY_US ((int64_t)86400 * 1000000)
+
+enum eng_http_outcome eng_http_classify(bool transport_error, long status)
+{
+    if (transport_error)
+        return ENG_HTTP_RETRY;
+    if (status >= 200 && status <= 299)
+        return ENG_HTTP_DELIVERED;
+    if (status == 408 || status == 429 || (status >= 500 && status <= 599))
+        return ENG_HTTP_RETRY;
+    return ENG_HTTP_REJECTED;
+}
+
+bool eng_http_breaker_failure(bool transport_error, long status)
+{
+    return transport_error || status == 408 || (status >= 500 && status <= 599);
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil). */
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static bool all_digits(const char *s, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    }
+    return true;
+}
+
+static int64_t parse_uint(const char *s, size_t n)
+{
+    int64_t v = 0;
+    for (size_t i = 0; i < n && v < 1000000000; i++)
+        v = v * 10 + (s[i] - '0');
+    return v;
+}
+
+/* Parses the three date forms of RFC 9110 section 5.6.7 by their tokens: a month name, an
+ * hh:mm:ss token, and two numbers of which the first is the day and the second the year. */
+static bool parse_http_date(const char *s, int64_t *epoch_s)
+{
+    static const char *const months[] = {"jan", "feb", "mar", "apr", "may", "jun",
+                                         "jul", "aug", "sep", "oct", "nov", "dec"};
+    int64_t month = 0, day = -1, year = -1, hh = -1, mi = -1, ss = -1;
+    const char *p = s;
+    while (*p != '\0') {
+        while (*p == ' ' || *p == ',' || *p == '-' || *p == '\t')
+            p++;
+        const char *t = p;
+        while (*p != '\0' && *p != ' ' && *p != ',' && *p != '-' && *p != '\t')
+            p++;
+        size_t n = (size_t)(p - t);
+        if (n == 0)
+            break;
+        if (n == 8 && t[2] == ':' && t[5] == ':') {
+            if (!all_digits(t, 2) || !all_digits(t + 3, 2) || !all_digits(t + 6, 2))
+                return false;
+            hh = parse_uint(t, 2);
+            mi = parse_uint(t + 3, 2);
+            ss = parse_uint(t + 6, 2);
+        } else if (all_digits(t, n)) {
+            if (n > 4)
+                return false;
+            if (day < 0)
+                day = parse_uint(t, n);
+            else if (year < 0)
+                year = parse_uint(t, n);
+            else
+                return false;
+        } else if (n == 3) {
+            for (int i = 0; i < 12; i++) {
+                if (strncasecmp(t, months[i], 3) == 0)
+                    month = i + 1;
+            }
+        }
+        /* Anything else (weekday names, "GMT") carries no information we need. */
+    }
+    if (month == 0 || day < 1 || day > 31 || year < 0 || hh < 0 || hh > 23 || mi > 59 || ss > 60)
+        return false;
+    if (year < 100) /* RFC 850's two-digit year */
+        year += year < 70 ? 2000 : 1900;
+    *epoch_s = days_from_civil(year, month, day) * 86400 + hh * 3600 + mi * 60 + ss;
+    return true;
+}
+
+bool eng_http_parse_retry_after(const char *value, int64_t now_wall_us, int64_t *delay_us)
+{
+    if (value == NULL)
+        return false;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    size_t n = strlen(value);
+    while (n > 0 && (value[n - 1] == ' ' || value[n - 1] == '\t' || value[n - 1] == '\r' ||
+                     value[n - 1] == '\n'))
+        n--;
+    if (n == 0)
+        return false;
+    int64_t d;
+    if (all_digits(value, n)) {
+        int64_t s = n > 6 ? 86400 : parse_uint(value, n);
+        d = s * 1000000;
+    } else {
+        char tmp[64];
+        if (n >= sizeof(tmp))
+            return false;
+        memcpy(tmp, value, n);
+        tmp[n] = '\0';
+        int64_t epoch_s;
+        if (!parse_http_date(tmp, &epoch_s))
+            return false;
+        d = epoch_s * 1000000 - now_wall_us;
+    }
+    if (d < 0)
+        d = 0;
+    if (d > DAY_US)
+        d = DAY_US;
+    *delay_us = d;
+    return true;
+}
+
+void eng_http_retry_start(const struct eng_http_retry_policy *p, struct eng_http_retry *r,
+                          int64_t now_us, uint64_t seed)
+{
+    eng_backoff_init(&r->backoff, p->base_us, p->cap_us, seed);
+    r->backoff.random = p->random;
+    r->backoff.random_ctx = p->random_ctx;
+    r->attempts = 0;
+    r->deadline_us = now_us + (p->budget_us > 0 ? p->budget_us : 0);
+}
+
+int64_t eng_http_retry_attempt(struct eng_http_retry *r, int64_t now_us, int64_t timeout_us)
+{
+    r->attempts++;
+    int64_t left = r->deadline_us - now_us;
+    int64_t t = timeout_us < left ? timeout_us : left;
+    return t < 1000 ? 1000 : t;
+}
+
+static uint32_t max_attempts(const struct eng_http_retry_policy *p)
+{
+    return p->max_attempts > 0 ? p->max_attempts : 1;
+}
+
+int64_t eng_http_retry_next(const struct eng_http_retry_policy *p, struct eng_http_retry *r,
+                            int64_t now_us, int64_t retry_after_us, enum eng_http_giveup *why)
+{
+    enum eng_http_giveup dummy;
+    if (why == NULL)
+        why = &dummy;
+    *why = ENG_HTTP_GIVEUP_NONE;
+    if (r->attempts >= max_attempts(p)) {
+        *why = ENG_HTTP_GIVEUP_ATTEMPTS;
+        return -1;
+    }
+    int64_t delay = eng_backoff_next(&r->backoff);
+    if (retry_after_us > delay)
+        delay = retry_after_us;
+    int64_t at = now_us + delay;
+    if (at > r->deadline_us - p->min_attempt_us) {
+        *why = ENG_HTTP_GIVEUP_TIME;
+        return -1;
+    }
+    return at;
+}
+
+bool eng_http_retry_alive(const struct eng_http_retry_policy *p, const struct eng_http_retry *r,
+                          int64_t now_us)
+{
+    return r->attempts < max_attempts(p) && now_us <= r->deadline_us - p->min_attempt_us;
+}
+
+void eng_http_breaker_init(struct eng_http_breaker *b, uint32_t threshold, int64_t open_us)
+{
+    memset(b, 0, sizeof(*b));
+    b->state = ENG_HTTP_BREAKER_CLOSED;
+    b->threshold = threshold;
+    b->open_us = open_us > 0 ? open_us : 0;
+}
+
+static void breaker_set(struct eng_http_breaker *b, enum eng_http_breaker_state s, int64_t now_us)
+{
+    b->state = s;
+    b->transitions++;
+    b->failures = 0;
+    if (s == ENG_HTTP_BREAKER_OPEN)
+        b->opened_at_us = now_us;
+}
+
+enum eng_http_breaker_grant eng_http_breaker_acquire(struct eng_http_breaker *b, int64_t now_us)
+{
+    if (b->threshold == 0)
+        return ENG_HTTP_BREAKER_PASS;
+    switch (b->state) {
+    case ENG_HTTP_BREAKER_CLOSED:
+        return ENG_HTTP_BREAKER_PASS;
+    case ENG_HTTP_BREAKER_OPEN:
+        if (now_us < b->opened_at_us + b->open_us)
+            return ENG_HTTP_BREAKER_DENY;
+        breaker_set(b, ENG_HTTP_BREAKER_HALF_OPEN, now_us);
+        b->probe_in_flight = false;
+        break;
+    case ENG_HTTP_BREAKER_HALF_OPEN:
+        break;
+    }
+    if (b->probe_in_flight)
+        return ENG_HTTP_BREAKER_DENY;
+    b->probe_in_flight = true;
+    return ENG_HTTP_BREAKER_PROBE;
+}
+
+bool eng_http_breaker_record(struct eng_http_breaker *b, int64_t now_us, bool failure, bool probe)
+{
+    if (b->threshold == 0)
+        return false;
+    if (probe) {
+        b->probe_in_flight = false;
+        if (b->state != ENG_HTTP_BREAKER_HALF_OPEN)
+            return false;
+        breaker_set(b, failure ? ENG_HTTP_BREAKER_OPEN : ENG_HTTP_BREAKER_CLOSED, now_us);
+        return true;
+    }
+    if (b->state != ENG_HTTP_BREAKER_CLOSED)
+        return false; /* a late answer to a request sent before the breaker opened */
+    if (!failure) {
+        b->failures = 0;
+        return false;
+    }
+    if (++b->failures < b->threshold)
+        return false;
+    breaker_set(b, ENG_HTTP_BREAKER_OPEN, now_us);
+    return true;
+}
+
+int64_t eng_http_breaker_retry_at(const struct eng_http_breaker *b)
+{
+    if (b->threshold == 0 || b->state != ENG_HTTP_BREAKER_OPEN)
+        return 0;
+    return b->opened_at_us + b->open_us;
+}
