@@ -1,0 +1,360 @@
+/* The dead-letter queue over libpq.
+ *
+ * The table, created on first use (under an advisory lock, so that several threads or
+ * processes creating it at once do not trip over each other):
+ *
+ *   id bigserial PRIMARY KEY, parked_at timestamptz NOT NULL DEFAULT now(), origin text,
+ *   position text, event_id bigint (NULL when the input did not decode to an event),
+ *   reason text, last_status int, attempts int, payload bytea, replayed_at timestamptz NULL
+ *   UNIQUE INDEX ON (origin, position, coalesce(event_id, -1))
+ *
+ * Parking is INSERT ... ON CONFLICT DO UPDATE on that index: parking the same item again
+ * (a replay after a crash) refreshes the row (reason, attempts, payload, parked_at) and
+ * marks it pending again (replayed_at = NULL), since that delivery failed too.
+ *
+ * n items are parked in one transaction, sent in libpq pipeline mode in chunks (one round
+ * trip per chunk instead of one per item; chunks keep the unread results bounded so neither
+ * side blocks on a full socket buffer). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "../core/buf.h"
+#include "../core/log.h"
+#include "dlq.h"
+
+#define PARK_CHUNK 256
+#define PARK_STMT  "eng_dlq_park"
+
+struct eng_dlq {
+    char *conninfo;
+    char *table;     /* as given, for messages */
+    char *table_sql; /* quoted identifier(s), set once connected */
+    char *index_sql; /* quoted index name */
+    PGconn *conn;
+    bool ready; /* table exists and the statement is prepared on conn */
+};
+
+struct eng_dlq *eng_dlq_create(const char *conninfo, const char *table)
+{
+    struct eng_dlq *q = eng_calloc(1, sizeof(*q));
+    q->conninfo = eng_strdup(conninfo ? conninfo : "");
+    q->table = eng_strdup(table && *table ? table : "engage_dlq");
+    return q;
+}
+
+static void drop_conn(struct eng_dlq *q)
+{
+    if (q->conn != NULL)
+        PQfinish(q->conn);
+    q->conn = NULL;
+    q->ready = false;
+}
+
+void eng_dlq_destroy(struct eng_dlq *q)
+{
+    if (q == NULL)
+        return;
+    drop_conn(q);
+    free(q->conninfo);
+    free(q->table);
+    free(q->table_sql);
+    free(q->index_sql);
+    free(q);
+}
+
+/* Retriable: the connection is gone, or the server says the failure is transient (class 08
+ * connection exception, 57P01..57P03 shutdown / cannot connect now, 40001 serialization,
+ * 40P01 deadlock, 53300 too many connections). */
+static bool sqlstate_retriable(const char *state)
+{
+    if (state == NULL || strlen(state) != 5)
+        return true; /* no SQLSTATE: the failure happened below the protocol */
+    return strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0 ||
+           strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
+           strcmp(state, "53300") == 0;
+}
+
+static void one_line(char *dst, size_t cap, const char *src)
+{
+    size_t j = 0;
+    for (size_t i = 0; src != NULL && src[i] != '\0' && j + 1 < cap; i++)
+        dst[j++] = (src[i] == '\n' || src[i] == '\r' || src[i] == '\t') ? ' ' : src[i];
+    while (j > 0 && dst[j - 1] == ' ')
+        j--;
+    dst[j] = '\0';
+}
+
+/* Sets err from a failed result (res may be NULL) and drops the connection, so the next call
+ * starts from a fresh one whatever state the failure left this one in. */
+static int fail(struct eng_dlq *q, const PGresult *res, const char *what, struct eng_error *err)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = res ? PQresultErrorMessage(res) : NULL;
+    if (msg == NULL || *msg == '\0')
+        msg = q->conn ? PQerrorMessage(q->conn) : "no connection";
+    bool retriable =
+        (q->conn == NULL || PQstatus(q->conn) != CONNECTION_OK) || sqlstate_retriable(state);
+    char line[240];
+    one_line(line, sizeof(line), msg);
+    drop_conn(q);
+    return eng_error_set(err, retriable ? ENG_EIO : ENG_EFATAL, retriable,
+                         "dlq: could not %s \"%s\": %s%s%s", what, q->table, line,
+                         state ? " sqlstate=" : "", state ? state : "");
+}
+
+/* Quotes a possibly schema-qualified name ("s.t") part by part. */
+static char *quote_qualified(PGconn *conn, const char *name, const char *suffix)
+{
+    struct eng_buf b = {0};
+    const char *part = name;
+    for (;;) {
+        const char *dot = strchr(part, '.');
+        size_t n = dot ? (size_t)(dot - part) : strlen(part);
+        char *tmp = eng_strndup(part, n);
+        if (dot == NULL && suffix != NULL) {
+            char *t2 = eng_malloc(n + strlen(suffix) + 1);
+            memcpy(t2, tmp, n);
+            memcpy(t2 + n, suffix, strlen(suffix) + 1);
+            free(tmp);
+            tmp = t2;
+        }
+        char *quoted = PQescapeIdentifier(conn, tmp, strlen(tmp));
+        free(tmp);
+        if (quoted == NULL) {
+            eng_buf_free(&b);
+            return NULL;
+        }
+        eng_buf_puts(&b, quoted);
+        PQfreemem(quoted);
+        if (dot == NULL)
+            break;
+        /* An index lives in its table's schema: CREATE INDEX takes an unqualified name. */
+        if (suffix == NULL)
+            eng_buf_putc(&b, '.');
+        else
+            eng_buf_reset(&b);
+        part = dot + 1;
+    }
+    char *out = eng_strndup(b.data ? b.data : "", b.len);
+    eng_buf_free(&b);
+    return out;
+}
+
+static int exec_ok(struct eng_dlq *q, const char *sql, const char *what, struct eng_error *err)
+{
+    PGresult *res = PQexec(q->conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        int rc = fail(q, res, what, err);
+        PQclear(res);
+        return rc;
+    }
+    PQclear(res);
+    return 0;
+}
+
+static void ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+/* Connects if needed, creates the table and prepares the park statement. */
+static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
+{
+    if (q->conn != NULL && PQstatus(q->conn) != CONNECTION_OK)
+        drop_conn(q);
+    if (q->ready)
+        return 0;
+    if (q->conn == NULL) {
+        /* Our defaults come first so that anything in the user's conninfo overrides them. */
+        const char *const keys[] = {"connect_timeout", "application_name", "dbname", NULL};
+        const char *const vals[] = {"10", "engage-dlq", q->conninfo, NULL};
+        q->conn = PQconnectdbParams(keys, vals, 1);
+        if (q->conn == NULL)
+            eng_die("out of memory in PQconnectdbParams");
+        if (PQstatus(q->conn) != CONNECTION_OK)
+            return fail(q, NULL, "connect to the database of", err);
+        /* "relation already exists, skipping" and the like are not worth a line on stderr. */
+        PQsetNoticeProcessor(q->conn, ignore_notice, NULL);
+    }
+    if (q->table_sql == NULL) {
+        q->table_sql = quote_qualified(q->conn, q->table, NULL);
+        q->index_sql = quote_qualified(q->conn, q->table, "_dedup_idx");
+        if (q->table_sql == NULL || q->index_sql == NULL) {
+            free(q->table_sql);
+            free(q->index_sql);
+            q->table_sql = q->index_sql = NULL;
+            drop_conn(q);
+            return eng_error_set(err, ENG_EINVAL, false, "dlq: bad table name \"%s\"", q->table);
+        }
+    }
+    struct eng_buf sql = {0};
+    eng_buf_printf(&sql,
+                   "BEGIN; SELECT pg_advisory_xact_lock(hashtext('engage_dlq_create'));"
+                   "CREATE TABLE IF NOT EXISTS %s ("
+                   "id bigserial PRIMARY KEY,"
+                   "parked_at timestamptz NOT NULL DEFAULT now(),"
+                   "origin text NOT NULL,"
+                   "position text NOT NULL,"
+                   "event_id bigint,"
+                   "reason text NOT NULL,"
+                   "last_status int NOT NULL DEFAULT 0,"
+                   "attempts int NOT NULL DEFAULT 0,"
+                   "payload bytea,"
+                   "replayed_at timestamptz NULL);"
+                   "CREATE UNIQUE INDEX IF NOT EXISTS %s ON %s "
+                   "(origin, position, (coalesce(event_id, -1)));"
+                   "COMMIT",
+                   q->table_sql, q->index_sql, q->table_sql);
+    int rc = exec_ok(q, sql.data, "create", err);
+    if (rc != 0) {
+        eng_buf_free(&sql);
+        return rc;
+    }
+    eng_buf_reset(&sql);
+    eng_buf_printf(&sql,
+                   "INSERT INTO %s AS d (origin, position, event_id, reason, last_status,"
+                   " attempts, payload) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                   " ON CONFLICT (origin, position, (coalesce(event_id, -1))) DO UPDATE SET"
+                   " parked_at = now(), reason = EXCLUDED.reason,"
+                   " last_status = EXCLUDED.last_status, attempts = EXCLUDED.attempts,"
+                   " payload = EXCLUDED.payload, replayed_at = NULL",
+                   q->table_sql);
+    PGresult *res = PQprepare(q->conn, PARK_STMT, sql.data, 0, NULL);
+    eng_buf_free(&sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        rc = fail(q, res, "prepare insert into", err);
+        PQclear(res);
+        return rc;
+    }
+    PQclear(res);
+    q->ready = true;
+    return 0;
+}
+
+/* Sends one chunk of inserts followed by a sync point and reads their results. */
+static int park_chunk(struct eng_dlq *q, const struct eng_dlq_item *items, size_t n,
+                      struct eng_error *err)
+{
+    char id[24], status[16], attempts[16];
+    for (size_t i = 0; i < n; i++) {
+        const struct eng_dlq_item *it = &items[i];
+        snprintf(status, sizeof(status), "%d", it->last_status);
+        snprintf(attempts, sizeof(attempts), "%d", it->attempts);
+        const char *vals[7];
+        int lens[7] = {0};
+        int fmts[7] = {0, 0, 0, 0, 0, 0, 1};
+        vals[0] = it->origin ? it->origin : "unknown";
+        vals[1] = it->position ? it->position : "";
+        if (it->event_id >= 0) {
+            snprintf(id, sizeof(id), "%lld", (long long)it->event_id);
+            vals[2] = id;
+        } else {
+            vals[2] = NULL;
+        }
+        vals[3] = it->reason ? it->reason : "";
+        vals[4] = status;
+        vals[5] = attempts;
+        vals[6] = it->payload ? (const char *)it->payload : "";
+        lens[6] = it->payload ? (int)it->payload_len : 0;
+        if (!PQsendQueryPrepared(q->conn, PARK_STMT, 7, vals, lens, fmts, 0))
+            return fail(q, NULL, "send insert into", err);
+    }
+    if (!PQpipelineSync(q->conn))
+        return fail(q, NULL, "sync insert into", err);
+    /* Each query yields its result then NULL; the sync point yields PGRES_PIPELINE_SYNC. */
+    int rc = 0;
+    for (;;) {
+        PGresult *res = PQgetResult(q->conn);
+        if (res == NULL) {
+            if (PQstatus(q->conn) != CONNECTION_OK)
+                return rc ? rc : fail(q, NULL, "insert into", err);
+            continue;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            break;
+        }
+        if (st != PGRES_COMMAND_OK && rc == 0) {
+            /* The first error explains; later queries only report PGRES_PIPELINE_ABORTED.
+             * Keep reading up to the sync point so the connection stays usable for the
+             * rollback (fail() drops it anyway). */
+            struct eng_error tmp;
+            char state_copy[8] = "";
+            const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            if (state)
+                snprintf(state_copy, sizeof(state_copy), "%s", state);
+            char line[200];
+            one_line(line, sizeof(line), PQresultErrorMessage(res));
+            bool retriable = sqlstate_retriable(state_copy[0] ? state_copy : NULL) ||
+                             PQstatus(q->conn) != CONNECTION_OK;
+            rc = eng_error_set(&tmp, retriable ? ENG_EIO : ENG_EFATAL, retriable,
+                               "dlq: could not insert into \"%s\": %s%s%s", q->table, line,
+                               state_copy[0] ? " sqlstate=" : "", state_copy);
+            if (err != NULL)
+                *err = tmp;
+        }
+        PQclear(res);
+    }
+    if (rc != 0)
+        drop_conn(q);
+    return rc;
+}
+
+int eng_dlq_park(struct eng_dlq *q, const struct eng_dlq_item *items, size_t n,
+                 struct eng_error *err)
+{
+    eng_error_clear(err);
+    if (n == 0)
+        return 0;
+    int rc = ensure_ready(q, err);
+    if (rc != 0)
+        return rc;
+    /* An explicit transaction around the chunks: sync points inside a BEGIN block do not
+     * commit, so the n items become durable together at COMMIT or not at all. */
+    rc = exec_ok(q, "BEGIN", "begin on", err);
+    if (rc != 0)
+        return rc;
+    if (!PQenterPipelineMode(q->conn))
+        return fail(q, NULL, "enter pipeline mode for", err);
+    for (size_t i = 0; i < n && rc == 0; i += PARK_CHUNK)
+        rc = park_chunk(q, items + i, n - i < PARK_CHUNK ? n - i : PARK_CHUNK, err);
+    if (rc != 0)
+        return rc; /* the connection was dropped: the server rolls the transaction back */
+    if (!PQexitPipelineMode(q->conn))
+        return fail(q, NULL, "leave pipeline mode for", err);
+    rc = exec_ok(q, "COMMIT", "commit into", err);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        eng_debug("msg=\"parked\" origin=%s position=%s event_id=%lld attempts=%d status=%d",
+                  items[i].origin ? items[i].origin : "unknown",
+                  items[i].position ? items[i].position : "", (long long)items[i].event_id,
+                  items[i].attempts, items[i].last_status);
+    }
+    return 0;
+}
+
+int64_t eng_dlq_pending(struct eng_dlq *q, struct eng_error *err)
+{
+    eng_error_clear(err);
+    if (ensure_ready(q, err) != 0)
+        return -1;
+    struct eng_buf sql = {0};
+    eng_buf_printf(&sql, "SELECT count(*) FROM %s WHERE replayed_at IS NULL", q->table_sql);
+    PGresult *res = PQexec(q->conn, sql.data);
+    eng_buf_free(&sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        fail(q, res, "count rows of", err);
+        PQclear(res);
+        return -1;
+    }
+    int64_t v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return v;
+}
