@@ -1,0 +1,907 @@
+/* The external HTTP API sink.
+ *
+ * Policy when the API is slow or down. The pipeline gives every sink its own bounded queue
+ * and thread, so this sink blocking in write() delays only itself. What this file adds is a
+ * bound on how long one write() can block: every request of a batch gets a retry budget
+ * (retry_budget_ms and max_attempts) that starts when write() starts; no attempt starts or
+ * runs past it (attempt timeouts are cut to what is left), and whatever is not acknowledged
+ * when the budget ends is parked in the dead-letter queue, after which write() returns 0 and
+ * the pipeline may move the checkpoint. So an API that is down pins WAL for at most the
+ * budget plus one DLQ transaction per batch, and nothing is dropped: an event is either
+ * acknowledged by a 2xx or durably parked; if the DLQ itself cannot take it, write() fails
+ * retriably and the batch is written again (requests already acknowledged are not resent).
+ * A slow but working API gets the same treatment: what cannot be sent within the budget
+ * (max_in_flight requests at a time) is parked rather than stalling the checkpoint.
+ *
+ * Requests: a batch is cut into requests of batch_size events, sent max_in_flight at a time
+ * over curl multi with keep-alive connections. The Idempotency-Key depends only on the event
+ * ids of a request ("ev-<id>", or "evs-<first>-<last>-<n>-<fnv1a of the ids>"), so a resend
+ * after a retry, a crash or a replay carries the same key as the first delivery.
+ *
+ * Retries (decided in http_policy.c): 408, 429, 5xx, timeouts and connection errors are
+ * retried after max(full-jitter capped exponential backoff, Retry-After); a Retry-After also
+ * holds every request of the sink until it passes, since a rate limit is the API's, not a
+ * request's. Other 4xx answers are parked at once. The circuit breaker opens after
+ * breaker_failures consecutive failed requests; while it is open nothing is sent and waiting
+ * requests spend their budget; after breaker_open_ms one probe request decides. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "../admin/metrics.h"
+#include "../core/clock.h"
+#include "../core/log.h"
+#include "http.h"
+#include "http_policy.h"
+
+#define RESP_KEEP  200 /* bytes of a response body kept for the DLQ reason */
+#define MAX_STATUS 600
+#define TOKEN_MAX  4096
+
+enum req_state { REQ_WAITING, REQ_IN_FLIGHT, REQ_DONE, REQ_PARK };
+
+struct http_req {
+    uint32_t first; /* index of the first event in the batch */
+    uint32_t n;
+    enum req_state state;
+    bool probe; /* the breaker's half-open probe */
+    long last_status;
+    int64_t next_at_us;
+    struct eng_http_retry retry;
+    struct eng_buf body; /* built at the first attempt, freed when the request is settled */
+    char *reason;        /* set when parked (heap) */
+    char key[80];
+    char last_error[160];
+};
+
+struct http_slot {
+    CURL *easy;
+    struct http_req *req; /* NULL when free */
+    struct curl_slist *headers;
+    int64_t started_us;
+    size_t resp_len;
+    char resp[RESP_KEEP + 1];
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+struct http_sink {
+    struct eng_sink base;
+    struct eng_http_options opt;
+    char *url;
+    char *auth_header; /* "Authorization: Bearer ..." or NULL; wiped on destroy */
+    struct eng_http_retry_policy policy;
+    struct eng_http_breaker breaker;
+    uint64_t rng;
+    int64_t hold_until_us;
+
+    pthread_mutex_t multi_lock; /* guards `multi` against eng_http_sink_cancel */
+    CURLM *multi;
+    struct http_slot *slots;
+    atomic_bool cancelled;
+
+    /* The requests of the last failed write that were acknowledged, so that writing the same
+     * batch again does not resend them. */
+    uint64_t resume_seq;
+    uint32_t resume_n;
+    uint32_t resume_nreq;
+    uint8_t *resume_done;
+
+    struct eng_counter *m_events;
+    struct eng_counter *m_retries;
+    struct eng_counter *m_parked;
+    struct eng_counter *m_giveups;
+    struct eng_counter *m_timeout;
+    struct eng_counter *m_connect;
+    struct eng_counter *m_transport;
+    struct eng_counter *m_code[MAX_STATUS];
+    struct eng_gauge *m_breaker;
+    struct eng_histogram *m_latency;
+};
+
+void eng_http_options_default(struct eng_http_options *opt)
+{
+    memset(opt, 0, sizeof(*opt));
+    opt->batch_size = 1;
+    opt->max_in_flight = 8;
+    opt->timeout_ms = 5000;
+    opt->connect_timeout_ms = 0;
+    opt->max_attempts = 8;
+    opt->retry_budget_ms = 30000;
+    opt->backoff_base_ms = 100;
+    opt->backoff_cap_ms = 5000;
+    opt->breaker_failures = 10;
+    opt->breaker_open_ms = 5000;
+}
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+
+static void curl_init(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *s = x;
+    return x;
+}
+
+static int64_t ms_to_us(int64_t ms)
+{
+    return ms * 1000;
+}
+
+/* ---- metrics ---------------------------------------------------------------------------- */
+
+static const char *const requests_help = "HTTP sink requests by status code or transport error";
+
+static struct eng_counter *code_counter(struct http_sink *s, long status)
+{
+    if (status < 100 || status >= MAX_STATUS)
+        status = 0;
+    if (s->m_code[status] == NULL) {
+        char labels[32];
+        snprintf(labels, sizeof(labels), "code=\"%ld\"", status);
+        s->m_code[status] =
+            eng_metrics_counter("engage_http_requests_total", labels, requests_help);
+    }
+    return s->m_code[status];
+}
+
+static void set_breaker_gauge(struct http_sink *s)
+{
+    eng_gauge_set(s->m_breaker, (int64_t)s->breaker.state);
+}
+
+/* ---- requests --------------------------------------------------------------------------- */
+
+static const char *event_json(const struct eng_batch *b, const struct eng_event *e, size_t *len)
+{
+    const char *p = eng_batch_json(b, e);
+    size_t n = e->json.len;
+    while (n > 0 && (p[n - 1] == '\n' || p[n - 1] == '\r'))
+        n--;
+    *len = n;
+    return p;
+}
+
+static void make_key(const struct eng_batch *b, struct http_req *r)
+{
+    const struct eng_event *ev = &b->events[r->first];
+    if (r->n == 1) {
+        snprintf(r->key, sizeof(r->key), "ev-%" PRId64, ev->event_id);
+        return;
+    }
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a over the ids, little-endian bytes */
+    for (uint32_t i = 0; i < r->n; i++) {
+        uint64_t id = (uint64_t)ev[i].event_id;
+        for (int k = 0; k < 8; k++) {
+            h ^= (id >> (8 * k)) & 0xffu;
+            h *= 0x100000001b3ull;
+        }
+    }
+    snprintf(r->key, sizeof(r->key), "evs-%" PRId64 "-%" PRId64 "-%" PRIu32 "-%016" PRIx64,
+             ev[0].event_id, ev[r->n - 1].event_id, r->n, h);
+}
+
+static void build_body(const struct eng_batch *b, struct http_req *r, bool array)
+{
+    struct eng_buf *out = &r->body;
+    eng_buf_reset(out);
+    if (array)
+        eng_buf_putc(out, '[');
+    for (uint32_t i = 0; i < r->n; i++) {
+        size_t len;
+        const char *p = event_json(b, &b->events[r->first + i], &len);
+        if (i > 0)
+            eng_buf_putc(out, ',');
+        eng_buf_append(out, p, len);
+    }
+    if (array)
+        eng_buf_putc(out, ']');
+    if (out->overflow)
+        eng_die("http: request body over its cap");
+}
+
+static size_t on_body(char *p, size_t size, size_t nmemb, void *ctx)
+{
+    struct http_slot *sl = ctx;
+    size_t n = size * nmemb;
+    size_t room = RESP_KEEP - sl->resp_len;
+    size_t take = n < room ? n : room;
+    memcpy(sl->resp + sl->resp_len, p, take);
+    sl->resp_len += take;
+    sl->resp[sl->resp_len] = '\0';
+    return n;
+}
+
+/* A response snippet fit for one line of a reason text. */
+static void snippet(char *dst, size_t cap, const char *src, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < n && j + 1 < cap; i++) {
+        unsigned char c = (unsigned char)src[i];
+        dst[j++] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+    }
+    dst[j] = '\0';
+}
+
+static int setup_easy(struct http_sink *s, struct http_slot *sl)
+{
+    sl->easy = curl_easy_init();
+    if (sl->easy == NULL)
+        return -1;
+    CURL *e = sl->easy;
+    int bad = 0;
+    bad |= curl_easy_setopt(e, CURLOPT_URL, s->url) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, sl) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, sl->errbuf) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, sl) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_USERAGENT, "engage/0.1") != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK;
+    return bad ? -1 : 0;
+}
+
+static int ensure_multi(struct http_sink *s, struct eng_error *err)
+{
+    if (s->multi != NULL)
+        return 0;
+    CURLM *m = curl_multi_init();
+    if (m == NULL)
+        return eng_error_set(err, ENG_EIO, true, "http: could not create a curl multi handle");
+    long n = (long)s->opt.max_in_flight;
+    curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, n);
+    curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, n);
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, n);
+    pthread_mutex_lock(&s->multi_lock);
+    s->multi = m;
+    pthread_mutex_unlock(&s->multi_lock);
+    return 0;
+}
+
+static void start_attempt(struct http_sink *s, const struct eng_batch *b, struct http_req *r,
+                          struct http_slot *sl, int64_t now, bool probe)
+{
+    if (r->body.len == 0)
+        build_body(b, r, s->opt.batch_size > 1);
+    int64_t timeout_us = eng_http_retry_attempt(&r->retry, now, ms_to_us(s->opt.timeout_ms));
+    int64_t connect_us = ms_to_us(s->opt.connect_timeout_ms);
+    if (connect_us > timeout_us)
+        connect_us = timeout_us;
+    if (r->retry.attempts > 1)
+        eng_counter_add(s->m_retries, 1);
+
+    char key_header[128];
+    snprintf(key_header, sizeof(key_header), "Idempotency-Key: %s", r->key);
+    struct curl_slist *h = NULL;
+    h = curl_slist_append(h, "Content-Type: application/json");
+    h = h ? curl_slist_append(h, "Expect:") : NULL; /* no 100-continue round trip */
+    h = h ? curl_slist_append(h, key_header) : NULL;
+    if (h != NULL && s->auth_header != NULL)
+        h = curl_slist_append(h, s->auth_header);
+    if (h == NULL)
+        eng_die("out of memory building http headers");
+    sl->headers = h;
+    sl->req = r;
+    sl->resp_len = 0;
+    sl->resp[0] = '\0';
+    sl->errbuf[0] = '\0';
+    sl->started_us = now;
+    curl_easy_setopt(sl->easy, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(sl->easy, CURLOPT_POSTFIELDS, r->body.data);
+    curl_easy_setopt(sl->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body.len);
+    curl_easy_setopt(sl->easy, CURLOPT_TIMEOUT_MS, (long)(timeout_us / 1000));
+    curl_easy_setopt(sl->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_us / 1000));
+    r->state = REQ_IN_FLIGHT;
+    r->probe = probe;
+    CURLMcode mc = curl_multi_add_handle(s->multi, sl->easy);
+    if (mc != CURLM_OK) {
+        /* Treated like a failed attempt by the caller's next pass: the request waits. */
+        snprintf(r->last_error, sizeof(r->last_error), "curl: %s", curl_multi_strerror(mc));
+        curl_slist_free_all(sl->headers);
+        sl->headers = NULL;
+        sl->req = NULL;
+        r->state = REQ_WAITING;
+        r->next_at_us = now + ms_to_us(s->opt.backoff_base_ms);
+        if (probe)
+            eng_http_breaker_record(&s->breaker, now, true, true);
+    }
+}
+
+#define REASON_MAX 320
+
+static void park(struct http_req *r, const char *reason)
+{
+    r->state = REQ_PARK;
+    free(r->reason);
+    r->reason = eng_strdup(reason);
+    eng_buf_free(&r->body);
+}
+
+static void give_up(struct http_sink *s, struct http_req *r, const char *extra)
+{
+    char reason[REASON_MAX];
+    const char *last = r->last_error[0] ? r->last_error : "never sent";
+    snprintf(reason, sizeof(reason), "gave up after %u attempts: %s%s", r->retry.attempts, last,
+             extra ? extra : "");
+    park(r, reason);
+    eng_counter_add(s->m_giveups, 1);
+}
+
+static void breaker_result(struct http_sink *s, int64_t now, bool failure, bool probe)
+{
+    enum eng_http_breaker_state before = s->breaker.state;
+    if (!eng_http_breaker_record(&s->breaker, now, failure, probe))
+        return;
+    static const char *const names[] = {"closed", "open", "half-open"};
+    if (s->breaker.state == ENG_HTTP_BREAKER_OPEN)
+        eng_warn("msg=\"http circuit breaker opened\" from=%s open_ms=%lld", names[before],
+                 (long long)s->opt.breaker_open_ms);
+    else
+        eng_info("msg=\"http circuit breaker %s\" from=%s", names[s->breaker.state], names[before]);
+    set_breaker_gauge(s);
+}
+
+/* Settles one finished attempt; returns true when its request is settled (delivered or to be
+ * parked), false when it waits for a retry. */
+static bool finish_attempt(struct http_sink *s, struct http_slot *sl, CURLcode rc, int64_t now)
+{
+    struct http_req *r = sl->req;
+    curl_multi_remove_handle(s->multi, sl->easy);
+    curl_slist_free_all(sl->headers);
+    sl->headers = NULL;
+    sl->req = NULL;
+
+    bool transport = rc != CURLE_OK;
+    long status = 0;
+    if (!transport)
+        curl_easy_getinfo(sl->easy, CURLINFO_RESPONSE_CODE, &status);
+    eng_histogram_observe(s->m_latency, now - sl->started_us);
+    if (!transport)
+        eng_counter_add(code_counter(s, status), 1);
+    else if (rc == CURLE_OPERATION_TIMEDOUT)
+        eng_counter_add(s->m_timeout, 1);
+    else if (rc == CURLE_COULDNT_CONNECT)
+        eng_counter_add(s->m_connect, 1);
+    else
+        eng_counter_add(s->m_transport, 1);
+
+    enum eng_http_outcome out = eng_http_classify(transport, status);
+    bool probe = r->probe;
+    r->probe = false;
+    breaker_result(s, now, eng_http_breaker_failure(transport, status), probe);
+    r->last_status = status;
+
+    if (out == ENG_HTTP_DELIVERED) {
+        r->state = REQ_DONE;
+        eng_buf_free(&r->body);
+        eng_counter_add(s->m_events, r->n);
+        return true;
+    }
+    char snip[RESP_KEEP + 1];
+    snippet(snip, sizeof(snip), sl->resp, sl->resp_len);
+    if (out == ENG_HTTP_REJECTED) {
+        char reason[REASON_MAX];
+        snprintf(reason, sizeof(reason), "rejected with HTTP %ld after %u attempts%s%s", status,
+                 r->retry.attempts, snip[0] ? ": " : "", snip);
+        park(r, reason);
+        return true;
+    }
+    if (transport) {
+        if (rc == CURLE_OPERATION_TIMEDOUT)
+            snprintf(r->last_error, sizeof(r->last_error), "timeout after %lld ms",
+                     (long long)((now - sl->started_us) / 1000));
+        else
+            snprintf(r->last_error, sizeof(r->last_error), "%.150s",
+                     sl->errbuf[0] ? sl->errbuf : curl_easy_strerror(rc));
+    } else {
+        snprintf(r->last_error, sizeof(r->last_error), "HTTP %ld%s%.80s", status,
+                 snip[0] ? ": " : "", snip);
+    }
+
+    int64_t retry_after = 0;
+    struct curl_header *hdr = NULL;
+    if (!transport &&
+        curl_easy_header(sl->easy, "Retry-After", 0, CURLH_HEADER, -1, &hdr) == CURLHE_OK &&
+        eng_http_parse_retry_after(hdr->value, eng_clock_wall_us(), &retry_after) &&
+        retry_after > 0) {
+        if (now + retry_after > s->hold_until_us)
+            s->hold_until_us = now + retry_after;
+    }
+    enum eng_http_giveup why;
+    int64_t next = eng_http_retry_next(&s->policy, &r->retry, now, retry_after, &why);
+    if (next < 0) {
+        char extra[96] = "";
+        if (why == ENG_HTTP_GIVEUP_TIME && retry_after > 0)
+            snprintf(extra, sizeof(extra), " (retry-after %llds is past the retry budget)",
+                     (long long)(retry_after / 1000000));
+        else if (why == ENG_HTTP_GIVEUP_TIME)
+            snprintf(extra, sizeof(extra), " (retry budget of %lld ms spent)",
+                     (long long)s->opt.retry_budget_ms);
+        give_up(s, r, extra);
+        return true;
+    }
+    r->state = REQ_WAITING;
+    r->next_at_us = next;
+    return false;
+}
+
+/* Stops every transfer in flight (cancel): their requests count as not delivered. */
+static void abort_in_flight(struct http_sink *s, int64_t now)
+{
+    for (uint32_t i = 0; i < s->opt.max_in_flight; i++) {
+        struct http_slot *sl = &s->slots[i];
+        if (sl->req == NULL)
+            continue;
+        curl_multi_remove_handle(s->multi, sl->easy);
+        curl_slist_free_all(sl->headers);
+        sl->headers = NULL;
+        if (sl->req->probe)
+            breaker_result(s, now, true, true);
+        sl->req->state = REQ_WAITING;
+        sl->req = NULL;
+    }
+    set_breaker_gauge(s);
+}
+
+static struct http_slot *free_slot(struct http_sink *s)
+{
+    for (uint32_t i = 0; i < s->opt.max_in_flight; i++) {
+        if (s->slots[i].req == NULL)
+            return &s->slots[i];
+    }
+    return NULL;
+}
+
+static void format_position(uint64_t pos, char *out, size_t cap)
+{
+    snprintf(out, cap, "%X/%X", (unsigned)(pos >> 32), (unsigned)(pos & 0xffffffffu));
+}
+
+/* Parks every REQ_PARK request's events in one DLQ transaction. */
+static int park_all(struct http_sink *s, const struct eng_batch *b, struct http_req *reqs,
+                    uint32_t nreq, struct eng_error *err)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < nreq; i++) {
+        if (reqs[i].state == REQ_PARK)
+            n += reqs[i].n;
+    }
+    if (n == 0)
+        return 0;
+    if (s->opt.dlq == NULL)
+        return eng_error_set(err, ENG_EIO, true,
+                             "http: %zu events could not be delivered and no dead-letter queue "
+                             "is configured",
+                             n);
+    char position[40];
+    format_position(b->position, position, sizeof(position));
+    struct eng_dlq_item *items = eng_calloc(n, sizeof(*items));
+    size_t k = 0;
+    const char *example = NULL;
+    for (uint32_t i = 0; i < nreq; i++) {
+        struct http_req *r = &reqs[i];
+        if (r->state != REQ_PARK)
+            continue;
+        if (example == NULL)
+            example = r->reason;
+        for (uint32_t j = 0; j < r->n; j++) {
+            const struct eng_event *e = &b->events[r->first + j];
+            struct eng_dlq_item *it = &items[k++];
+            it->origin = "http";
+            it->position = position;
+            it->event_id = e->event_id;
+            it->reason = r->reason;
+            it->last_status = (int)r->last_status;
+            it->attempts = (int)r->retry.attempts;
+            it->payload = event_json(b, e, &it->payload_len);
+        }
+    }
+    int rc = eng_dlq_park(s->opt.dlq, items, n, err);
+    free(items);
+    if (rc != 0) {
+        eng_warn("msg=\"http sink could not park undeliverable events\" events=%zu error=\"%s\"", n,
+                 err ? err->msg : "");
+        return rc;
+    }
+    eng_counter_add(s->m_parked, n);
+    eng_warn("msg=\"http sink parked events in the dlq\" events=%zu position=%s reason=\"%s\"", n,
+             position, example ? example : "");
+    return 0;
+}
+
+static void remember_done(struct http_sink *s, const struct eng_batch *b, struct http_req *reqs,
+                          uint32_t nreq)
+{
+    free(s->resume_done);
+    s->resume_done = NULL;
+    s->resume_seq = 0;
+    if (b->seq == 0)
+        return;
+    s->resume_done = eng_calloc(nreq, 1);
+    for (uint32_t i = 0; i < nreq; i++)
+        s->resume_done[i] = reqs[i].state == REQ_DONE;
+    s->resume_seq = b->seq;
+    s->resume_n = b->n;
+    s->resume_nreq = nreq;
+}
+
+static int http_write(struct eng_sink *sink, const struct eng_batch *b, struct eng_error *err)
+{
+    struct http_sink *s = (struct http_sink *)sink;
+    eng_error_clear(err);
+    if (atomic_load(&s->cancelled))
+        return eng_error_set(err, ENG_ESTOPPED, true, "http: sink stopped");
+    if (b->n == 0)
+        return 0;
+    int rc = ensure_multi(s, err);
+    if (rc != 0)
+        return rc;
+
+    const uint32_t bs = s->opt.batch_size;
+    const uint32_t nreq = (b->n + bs - 1) / bs;
+    struct http_req *reqs = eng_calloc(nreq, sizeof(*reqs));
+    bool resume = s->resume_done != NULL && b->seq == s->resume_seq && b->n == s->resume_n &&
+                  nreq == s->resume_nreq;
+    int64_t now = eng_clock_mono_us();
+    uint32_t open_reqs = 0;
+    for (uint32_t i = 0; i < nreq; i++) {
+        struct http_req *r = &reqs[i];
+        r->first = i * bs;
+        r->n = b->n - r->first < bs ? b->n - r->first : bs;
+        make_key(b, r);
+        eng_http_retry_start(&s->policy, &r->retry, now, xorshift(&s->rng));
+        r->next_at_us = now;
+        r->state = resume && s->resume_done[i] ? REQ_DONE : REQ_WAITING;
+        open_reqs += r->state == REQ_WAITING;
+    }
+
+    uint32_t lo = 0; /* every request before lo is settled */
+    uint32_t in_flight = 0;
+    while (open_reqs > 0) {
+        if (atomic_load(&s->cancelled)) {
+            abort_in_flight(s, eng_clock_mono_us());
+            remember_done(s, b, reqs, nreq);
+            rc = eng_error_set(err, ENG_ESTOPPED, true, "http: sink stopped during a write");
+            goto out;
+        }
+        now = eng_clock_mono_us();
+        int64_t wake = now + 1000000;
+        bool blocked = in_flight == s->opt.max_in_flight; /* no request can start now */
+        while (lo < nreq && (reqs[lo].state == REQ_DONE || reqs[lo].state == REQ_PARK))
+            lo++;
+        for (uint32_t i = lo; i < nreq; i++) {
+            struct http_req *r = &reqs[i];
+            if (r->state != REQ_WAITING)
+                continue;
+            if (!eng_http_retry_alive(&s->policy, &r->retry, now)) {
+                give_up(s, r,
+                        s->breaker.state == ENG_HTTP_BREAKER_CLOSED
+                            ? " (retry budget spent waiting to be sent)"
+                            : " (retry budget spent while the circuit breaker was open)");
+                open_reqs--;
+                continue;
+            }
+            if (!blocked) {
+                int64_t t = r->next_at_us > s->hold_until_us ? r->next_at_us : s->hold_until_us;
+                if (t > now) {
+                    if (t < wake)
+                        wake = t;
+                    continue;
+                }
+                enum eng_http_breaker_grant g = eng_http_breaker_acquire(&s->breaker, now);
+                set_breaker_gauge(s);
+                if (g != ENG_HTTP_BREAKER_DENY) {
+                    start_attempt(s, b, r, free_slot(s), now, g == ENG_HTTP_BREAKER_PROBE);
+                    if (r->state == REQ_IN_FLIGHT)
+                        in_flight++;
+                    blocked = in_flight == s->opt.max_in_flight;
+                    continue;
+                }
+                t = eng_http_breaker_retry_at(&s->breaker);
+                if (t > 0 && t < wake)
+                    wake = t;
+                blocked = true;
+            }
+            /* Nothing more starts in this pass; the rest only needs its expiry check, which
+             * cannot trigger before the (shared) deadline. */
+            int64_t d = r->retry.deadline_us - s->policy.min_attempt_us + 1;
+            if (d < wake)
+                wake = d;
+            break;
+        }
+        if (open_reqs == 0)
+            break;
+
+        int running = 0;
+        curl_multi_perform(s->multi, &running);
+        bool settled_any = false;
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(s->multi, &left)) != NULL) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            char *priv = NULL;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+            struct http_slot *sl = (struct http_slot *)(void *)priv;
+            CURLcode result = msg->data.result;
+            if (finish_attempt(s, sl, result, eng_clock_mono_us()))
+                open_reqs--;
+            in_flight--;
+            settled_any = true;
+        }
+        if (settled_any)
+            continue; /* schedule again before waiting */
+        now = eng_clock_mono_us();
+        int64_t wait_ms = (wake - now + 999) / 1000;
+        if (wait_ms < 0)
+            wait_ms = 0;
+        if (wait_ms > 1000)
+            wait_ms = 1000;
+        curl_multi_poll(s->multi, NULL, 0, (int)wait_ms, NULL);
+    }
+
+    rc = park_all(s, b, reqs, nreq, err);
+    if (rc != 0) {
+        remember_done(s, b, reqs, nreq);
+        goto out;
+    }
+    free(s->resume_done);
+    s->resume_done = NULL;
+    s->resume_seq = 0;
+out:
+    for (uint32_t i = 0; i < nreq; i++) {
+        eng_buf_free(&reqs[i].body);
+        free(reqs[i].reason);
+    }
+    free(reqs);
+    return rc;
+}
+
+static int http_open(struct eng_sink *sink, struct eng_error *err)
+{
+    struct http_sink *s = (struct http_sink *)sink;
+    eng_error_clear(err);
+    return ensure_multi(s, err);
+}
+
+/* Drops the multi handle and with it every cached connection. */
+static void http_close(struct eng_sink *sink)
+{
+    struct http_sink *s = (struct http_sink *)sink;
+    pthread_mutex_lock(&s->multi_lock);
+    CURLM *m = s->multi;
+    s->multi = NULL;
+    pthread_mutex_unlock(&s->multi_lock);
+    if (m != NULL)
+        curl_multi_cleanup(m);
+}
+
+static void http_destroy(struct eng_sink *sink)
+{
+    struct http_sink *s = (struct http_sink *)sink;
+    http_close(sink);
+    for (uint32_t i = 0; s->slots != NULL && i < s->opt.max_in_flight; i++) {
+        if (s->slots[i].easy != NULL)
+            curl_easy_cleanup(s->slots[i].easy);
+        curl_slist_free_all(s->slots[i].headers);
+    }
+    free(s->slots);
+    if (s->auth_header != NULL) {
+        explicit_bzero(s->auth_header, strlen(s->auth_header));
+        free(s->auth_header);
+    }
+    free(s->url);
+    free(s->resume_done);
+    pthread_mutex_destroy(&s->multi_lock);
+    free(s);
+}
+
+static const struct eng_sink_ops http_ops = {
+    .name = "http",
+    .open = http_open,
+    .write = http_write,
+    .close = http_close,
+    .destroy = http_destroy,
+};
+
+void eng_http_sink_cancel(struct eng_sink *sink)
+{
+    struct http_sink *s = (struct http_sink *)sink;
+    atomic_store(&s->cancelled, true);
+    pthread_mutex_lock(&s->multi_lock);
+    if (s->multi != NULL)
+        curl_multi_wakeup(s->multi);
+    pthread_mutex_unlock(&s->multi_lock);
+}
+
+/* Reads the bearer token from the file, or from $ENGAGE_HTTP_TOKEN. *out is NULL when there
+ * is none. The token never appears in a message. */
+static int load_token(const char *file, char **out, struct eng_error *err)
+{
+    *out = NULL;
+    char buf[TOKEN_MAX + 1];
+    size_t n = 0;
+    if (file != NULL && *file != '\0') {
+        FILE *f = fopen(file, "re");
+        if (f == NULL)
+            return eng_error_set(err, ENG_EINVAL, false, "http: could not open token file \"%s\"",
+                                 file);
+        n = fread(buf, 1, TOKEN_MAX + 1, f);
+        bool bad = ferror(f) != 0;
+        fclose(f);
+        if (bad || n > TOKEN_MAX) {
+            explicit_bzero(buf, sizeof(buf));
+            return eng_error_set(err, ENG_EINVAL, false,
+                                 "http: could not read token file \"%s\" (or over %d bytes)", file,
+                                 TOKEN_MAX);
+        }
+    } else {
+        const char *env = getenv("ENGAGE_HTTP_TOKEN");
+        if (env == NULL || *env == '\0')
+            return 0;
+        n = strlen(env);
+        if (n > TOKEN_MAX)
+            return eng_error_set(err, ENG_EINVAL, false, "http: ENGAGE_HTTP_TOKEN is too long");
+        memcpy(buf, env, n);
+    }
+    while (n > 0 &&
+           (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+        n--;
+    size_t start = 0;
+    while (start < n && (buf[start] == ' ' || buf[start] == '\t'))
+        start++;
+    for (size_t i = start; i < n; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (c < 0x21 || c == 0x7f) {
+            explicit_bzero(buf, sizeof(buf));
+            return eng_error_set(err, ENG_EINVAL, false,
+                                 "http: the bearer token contains a space or control character");
+        }
+    }
+    if (start == n)
+        return file
+                   ? eng_error_set(err, ENG_EINVAL, false, "http: token file \"%s\" is empty", file)
+                   : 0;
+    static const char prefix[] = "Authorization: Bearer ";
+    char *h = eng_malloc(sizeof(prefix) + (n - start));
+    memcpy(h, prefix, sizeof(prefix) - 1);
+    memcpy(h + sizeof(prefix) - 1, buf + start, n - start);
+    h[sizeof(prefix) - 1 + (n - start)] = '\0';
+    explicit_bzero(buf, sizeof(buf));
+    *out = h;
+    return 0;
+}
+
+static int check_url(const char *url, struct eng_error *err)
+{
+    CURLU *u = curl_url();
+    if (u == NULL)
+        eng_die("out of memory in curl_url");
+    char *scheme = NULL;
+    int rc = 0;
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK)
+        rc = eng_error_set(err, ENG_EINVAL, false, "http: invalid url");
+    else if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)
+        rc = eng_error_set(err, ENG_EINVAL, false, "http: url scheme must be http or https");
+    curl_free(scheme);
+    curl_url_cleanup(u);
+    return rc;
+}
+
+struct eng_sink *eng_http_sink_create(const char *base_url, const struct eng_http_options *opt,
+                                      struct eng_error *err)
+{
+    struct eng_http_options o;
+    if (opt != NULL)
+        o = *opt;
+    else
+        eng_http_options_default(&o);
+    if (base_url == NULL || *base_url == '\0') {
+        eng_error_set(err, ENG_EINVAL, false, "http: no url");
+        return NULL;
+    }
+    if (o.batch_size == 0 || o.max_in_flight == 0 || o.max_in_flight > 1024 || o.timeout_ms <= 0 ||
+        o.retry_budget_ms <= 0 || o.backoff_base_ms <= 0 || o.backoff_cap_ms < o.backoff_base_ms ||
+        o.breaker_open_ms < 0 || o.connect_timeout_ms < 0) {
+        eng_error_set(err, ENG_EINVAL, false, "http: invalid options");
+        return NULL;
+    }
+    if (o.max_attempts == 0)
+        o.max_attempts = 1;
+    if (o.connect_timeout_ms == 0)
+        o.connect_timeout_ms = o.timeout_ms < 5000 ? o.timeout_ms : 5000;
+    pthread_once(&curl_once, curl_init);
+    if (curl_init_rc != CURLE_OK) {
+        eng_error_set(err, ENG_EIO, false, "http: curl_global_init failed");
+        return NULL;
+    }
+
+    size_t n = strlen(base_url);
+    while (n > 0 && base_url[n - 1] == '/')
+        n--;
+    char *url = eng_malloc(n + sizeof("/events"));
+    memcpy(url, base_url, n);
+    memcpy(url + n, "/events", sizeof("/events"));
+    if (check_url(url, err) != 0) {
+        free(url);
+        return NULL;
+    }
+    char *auth = NULL;
+    if (load_token(o.token_file, &auth, err) != 0) {
+        free(url);
+        return NULL;
+    }
+
+    struct http_sink *s = eng_calloc(1, sizeof(*s));
+    s->base.ops = &http_ops;
+    s->opt = o;
+    s->opt.token_file = NULL; /* not kept: read once above */
+    s->url = url;
+    s->auth_header = auth;
+    pthread_mutex_init(&s->multi_lock, NULL);
+    atomic_init(&s->cancelled, false);
+    s->rng = o.seed ? o.seed : (uint64_t)eng_clock_wall_us() ^ (uint64_t)(uintptr_t)s;
+    if (s->rng == 0)
+        s->rng = 0x9E3779B97F4A7C15ull;
+    s->policy.max_attempts = o.max_attempts;
+    s->policy.budget_us = ms_to_us(o.retry_budget_ms);
+    s->policy.base_us = ms_to_us(o.backoff_base_ms);
+    s->policy.cap_us = ms_to_us(o.backoff_cap_ms);
+    /* An attempt with less than this left would only time out. */
+    s->policy.min_attempt_us = ms_to_us(o.timeout_ms < 100 ? o.timeout_ms : 100);
+    eng_http_breaker_init(&s->breaker, o.breaker_failures, ms_to_us(o.breaker_open_ms));
+
+    s->slots = eng_calloc(o.max_in_flight, sizeof(*s->slots));
+    for (uint32_t i = 0; i < o.max_in_flight; i++) {
+        if (setup_easy(s, &s->slots[i]) != 0) {
+            eng_error_set(err, ENG_EIO, false, "http: could not set up a curl handle");
+            http_destroy(&s->base);
+            return NULL;
+        }
+    }
+
+    s->m_events = eng_metrics_counter("engage_sink_events_total", "sink=\"http\"",
+                                      "Events made durable, per sink");
+    s->m_retries = eng_metrics_counter("engage_http_retries_total", NULL,
+                                       "HTTP sink attempts that were retries");
+    s->m_parked = eng_metrics_counter("engage_dlq_parked_total", "origin=\"http\"",
+                                      "Items parked in the dead-letter queue, per origin");
+    s->m_giveups = eng_metrics_counter("engage_http_giveups_total", NULL,
+                                       "HTTP sink requests given up after the retry budget");
+    s->m_timeout =
+        eng_metrics_counter("engage_http_requests_total", "code=\"timeout\"", requests_help);
+    s->m_connect =
+        eng_metrics_counter("engage_http_requests_total", "code=\"connect_error\"", requests_help);
+    s->m_transport = eng_metrics_counter("engage_http_requests_total", "code=\"transport_error\"",
+                                         requests_help);
+    s->m_breaker = eng_metrics_gauge("engage_http_breaker_state", NULL,
+                                     "HTTP sink circuit breaker: 0 closed, 1 open, 2 half-open");
+    s->m_latency = eng_metrics_histogram("engage_http_request_duration_seconds", NULL,
+                                         "HTTP sink request duration, per attempt");
+    set_breaker_gauge(s);
+    eng_info("msg=\"http sink ready\" batch_size=%u max_in_flight=%u timeout_ms=%lld "
+             "max_attempts=%u retry_budget_ms=%lld breaker_failures=%u bearer=%s dlq=%s",
+             o.batch_size, o.max_in_flight, (long long)o.timeout_ms, o.max_attempts,
+             (long long)o.retry_budget_ms, o.breaker_failures, auth ? "yes" : "no",
+             o.dlq ? "yes" : "no");
+    return &s->base;
+}
