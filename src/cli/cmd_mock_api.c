@@ -1,0 +1,328 @@
+/* engage mock-api: the stand-in for the external HTTP API, with fault injection (see
+ * src/mockapi/mockapi.h for the endpoints and the control JSON). */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/log.h"
+#include "../mockapi/mockapi.h"
+#include "commands.h"
+
+static const char usage[] =
+    "usage: engage mock-api [--listen HOST:PORT] [options]\n"
+    "\n"
+    "The stand-in for the external HTTP API: POST /events takes one enriched event or a JSON\n"
+    "array of them, dedupes by event_id and answers 200 {\"accepted\":N}.\n"
+    "GET /stats, GET /events/ids, GET /events, GET /log, GET|POST /control, GET /healthz.\n"
+    "\n"
+    "  --listen HOST:PORT        API address (default 127.0.0.1:8000; port 0: any free port)\n"
+    "  --control-listen HOST:PORT  control address, up even while the API is down\n"
+    "                            (default: the API host, any free port; \"off\": none)\n"
+    "  --port-file PATH          write {\"port\":N,\"control_port\":N} once listening\n"
+    "  --seed N                  fault dice seed (default: from the clock)\n"
+    "  --fail-rate F             fraction of POST /events answered --fail-status (500)\n"
+    "  --fail-status N\n"
+    "  --status-429-rate F       fraction answered 429 ...\n"
+    "  --retry-after S           ... with Retry-After: S seconds\n"
+    "  --retry-after-date        send Retry-After as an HTTP-date\n"
+    "  --delay-ms N              delay every answer by N ms ...\n"
+    "  --delay-jitter-ms N       ... plus uniform 0..N ms\n"
+    "  --hang[=F]                never answer (fraction F, default 1); closed after\n"
+    "  --hang-max-ms N           N ms (default 120000)\n"
+    "  --reset[=F]               close with a TCP reset after reading the request\n"
+    "  --reset-after-accept[=F]  record the events, then reset instead of answering\n"
+    "  --down                    start with the API refusing connections ...\n"
+    "  --down-ms N               ... for N ms (default: until POST /control {\"down\":false})\n"
+    "  --require-token TOKEN     POST /events needs Authorization: Bearer TOKEN (else 401)\n"
+    "  --log                     one log line per request\n"
+    "  --log-size N              requests kept for GET /log (default 4096)\n"
+    "  --max-events N            unique events kept (default 16777216; then 507)\n"
+    "  --log-level LEVEL         debug, info, warn or error\n"
+    "  --help\n"
+    "\n"
+    "Faults change at run time: POST /control {\"fail_rate\":0.3}, {\"status_429_rate\":1,\n"
+    "\"retry_after\":2}, {\"delay_ms\":3000}, {\"hang\":true}, {\"reset\":0.5}, {\"down\":true,\n"
+    "\"down_ms\":5000}, {\"clear\":true}, {\"clear_stats\":true}, ... SIGTERM/SIGINT: exit 0.\n";
+
+static int bad_value(const char *opt, const char *v)
+{
+    fprintf(stderr, "engage mock-api: invalid value \"%s\" for --%s\n", v, opt);
+    return -1;
+}
+
+static int parse_double(const char *opt, const char *v, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno != 0 || end == v || *end != '\0' || !(d >= lo && d <= hi))
+        return bad_value(opt, v);
+    *out = d;
+    return 0;
+}
+
+static int parse_i64(const char *opt, const char *v, long long lo, long long hi, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno != 0 || end == v || *end != '\0' || x < lo || x > hi)
+        return bad_value(opt, v);
+    *out = (int64_t)x;
+    return 0;
+}
+
+/* Splits HOST:PORT (or [V6]:PORT) into host (copied into buf) and port. */
+static int parse_addr(const char *opt, const char *v, char *host, size_t cap, int *port)
+{
+    const char *colon = strrchr(v, ':');
+    if (colon == NULL)
+        return bad_value(opt, v);
+    const char *h = v;
+    size_t hl = (size_t)(colon - v);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    if (hl == 0) {
+        h = "127.0.0.1";
+        hl = strlen(h);
+    }
+    if (hl >= cap)
+        return bad_value(opt, v);
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    int64_t p;
+    if (parse_i64(opt, colon + 1, 0, 65535, &p) != 0)
+        return -1;
+    *port = (int)p;
+    return 0;
+}
+
+static int write_port_file(const char *path, unsigned port, unsigned control_port)
+{
+    char tmp[4096];
+    int n = snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if (n < 0 || (size_t)n >= sizeof(tmp))
+        return -1;
+    FILE *f = fopen(tmp, "we");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "{\"port\":%u,\"control_port\":%u}\n", port, control_port);
+    if (fclose(f) != 0)
+        return -1;
+    return rename(tmp, path);
+}
+
+enum {
+    OPT_LISTEN = 256,
+    OPT_CONTROL_LISTEN,
+    OPT_PORT_FILE,
+    OPT_SEED,
+    OPT_FAIL_RATE,
+    OPT_FAIL_STATUS,
+    OPT_429_RATE,
+    OPT_RETRY_AFTER,
+    OPT_RETRY_AFTER_DATE,
+    OPT_DELAY,
+    OPT_JITTER,
+    OPT_HANG,
+    OPT_HANG_MAX,
+    OPT_RESET,
+    OPT_RESET_AFTER_ACCEPT,
+    OPT_DOWN,
+    OPT_DOWN_MS,
+    OPT_TOKEN,
+    OPT_LOG,
+    OPT_LOG_SIZE,
+    OPT_MAX_EVENTS,
+    OPT_LOG_LEVEL,
+    OPT_HELP,
+};
+
+static const struct option long_opts[] = {
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"control-listen", required_argument, NULL, OPT_CONTROL_LISTEN},
+    {"port-file", required_argument, NULL, OPT_PORT_FILE},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"fail-rate", required_argument, NULL, OPT_FAIL_RATE},
+    {"fail-status", required_argument, NULL, OPT_FAIL_STATUS},
+    {"status-429-rate", required_argument, NULL, OPT_429_RATE},
+    {"429-rate", required_argument, NULL, OPT_429_RATE},
+    {"retry-after", required_argument, NULL, OPT_RETRY_AFTER},
+    {"retry-after-date", no_argument, NULL, OPT_RETRY_AFTER_DATE},
+    {"delay-ms", required_argument, NULL, OPT_DELAY},
+    {"delay-jitter-ms", required_argument, NULL, OPT_JITTER},
+    {"hang", optional_argument, NULL, OPT_HANG},
+    {"hang-max-ms", required_argument, NULL, OPT_HANG_MAX},
+    {"reset", optional_argument, NULL, OPT_RESET},
+    {"reset-after-accept", optional_argument, NULL, OPT_RESET_AFTER_ACCEPT},
+    {"down", no_argument, NULL, OPT_DOWN},
+    {"down-ms", required_argument, NULL, OPT_DOWN_MS},
+    {"require-token", required_argument, NULL, OPT_TOKEN},
+    {"log", no_argument, NULL, OPT_LOG},
+    {"log-size", required_argument, NULL, OPT_LOG_SIZE},
+    {"max-events", required_argument, NULL, OPT_MAX_EVENTS},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+int eng_cmd_mock_api(int argc, char **argv)
+{
+    struct eng_mockapi_options o;
+    eng_mockapi_options_default(&o);
+    char host[256] = "127.0.0.1", control_host[256] = "";
+    int port = 8000, control_port = 0;
+    const char *port_file = NULL;
+    int64_t v;
+    double d;
+    int rc = 0;
+
+    optind = 1;
+    int c;
+    while (rc == 0 && (c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_LISTEN:
+            rc = parse_addr("listen", optarg, host, sizeof(host), &port);
+            break;
+        case OPT_CONTROL_LISTEN:
+            if (strcmp(optarg, "off") == 0)
+                control_port = -1;
+            else
+                rc = parse_addr("control-listen", optarg, control_host, sizeof(control_host),
+                                &control_port);
+            break;
+        case OPT_PORT_FILE:
+            port_file = optarg;
+            break;
+        case OPT_SEED:
+            rc = parse_i64("seed", optarg, 0, INT64_MAX, &v);
+            o.seed = (uint64_t)v;
+            break;
+        case OPT_FAIL_RATE:
+            rc = parse_double("fail-rate", optarg, 0, 1, &o.faults.fail_rate);
+            break;
+        case OPT_FAIL_STATUS:
+            rc = parse_i64("fail-status", optarg, 100, 599, &v);
+            o.faults.fail_status = (int)v;
+            break;
+        case OPT_429_RATE:
+            rc = parse_double("status-429-rate", optarg, 0, 1, &o.faults.status_429_rate);
+            break;
+        case OPT_RETRY_AFTER:
+            rc = parse_i64("retry-after", optarg, 0, 86400, &o.faults.retry_after_s);
+            break;
+        case OPT_RETRY_AFTER_DATE:
+            o.faults.retry_after_date = true;
+            break;
+        case OPT_DELAY:
+            rc = parse_i64("delay-ms", optarg, 0, 3600000, &o.faults.delay_ms);
+            break;
+        case OPT_JITTER:
+            rc = parse_i64("delay-jitter-ms", optarg, 0, 3600000, &o.faults.delay_jitter_ms);
+            break;
+        case OPT_HANG:
+            d = 1;
+            rc = optarg ? parse_double("hang", optarg, 0, 1, &d) : 0;
+            o.faults.hang_rate = d;
+            break;
+        case OPT_HANG_MAX:
+            rc = parse_i64("hang-max-ms", optarg, 1, 3600000, &o.faults.hang_max_ms);
+            break;
+        case OPT_RESET:
+            d = 1;
+            rc = optarg ? parse_double("reset", optarg, 0, 1, &d) : 0;
+            o.faults.reset_rate = d;
+            break;
+        case OPT_RESET_AFTER_ACCEPT:
+            d = 1;
+            rc = optarg ? parse_double("reset-after-accept", optarg, 0, 1, &d) : 0;
+            o.faults.reset_after_accept_rate = d;
+            break;
+        case OPT_DOWN:
+            o.faults.down = true;
+            break;
+        case OPT_DOWN_MS:
+            rc = parse_i64("down-ms", optarg, 0, 86400000, &o.faults.down_ms);
+            break;
+        case OPT_TOKEN:
+            o.require_token = optarg;
+            break;
+        case OPT_LOG:
+            o.faults.log = true;
+            break;
+        case OPT_LOG_SIZE:
+            rc = parse_i64("log-size", optarg, 1, 10000000, &v);
+            o.log_size = (size_t)v;
+            break;
+        case OPT_MAX_EVENTS:
+            rc = parse_i64("max-events", optarg, 1, (long long)1 << 32, &v);
+            o.max_events = (size_t)v;
+            break;
+        case OPT_LOG_LEVEL: {
+            enum eng_log_level lvl;
+            if (!eng_log_parse_level(optarg, &lvl))
+                rc = bad_value("log-level", optarg);
+            else
+                eng_log_set_level(lvl);
+            break;
+        }
+        case 'h':
+        case OPT_HELP:
+            fputs(usage, stdout);
+            return 0;
+        default:
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    if (rc != 0)
+        return 2;
+    if (optind < argc) {
+        fprintf(stderr, "engage mock-api: unexpected argument \"%s\"\n", argv[optind]);
+        return 2;
+    }
+    o.host = host;
+    o.port = (uint16_t)port;
+    o.control_host = control_host[0] ? control_host : NULL;
+    o.control_port = control_port;
+
+    /* Block the stop signals before any thread starts (threads inherit the mask), then wait
+     * for them here: no handler runs in an arbitrary thread. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct eng_error err;
+    eng_error_clear(&err);
+    struct eng_mockapi *m = eng_mockapi_start(&o, &err);
+    if (m == NULL) {
+        fprintf(stderr, "engage mock-api: %s\n", err.msg);
+        return 1;
+    }
+    unsigned p = eng_mockapi_port(m), cp = eng_mockapi_control_port(m);
+    eng_info("msg=\"mock-api listening\" addr=%s:%u control_port=%u down=%s", host, p, cp,
+             o.faults.down ? "true" : "false");
+    printf("listening port=%u control_port=%u\n", p, cp);
+    fflush(stdout);
+    if (port_file != NULL && write_port_file(port_file, p, cp) != 0) {
+        fprintf(stderr, "engage mock-api: could not write \"%s\": %s\n", port_file,
+                strerror(errno));
+        eng_mockapi_stop(m);
+        return 1;
+    }
+
+    int sig = 0;
+    while (sigwait(&stop, &sig) != 0)
+        ;
+    eng_info("msg=\"mock-api stopping\" signal=%d", sig);
+    eng_mockapi_stop(m);
+    return 0;
+}
