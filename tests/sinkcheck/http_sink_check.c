@@ -3,7 +3,8 @@
  * Retry-After 2 (seconds and HTTP-date), answers slower than the timeout, resets and lost
  * acks, an API down for longer than the retry budget (DLQ rows, re-park idempotent, later
  * redelivery), the circuit breaker's request count, 4xx parked at once, the DLQ unreachable
- * (retriable error, nothing acked twice), and the bearer token.
+ * or refusing rows (the write fails; the same sink resends only what was not acknowledged),
+ * a hanging API and cancel, and the bearer token.
  *
  * usage: http_sink_check MOCK_BIN   (runs `MOCK_BIN mock-api --listen 127.0.0.1:0 ...`)
  * env:   ENGAGE_TEST_PG   libpq conninfo of a scratch database (required)
@@ -719,6 +720,38 @@ static void scenario_resume(void)
     sql_exec("DROP TABLE IF EXISTS dlq_resume");
 }
 
+static void scenario_hang_cancel(struct eng_dlq *dlq)
+{
+    /* The API never answers: each attempt ends at the timeout; cancel (shutdown) makes the
+     * write return at once, retriably, and leaves nothing marked as delivered. */
+    mock_reset();
+    mock_control("{\"hang\":true,\"hang_max_ms\":10000}");
+    struct eng_http_options o = opts(dlq);
+    o.timeout_ms = 300;
+    struct eng_sink *s = sink(&o);
+    struct eng_batch *b = make_batch(97000, 4, 1);
+    struct bg g = {.s = s, .b = b};
+    pthread_create(&g.th, NULL, bg_main, &g);
+    int64_t deadline = eng_clock_mono_us() + 10 * 1000000;
+    while (stat_int("hangs") < 8 && eng_clock_mono_us() < deadline)
+        sleep_ms(20);
+    int64_t t0 = eng_clock_mono_us();
+    eng_http_sink_cancel(s);
+    pthread_join(g.th, NULL);
+    int64_t stop_ms = (eng_clock_mono_us() - t0) / 1000;
+    CHECK(g.t.rc == ENG_ESTOPPED && g.t.err.retriable, "cancel: rc %d (%s)", g.t.rc, g.t.err.msg);
+    CHECK(stop_ms < 200, "cancel: write took %" PRId64 " ms to stop", stop_ms);
+    struct timed t = write_batch(s, b);
+    CHECK(t.rc == ENG_ESTOPPED, "cancel is sticky");
+    CHECK(stat_int("unique") == 0, "hang: nothing may be recorded");
+    note("hang: %" PRId64 " attempts timed out at 300 ms; cancel stopped the write in %" PRId64
+         " ms",
+         stat_int("hangs"), stop_ms);
+    eng_sink_destroy(s);
+    eng_batch_release(b);
+    mock_control("{\"hang\":false}");
+}
+
 static void scenario_token(struct eng_dlq *dlq)
 {
     mock_reset();
@@ -797,6 +830,7 @@ int main(int argc, char **argv)
     scenario_rejected(dlq);
     scenario_dlq_unreachable();
     scenario_resume();
+    scenario_hang_cancel(dlq);
     scenario_token(dlq);
 
     eng_dlq_destroy(dlq);
