@@ -8,6 +8,8 @@
 #include "../pipeline/dlq.h"
 #include "../pipeline/pipeline.h"
 #include "../sink/clickhouse.h"
+#include "../sink/http.h"
+#include "../sink/redis.h"
 #include "../sink/stdout.h"
 #include "../source/pg.h"
 #include "commands.h"
@@ -32,6 +34,13 @@ static const char usage[] =
     "  --batch-ms N           longest a batch stays open, ms (default 50)\n"
     "  --queue-depth N        batches queued per sink (default 8)\n"
     "  --dlq-table NAME       dead-letter table in PostgreSQL (default engage_dlq)\n"
+    "  --seen-ttl SECONDS     expiry of Redis's seen-set chunks (default 0: never)\n"
+    "  --http-batch N         events per API request; 1 sends single objects (default 100)\n"
+    "  --http-timeout-ms N    per-request timeout (default 5000)\n"
+    "  --http-max-attempts N  attempts before an event is parked in the DLQ (default 8)\n"
+    "  --http-retry-budget-ms N  longest one batch may retry before parking (default 60000)\n"
+    "  --http-inflight N      concurrent API requests (default 4)\n"
+    "  --http-token-file F    bearer token file (or ENGAGE_HTTP_TOKEN); never logged\n"
     "  --log-level LEVEL      debug, info, warn, error (default info)\n"
     "  --config FILE          `name = value` lines with these option names (ENGAGE_CONFIG)\n"
     "\n"
@@ -60,7 +69,10 @@ int eng_cmd_run(int argc, char **argv)
     struct eng_admin *admin = NULL;
     struct eng_dlq *dlq = NULL;
     int status = 1;
-    int64_t batch_events = 10000, batch_ms = 50, depth = 8;
+    struct eng_dlq *http_dlq = NULL;
+    int64_t batch_events = 10000, batch_ms = 50, depth = 8, seen_ttl = 0;
+    int64_t http_batch = 100, http_timeout = 5000, http_attempts = 8, http_budget = 60000;
+    int64_t http_inflight = 4;
 
     eng_error_clear(&err);
     int prc = eng_options_parse(&o, argc, argv, usage);
@@ -77,7 +89,13 @@ int eng_cmd_run(int argc, char **argv)
     eng_log_set_level(level);
     if (!eng_opt_int(&o, OPT_BATCH_EVENTS, 1, 1000000, &batch_events) ||
         !eng_opt_int(&o, OPT_BATCH_MS, 1, 60000, &batch_ms) ||
-        !eng_opt_int(&o, OPT_QUEUE_DEPTH, 1, 1024, &depth)) {
+        !eng_opt_int(&o, OPT_QUEUE_DEPTH, 1, 1024, &depth) ||
+        !eng_opt_int(&o, OPT_SEEN_TTL, 0, UINT32_MAX, &seen_ttl) ||
+        !eng_opt_int(&o, OPT_HTTP_BATCH, 1, 10000, &http_batch) ||
+        !eng_opt_int(&o, OPT_HTTP_TIMEOUT_MS, 1, 3600000, &http_timeout) ||
+        !eng_opt_int(&o, OPT_HTTP_MAX_ATTEMPTS, 1, 1000, &http_attempts) ||
+        !eng_opt_int(&o, OPT_HTTP_RETRY_BUDGET_MS, 1, 86400000, &http_budget) ||
+        !eng_opt_int(&o, OPT_HTTP_INFLIGHT, 1, 256, &http_inflight)) {
         status = 2;
         goto out;
     }
@@ -100,6 +118,42 @@ int eng_cmd_run(int argc, char **argv)
             goto out;
         }
         sinks[nsinks] = eng_clickhouse_sink_create(eng_opt(&o, OPT_CLICKHOUSE), &err);
+        if (sinks[nsinks] == NULL)
+            goto fail;
+        nsinks++;
+    }
+    if (eng_opt_sink_enabled(&o, "redis")) {
+        if (eng_opt(&o, OPT_REDIS) == NULL) {
+            fprintf(stderr, "engage: the redis sink needs --redis URL\n");
+            status = 2;
+            goto out;
+        }
+        struct eng_redis_options ropt;
+        eng_redis_options_init(&ropt);
+        ropt.seen_ttl_s = (uint32_t)seen_ttl;
+        sinks[nsinks] = eng_redis_sink_create(eng_opt(&o, OPT_REDIS), &ropt, &err);
+        if (sinks[nsinks] == NULL)
+            goto fail;
+        nsinks++;
+    }
+    if (eng_opt_sink_enabled(&o, "http")) {
+        if (eng_opt(&o, OPT_HTTP) == NULL) {
+            fprintf(stderr, "engage: the http sink needs --http URL\n");
+            status = 2;
+            goto out;
+        }
+        struct eng_http_options hopt;
+        eng_http_options_default(&hopt);
+        hopt.batch_size = (uint32_t)http_batch;
+        hopt.timeout_ms = http_timeout;
+        hopt.max_attempts = (uint32_t)http_attempts;
+        hopt.retry_budget_ms = http_budget;
+        hopt.max_in_flight = (uint32_t)http_inflight;
+        hopt.token_file = eng_opt(&o, OPT_HTTP_TOKEN_FILE);
+        /* The sink thread parks through a dlq of its own (one connection per thread). */
+        http_dlq = eng_dlq_create(eng_opt(&o, OPT_PG), eng_opt(&o, OPT_DLQ_TABLE));
+        hopt.dlq = http_dlq;
+        sinks[nsinks] = eng_http_sink_create(eng_opt(&o, OPT_HTTP), &hopt, &err);
         if (sinks[nsinks] == NULL)
             goto fail;
         nsinks++;
@@ -160,6 +214,7 @@ out:
     eng_pipeline_destroy(pipeline);
     eng_admin_stop(admin);
     eng_dlq_destroy(dlq);
+    eng_dlq_destroy(http_dlq);
     eng_options_free(&o);
     return status;
 }

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# make demo: start a local stack (PostgreSQL, ClickHouse, Redis on free loopback ports in a
+# temporary directory) and the mock external API, run `engage run` into all three sinks,
+# insert sample events (the brief's example among them), and show what each sink received.
+# Everything is stopped at the end; ENGAGE_DEMO_KEEP=1 leaves the stack running.
+set -euo pipefail
+engage=$(realpath "${1:-build/engage}")
+top=$(cd "$(dirname "$0")/.." && pwd)
+dir=$(mktemp -d /tmp/engage-demo.XXXXXX)
+chmod 755 "$dir"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ -z "${ENGAGE_DEMO_KEEP:-}" ]; then
+        bash "$top/scripts/stack.sh" down "$dir/stack" >/dev/null 2>&1 || true
+        rm -rf "$dir"
+    else
+        echo "stack left running: source $dir/stack/env; stop with scripts/stack.sh down $dir/stack"
+    fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# wait_until DESCRIPTION SECONDS COMMAND...: polls COMMAND every 0.1 s until it succeeds.
+wait_until() {
+    local what=$1 secs=$2; shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then echo "demo: timed out waiting for $what" >&2; return 1; fi
+        sleep 0.1
+    done
+}
+
+echo "== starting PostgreSQL 15, ClickHouse and Redis in $dir/stack"
+mkdir -p "$dir/stack"
+bash "$top/scripts/stack.sh" up "$dir/stack" | tail -n 3
+# shellcheck disable=SC1091
+source "$dir/stack/env"
+api_port=$(free_port)
+export ENGAGE_HTTP="http://127.0.0.1:$api_port"
+export ENGAGE_ADMIN_ADDR="127.0.0.1:$(free_port)"
+
+echo "== starting the mock external API on $ENGAGE_HTTP"
+"$engage" mock-api --listen "127.0.0.1:$api_port" >"$dir/mock-api.log" 2>&1 &
+pids+=($!)
+wait_until "the mock API" 10 curl -sf "$ENGAGE_HTTP/stats"
+
+psql -q "$ENGAGE_PG" <<'SQL'
+INSERT INTO content(content_id, content_type, length_seconds, title) VALUES
+  (1, 'video', 300, 'The brief''s example'),
+  (2, 'article', NULL, 'No length'),
+  (3, 'podcast', 1800, 'Long listen');
+SQL
+
+echo "== engage run --pg ... --clickhouse ... --redis ... --http ..."
+"$engage" run --state-dir "$dir/state" >"$dir/engage.log" 2>&1 &
+engage_pid=$!
+pids=("$engage_pid" "${pids[@]}")
+wait_until "engage to create its replication slot" 30 \
+    test "$(psql -tAq "$ENGAGE_PG" -c "SELECT count(*) FROM pg_replication_slots WHERE active")" = 1
+
+echo "== inserting sample events"
+psql -q "$ENGAGE_PG" <<'SQL'
+INSERT INTO engagement_events(content_id, user_id, event_type, event_ts, duration_ms, device) VALUES
+  (1, 999, 'play',   now() at time zone 'utc' - interval '2 minutes', 7000, 'web'),
+  (1, 1000, 'pause', now() at time zone 'utc' - interval '1 minute', 1234, 'ios'),
+  (2, 1001, 'play',  now() at time zone 'utc', 5000, 'android'),
+  (3, 1002, 'finish', now() at time zone 'utc', 1800000, 'tv'),
+  (42, 1003, 'play', now() at time zone 'utc', NULL, 'web');
+SQL
+wait_until "ClickHouse to hold the 5 events" 30 test "$(curl -s "$ENGAGE_CLICKHOUSE" \
+    --data-binary 'SELECT count() FROM engagement.events_enriched FINAL')" = 5
+wait_until "the API to receive the 5 events" 30 sh -c "curl -s $ENGAGE_HTTP/stats | grep -q '\"unique\":5'"
+
+echo
+echo "== ClickHouse: SELECT * FROM engagement.events_enriched FINAL"
+curl -s "$ENGAGE_CLICKHOUSE" --data-binary \
+    'SELECT * FROM engagement.events_enriched FINAL ORDER BY event_id FORMAT PrettyCompactMonoBlock'
+echo
+echo "== Redis"
+rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
+for k in $(rcli --scan --pattern 'content:count:*' | sort); do echo "$k = $(rcli get "$k")"; done
+echo "content:last:1 = $(rcli get content:last:1)"
+echo "top:content:10m = $(rcli zrevrange top:content:10m 0 -1 withscores | paste -sd' ')"
+echo
+echo "== external API (mock): GET /stats"
+curl -s "$ENGAGE_HTTP/stats"; echo
+echo
+echo "== engage /metrics (excerpt)"
+curl -s "http://$ENGAGE_ADMIN_ADDR/metrics" | grep -E '^engage_(source_events|sink_acked_events|enrich_misses)' || true
+echo
+echo "demo: done (logs in $dir while it runs)"
