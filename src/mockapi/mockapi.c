@@ -1296,6 +1296,8 @@ struct eng_mockapi *eng_mockapi_start(const struct eng_mockapi_options *o, struc
         m->faults.hang_max_ms = 120000;
     m->rng = o->seed ? o->seed : ((uint64_t)eng_clock_wall_us() | 1);
     m->start_us = eng_clock_mono_us();
+    if (m->faults.down && m->faults.down_ms > 0)
+        m->up_at_us = m->start_us + m->faults.down_ms * 1000;
     m->api_fd = -1;
     m->control_fd = -1;
     m->api_l.m = m;
