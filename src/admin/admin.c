@@ -1,0 +1,260 @@
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "../core/buf.h"
+#include "../core/log.h"
+#include "admin.h"
+#include "metrics.h"
+
+#define ADMIN_MAX_CONNECTIONS 32
+#define ADMIN_CONNECTION_TIMEOUT_S 10
+#define READY_WHY_LEN 1024
+
+struct eng_admin {
+    struct MHD_Daemon *daemon;
+    struct eng_admin_hooks hooks;
+    uint16_t port;
+};
+
+int eng_admin_parse_addr(const char *host_port, char *host, size_t hostlen, uint16_t *port,
+                         struct eng_error *err)
+{
+    if (host_port == NULL || host_port[0] == '\0')
+        host_port = ENG_ADMIN_DEFAULT_ADDR;
+    const char *h = host_port;
+    size_t hl;
+    const char *p;
+    if (h[0] == '[') {
+        const char *close = strchr(h, ']');
+        if (close == NULL || close[1] != ':')
+            goto bad;
+        h++;
+        hl = (size_t)(close - h);
+        p = close + 2;
+    } else {
+        const char *colon = strrchr(h, ':');
+        if (colon == NULL || memchr(h, ':', (size_t)(colon - h)) != NULL)
+            goto bad; /* no port, or an IPv6 literal without brackets */
+        hl = (size_t)(colon - h);
+        p = colon + 1;
+    }
+    if (hl == 0 || hl >= hostlen)
+        goto bad;
+    long v = 0;
+    size_t digits = 0;
+    for (; p[digits] != '\0'; digits++) {
+        if (p[digits] < '0' || p[digits] > '9' || digits >= 5)
+            goto bad;
+        v = v * 10 + (p[digits] - '0');
+    }
+    if (digits == 0 || v > 65535)
+        goto bad;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = (uint16_t)v;
+    return 0;
+bad:
+    return eng_error_set(err, ENG_EINVAL, false,
+                         "invalid admin address \"%.100s\": expected HOST:PORT or [IPV6]:PORT",
+                         host_port);
+}
+
+/* Binds and listens on host:port; returns the socket, or -1 with errno-style *why set. */
+static int listen_on(const char *host, uint16_t port, char *why, size_t whylen)
+{
+    struct addrinfo hints;
+    struct addrinfo *res = NULL;
+    char service[8];
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(service, sizeof(service), "%u", (unsigned)port);
+    int grc = getaddrinfo(host, service, &hints, &res);
+    if (grc != 0) {
+        snprintf(why, whylen, "%s", gai_strerror(grc));
+        return -1;
+    }
+    int fd = -1;
+    int saved = 0;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            saved = errno;
+            continue;
+        }
+        int one = 1;
+        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (ai->ai_family == AF_INET6)
+            (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 64) == 0)
+            break;
+        saved = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        snprintf(why, whylen, "%s", strerror(saved));
+    return fd;
+}
+
+static uint16_t bound_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return 0;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char line[512];
+    vsnprintf(line, sizeof(line), fmt, ap);
+    line[strcspn(line, "\r\n")] = '\0';
+    eng_warn("msg=\"admin http: %s\"", line);
+}
+
+/* Queues a response with body (len bytes). With owned, body was malloc'd and is taken. */
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned int status, const char *ctype,
+                             char *body, size_t len, bool owned)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        len, body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_MUST_COPY);
+    if (r == NULL) {
+        if (owned)
+            free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    enum MHD_Result rc = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned int status,
+                                  const char *text)
+{
+    return reply(c, status, "text/plain; charset=utf-8", (char *)text, strlen(text), false);
+}
+
+static enum MHD_Result serve_metrics(struct MHD_Connection *c)
+{
+    struct eng_buf b = {0};
+    eng_metrics_render(&b);
+    if (b.overflow || b.data == NULL) {
+        bool overflow = b.overflow;
+        eng_buf_free(&b);
+        return overflow ? reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "metrics too large\n")
+                        : reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", "",
+                                0, false);
+    }
+    /* The rendered text is handed to MHD, which frees it with free(). */
+    return reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len,
+                 true);
+}
+
+static enum MHD_Result serve_ready(struct eng_admin *a, struct MHD_Connection *c)
+{
+    char why[READY_WHY_LEN];
+    char body[READY_WHY_LEN + 16];
+    why[0] = '\0';
+    bool ready = a->hooks.ready == NULL || a->hooks.ready(a->hooks.ctx, why, sizeof(why));
+    why[sizeof(why) - 1] = '\0';
+    why[strcspn(why, "\r\n")] = '\0';
+    if (ready)
+        snprintf(body, sizeof(body), "ok%s%s\n", why[0] ? " " : "", why);
+    else
+        snprintf(body, sizeof(body), "not ready: %s\n", why[0] ? why : "(no reason given)");
+    return reply_text(c, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, body);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **req_cls)
+{
+    struct eng_admin *a = cls;
+    (void)version;
+    (void)upload_data;
+    (void)upload_data_size;
+    (void)req_cls;
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+        return reply_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+    if (strcmp(url, "/metrics") == 0)
+        return serve_metrics(c);
+    if (strcmp(url, "/healthz") == 0)
+        return reply_text(c, MHD_HTTP_OK, "ok\n");
+    if (strcmp(url, "/readyz") == 0)
+        return serve_ready(a, c);
+    return reply_text(c, MHD_HTTP_NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n");
+}
+
+struct eng_admin *eng_admin_start(const char *host_port, struct eng_admin_hooks hooks,
+                                  struct eng_error *err)
+{
+    char host[256];
+    char why[128];
+    uint16_t port;
+    if (host_port == NULL || host_port[0] == '\0')
+        host_port = ENG_ADMIN_DEFAULT_ADDR;
+    if (eng_admin_parse_addr(host_port, host, sizeof(host), &port, err) != 0)
+        return NULL;
+    int fd = listen_on(host, port, why, sizeof(why));
+    if (fd < 0) {
+        eng_error_set(err, ENG_EIO, false, "could not listen on \"%.100s\": %s", host_port, why);
+        return NULL;
+    }
+    struct eng_admin *a = eng_calloc(1, sizeof(*a));
+    a->hooks = hooks;
+    a->port = bound_port(fd);
+    a->daemon = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        on_request, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, or MHD says so */
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)ADMIN_MAX_CONNECTIONS,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)ADMIN_CONNECTION_TIMEOUT_S,
+        MHD_OPTION_END);
+    if (a->daemon == NULL) {
+        close(fd);
+        free(a);
+        eng_error_set(err, ENG_EIO, false, "could not serve on \"%.100s\": libmicrohttpd failed",
+                      host_port);
+        return NULL;
+    }
+    /* fd is now owned by the daemon, which closes it on stop. */
+    eng_info("msg=\"admin endpoint listening\" host=%s port=%u", host, (unsigned)a->port);
+    return a;
+}
+
+uint16_t eng_admin_port(const struct eng_admin *a)
+{
+    return a->port;
+}
+
+void eng_admin_stop(struct eng_admin *a)
+{
+    if (a == NULL)
+        return;
+    MHD_stop_daemon(a->daemon);
+    free(a);
+}
