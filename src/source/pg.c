@@ -59,6 +59,7 @@ struct pgsrc {
     struct eng_content_cache *durable; /* as of the checkpoint */
     char system_id[32];
     bool caches_ready;
+    bool streaming; /* the replication connection is in COPY mode */
 
     struct relmap *rels;
     size_t nrels;
@@ -800,6 +801,7 @@ static void session_reset(struct pgsrc *s)
 {
     PQfinish(s->repl);
     s->repl = NULL;
+    s->streaming = false;
     PQfinish(s->conn);
     s->conn = NULL;
     eng_pgo_decoder_destroy(s->dec);
@@ -907,7 +909,8 @@ static int session(struct pgsrc *s, struct eng_error *err)
              "START_REPLICATION SLOT %s LOGICAL %s (proto_version '1', publication_names '%s')",
              s->opt->slot, lsn, s->opt->publication);
     PGresult *r = PQexec(s->repl, sql);
-    if (PQresultStatus(r) != PGRES_COPY_BOTH) {
+    s->streaming = PQresultStatus(r) == PGRES_COPY_BOTH;
+    if (!s->streaming) {
         char msg[200];
         snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
         msg[strcspn(msg, "\n")] = '\0';
@@ -1004,7 +1007,7 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
             break;
     }
     /* Shutdown: give the sinks a moment to finish what is in flight, then confirm it. */
-    if (s.repl != NULL) {
+    if (s.streaming) {
         (void)eng_pipeline_wait_idle(p, 5000000);
         checkpoint_tick(&s);
         send_status(&s, true);

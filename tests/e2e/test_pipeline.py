@@ -11,10 +11,12 @@ import workload
 from workload import Workload, check_clickhouse, lsn_int
 
 
-def slot_row(db, slot="engage_slot"):
+def slot_row(db):
+    """(active, confirmed_flush_lsn) of the test's slot, named after its database
+    (slots are per server, databases per test)."""
     return db.query(
         "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-        (slot,),
+        (db.name,),
     )
 
 
@@ -35,8 +37,8 @@ def ch_count(url):
         return 0  # table not created yet
 
 
-def run_args(tmp_path, *extra):
-    return ["run", "--state-dir", str(tmp_path / "state"), *extra]
+def run_args(db, tmp_path, *extra):
+    return ["run", "--slot", db.name, "--state-dir", str(tmp_path / "state"), *extra]
 
 
 def metrics(proc):
@@ -54,7 +56,7 @@ def test_mixed_workload_lands_exactly_once(stack, db, clean_sinks, engage, tmp_p
     wl = Workload(db.uri, seed=11)
     wl.setup_content()
     env = stack.engage_env(db.uri, sinks=("clickhouse",))
-    proc = engage(*run_args(tmp_path), env=env)
+    proc = engage(*run_args(db, tmp_path), env=env)
     wait_streaming(db, proc)
 
     wl.run(total=10_000, sessions=4)
@@ -81,7 +83,7 @@ def test_restart_keeps_content_as_of_commit(stack, db, clean_sinks, engage, tmp_
     at their commit, not as it is when engage restarts."""
     db.exec("INSERT INTO content VALUES (1, 'video', 300, 't')")
     env = stack.engage_env(db.uri, sinks=("clickhouse",))
-    proc = engage(*run_args(tmp_path), env=env)
+    proc = engage(*run_args(db, tmp_path), env=env)
     wait_streaming(db, proc)
     db.exec("INSERT INTO engagement_events(content_id, user_id, event_type, duration_ms, device) "
             "VALUES (1, 999, 'play', 7000, 'web')")
@@ -94,7 +96,7 @@ def test_restart_keeps_content_as_of_commit(stack, db, clean_sinks, engage, tmp_
     db.exec("UPDATE content SET length_seconds = 10, content_type = 'clip' WHERE content_id = 1")
     db.exec("INSERT INTO engagement_events(content_id, user_id, event_type, duration_ms, device) "
             "VALUES (1, 2, 'play', 3000, 'web')")
-    proc = engage(*run_args(tmp_path), env=env)
+    proc = engage(*run_args(db, tmp_path), env=env)
     lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 3, 60, what="three events")
     rows = lib.ch_query_json(stack.clickhouse_url,
                              "SELECT user_id, content_type, length_seconds, engagement_pct "
@@ -114,7 +116,7 @@ def test_sigkill_at_random_moments(stack, db, clean_sinks, engage, tmp_path):
     wl = Workload(db.uri, seed=22)
     wl.setup_content()
     env = stack.engage_env(db.uri, sinks=("clickhouse",))
-    proc = engage(*run_args(tmp_path), env=env)
+    proc = engage(*run_args(db, tmp_path), env=env)
     wait_streaming(db, proc)
 
     violations = []
@@ -149,22 +151,26 @@ def test_sigkill_at_random_moments(stack, db, clean_sinks, engage, tmp_path):
 
     mon = threading.Thread(target=monitor)
     mon.start()
-    join = wl.run(total=12_000, sessions=4, pace=0.01, background=True)
+    # About 15 s of inserts (4 sessions, ~45 events a transaction, 0.2 s apart).
+    join = wl.run(total=12_000, sessions=4, pace=0.2, background=True)
     rng = random.Random(5)
-    kills = 0
+    kills = kills_while_streaming = 0
     try:
         while kills < 6:
             time.sleep(rng.uniform(0.3, 2.0))
+            before = len(wl.expected)
             proc.kill()
             proc.wait(10)
             kills += 1
+            if 0 < before < 12_000:
+                kills_while_streaming += 1
             check_confirmed_not_ahead()
-            proc = engage(*run_args(tmp_path), env=env, name=f"engage-after-kill-{kills}")
+            proc = engage(*run_args(db, tmp_path), env=env, name=f"engage-after-kill-{kills}")
         join()
     finally:
         stop_monitor.set()
         mon.join()
-    assert kills >= 5
+    assert kills_while_streaming >= 5, f"only {kills_while_streaming} kills landed while events streamed"
     lib.wait_for(lambda: ch_count(stack.clickhouse_url) >= len(wl.expected), 180,
                  interval=0.2, what="every event in ClickHouse after the kills")
     check_confirmed_not_ahead()
@@ -179,7 +185,7 @@ def test_bad_input_is_parked_not_fatal(stack, db, clean_sinks, engage, tmp_path)
     dead-letter table with its position and reason; the stream continues."""
     db.exec("INSERT INTO content VALUES (1, 'video', 300, 't')")
     env = stack.engage_env(db.uri, sinks=("clickhouse",))
-    proc = engage(*run_args(tmp_path), env=env)
+    proc = engage(*run_args(db, tmp_path), env=env)
     wait_streaming(db, proc)
     db.exec("INSERT INTO engagement_events(content_id, user_id, duration_ms) VALUES (NULL, 5, 100)")
     db.exec("INSERT INTO engagement_events(content_id, user_id, duration_ms) VALUES (1, 6, 100)")
