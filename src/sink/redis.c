@@ -1,0 +1,752 @@
+/* engage: the Redis sink. One Lua script applies a slice of a batch atomically; a bitmap of
+ * event ids (the seen-set) makes every application idempotent, so the pipeline may write a
+ * batch again after a crash, a timeout or a lost reply and no value changes twice. */
+#include <ctype.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+
+#include "../admin/metrics.h"
+#include "../core/clock.h"
+#include "../core/log.h"
+#include "redis.h"
+
+/* The script, kept only here (no build step, nothing to keep in sync).
+ *
+ * ARGV: last_ttl, bucket_ttl, seen_ttl, top_ttl, nwin, then nwin minute names (YYYYMMDDHHMM)
+ * of the top window (nwin = 0: no rebuild in this call), then 7 values per event:
+ *   chunk (event_id >> 20), bit (event_id & (2^20 - 1)), content_id, event_ts_us, event_id,
+ *   minute bucket ('' = too old to touch a bucket), json.
+ * chunk, bit and the bucket name are computed in C so nothing depends on Lua arithmetic;
+ * event_ts_us and event_id are compared as Lua numbers (doubles), exact below 2^53, which
+ * the C side guarantees.
+ *
+ * A chunk of the seen-set is created at its full size (SETBIT of its last bit) the first
+ * time a call touches it: grown bit by bit, Redis's greedy string growth would leave it with
+ * a 256 KiB allocation for 128 KiB of bits; created whole it takes one 160 KiB jemalloc
+ * size class (131072 bytes + the sds header), measured by tests/sinkcheck.
+ *
+ * Per event, SETBIT on the seen-set; only an event whose bit was newly set is counted,
+ * added to its bucket and offered as last. The effects are aggregated per content (and per
+ * bucket) in Lua tables first, so Redis sees one INCRBY per content, one ZINCRBY per
+ * (bucket, content) and at most one GET/SET pair per content: the work is proportional to
+ * the slice, never to the keyspace (no KEYS, no SCAN).
+ *
+ * content:last must stay exactly the event JSON, so the (event_ts_us, event_id) of the
+ * stored value lives in a companion string engage:last:{content_id} = "ts_us:event_id" with
+ * the same TTL, written in the same SET pair. A companion whose content:last is gone (an
+ * operator deleted it, eviction) is ignored.
+ *
+ * Keys are built inside the script instead of being passed in KEYS: Redis Cluster is out of
+ * scope, so the keys of one call need not share a hash slot (a standalone server or a
+ * replicated primary accepts undeclared keys in scripts without a shebang).
+ *
+ * Redis does not roll a script back on a runtime error: the only errors possible after the
+ * first write are WRONGTYPE/not-an-integer on keys someone else overwrote, which we report as
+ * fatal (an operator must look) rather than retrying into a half-applied state. An OOM
+ * server refuses the first write (SETBIT) before anything changed, so OOM is retriable. */
+#define SEEN_BITS     20        /* ids per seen-set key: 2^20 (128 KiB of bits) */
+#define SEEN_LAST_BIT "1048575" /* 2^SEEN_BITS - 1, as the script spells it */
+
+static const char apply_script[] =
+    "local last_ttl, bucket_ttl, seen_ttl, top_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), "
+    "ARGV[4]\n"
+    "local nwin = tonumber(ARGV[5])\n"
+    "local fresh = 0\n"
+    "local counts, buckets, chunks = {}, {}, {}\n"
+    "local bidx, bts, bid = {}, {}, {}\n"
+    "local sized = {}\n"
+    "for i = 6 + nwin, #ARGV, 7 do\n"
+    "  local seen = 'engage:seen:' .. ARGV[i]\n"
+    "  if sized[seen] == nil then\n"
+    "    sized[seen] = true\n"
+    "    if redis.call('EXISTS', seen) == 0 then\n"
+    "      redis.call('SETBIT', seen, " SEEN_LAST_BIT ", 0)\n"
+    "    end\n"
+    "  end\n"
+    "  if redis.call('SETBIT', seen, ARGV[i + 1], 1) == 0 then\n"
+    "    fresh = fresh + 1\n"
+    "    local cid = ARGV[i + 2]\n"
+    "    counts[cid] = (counts[cid] or 0) + 1\n"
+    "    local bucket = ARGV[i + 5]\n"
+    "    if bucket ~= '' then\n"
+    "      local z = buckets[bucket]\n"
+    "      if z == nil then z = {}; buckets[bucket] = z end\n"
+    "      z[cid] = (z[cid] or 0) + 1\n"
+    "    end\n"
+    "    local ts, id = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])\n"
+    "    local bt = bts[cid]\n"
+    "    if bt == nil or ts > bt or (ts == bt and id > bid[cid]) then\n"
+    "      bidx[cid], bts[cid], bid[cid] = i, ts, id\n"
+    "    end\n"
+    "  end\n"
+    "  if seen_ttl > 0 then chunks[seen] = true end\n"
+    "end\n"
+    "for key in pairs(chunks) do redis.call('EXPIRE', key, seen_ttl) end\n"
+    "for cid, n in pairs(counts) do redis.call('INCRBY', 'content:count:' .. cid, n) end\n"
+    "for bucket, z in pairs(buckets) do\n"
+    "  local key = 'top:content:bucket:' .. bucket\n"
+    "  for cid, n in pairs(z) do redis.call('ZINCRBY', key, n, cid) end\n"
+    "  redis.call('EXPIRE', key, bucket_ttl)\n"
+    "end\n"
+    "for cid, i in pairs(bidx) do\n"
+    "  local last, ord = 'content:last:' .. cid, 'engage:last:' .. cid\n"
+    "  local take = true\n"
+    "  local cur = redis.call('GET', ord)\n"
+    "  if cur and redis.call('EXISTS', last) == 1 then\n"
+    "    local ct, ci = string.match(cur, '^(%-?%d+):(%d+)$')\n"
+    "    ct, ci = tonumber(ct), tonumber(ci)\n"
+    "    if ct ~= nil and ci ~= nil and\n"
+    "       (ct > bts[cid] or (ct == bts[cid] and ci >= bid[cid])) then\n"
+    "      take = false\n"
+    "    end\n"
+    "  end\n"
+    "  if take then\n"
+    "    redis.call('SET', last, ARGV[i + 6], 'EX', last_ttl)\n"
+    "    redis.call('SET', ord, ARGV[i + 3] .. ':' .. ARGV[i + 4], 'EX', last_ttl)\n"
+    "  end\n"
+    "end\n"
+    "if nwin > 0 then\n"
+    "  local keys = {}\n"
+    "  for k = 1, nwin do keys[k] = 'top:content:bucket:' .. ARGV[5 + k] end\n"
+    "  redis.call('ZUNIONSTORE', 'top:content:10m', nwin, unpack(keys))\n"
+    "  redis.call('EXPIRE', 'top:content:10m', top_ttl)\n"
+    "end\n"
+    "return fresh\n";
+
+#define HEADER_ARGS         5  /* ARGV before the window names */
+#define EVENT_ARGS          7  /* ARGV per event */
+#define CALL_PREFIX         3  /* EVALSHA sha 0 */
+#define NUM_SLOT            96 /* bytes of number text per event (79 used at most) */
+#define MAX_EXACT           ((int64_t)1 << 53)
+#define MAX_EVENTS_PER_CALL 100000
+
+struct redis_sink {
+    struct eng_sink base;
+    struct eng_redis_url url;
+    struct eng_redis_options opt;
+    redisContext *ctx;
+    char sha[41];
+
+    /* One call's argument vector, reused across calls. */
+    const char **argv;
+    size_t *argvlen;
+    char *num; /* NUM_SLOT bytes per event */
+    char header[4][16];
+    char nwin_text[4];
+    char window[ENG_REDIS_MAX_TOP_MINUTES][13];
+
+    struct eng_counter *m_events;
+    struct eng_counter *m_batches;
+    struct eng_counter *m_errors;
+    struct eng_counter *m_duplicates;
+};
+
+void eng_redis_options_init(struct eng_redis_options *opt)
+{
+    memset(opt, 0, sizeof(*opt));
+    opt->last_ttl_s = 3600;
+    opt->bucket_ttl_s = 900;
+    opt->top_ttl_s = 120;
+    opt->seen_ttl_s = 0;
+    opt->top_minutes = 10;
+    opt->connect_timeout_ms = 2000;
+    opt->command_timeout_ms = 10000;
+    opt->max_events_per_call = 1000;
+    opt->now_us = NULL;
+}
+
+/* ---- URL ---- */
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Percent-decodes s[0..n) into a new string; NULL on a bad escape or an encoded NUL. */
+static char *percent_decode(const char *s, size_t n)
+{
+    char *out = eng_malloc(n + 1);
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '%') {
+            out[j++] = s[i];
+            continue;
+        }
+        int hi = i + 1 < n ? hexval((unsigned char)s[i + 1]) : -1;
+        int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+            free(out);
+            return NULL;
+        }
+        out[j++] = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    out[j] = '\0';
+    return out;
+}
+
+static bool parse_uint(const char *s, size_t n, long max, long *out)
+{
+    if (n == 0 || n > 10)
+        return false;
+    long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+void eng_redis_url_free(struct eng_redis_url *u)
+{
+    if (u == NULL)
+        return;
+    free(u->host);
+    free(u->user);
+    free(u->password);
+    memset(u, 0, sizeof(*u));
+}
+
+int eng_redis_url_parse(const char *url, struct eng_redis_url *out, struct eng_error *err)
+{
+    static const char scheme[] = "redis://";
+    const size_t scheme_len = sizeof(scheme) - 1;
+    int rc = ENG_EINVAL;
+
+    memset(out, 0, sizeof(*out));
+    out->port = 6379;
+    if (url == NULL || strncasecmp(url, scheme, scheme_len) != 0) {
+        if (url != NULL && strncasecmp(url, "rediss://", 9) == 0)
+            eng_error_set(err, rc, false, "invalid redis url: tls (rediss://) is not supported");
+        else
+            eng_error_set(err, rc, false, "invalid redis url: it must start with \"redis://\"");
+        goto fail;
+    }
+    const char *auth = url + scheme_len;
+    const char *end = auth + strcspn(auth, "/?#");
+    if (*end == '?' || *end == '#' || (*end == '/' && strpbrk(end, "?#") != NULL)) {
+        eng_error_set(err, rc, false, "invalid redis url: query and fragment are not supported");
+        goto fail;
+    }
+
+    /* userinfo: the part before the last '@' of the authority (a password may hold '@' only
+     * percent-encoded, but be lenient like redis-cli and split at the last one). */
+    const char *at = NULL;
+    for (const char *p = auth; p < end; p++) {
+        if (*p == '@')
+            at = p;
+    }
+    const char *host = auth;
+    if (at != NULL) {
+        const char *colon = memchr(auth, ':', (size_t)(at - auth));
+        const char *pass = auth;
+        if (colon != NULL) {
+            if (colon > auth) {
+                out->user = percent_decode(auth, (size_t)(colon - auth));
+                if (out->user == NULL) {
+                    eng_error_set(err, rc, false, "invalid redis url: bad escape in the user");
+                    goto fail;
+                }
+            }
+            pass = colon + 1;
+        }
+        if (at > pass) {
+            out->password = percent_decode(pass, (size_t)(at - pass));
+            if (out->password == NULL) {
+                eng_error_set(err, rc, false, "invalid redis url: bad escape in the password");
+                goto fail;
+            }
+        }
+        host = at + 1;
+    }
+
+    /* host[:port], IPv6 in brackets */
+    const char *host_end;
+    const char *port = NULL;
+    if (*host == '[') {
+        const char *close = memchr(host, ']', (size_t)(end - host));
+        if (close == NULL || close == host + 1) {
+            eng_error_set(err, rc, false, "invalid redis url: bad ipv6 host");
+            goto fail;
+        }
+        out->host = eng_strndup(host + 1, (size_t)(close - host - 1));
+        host_end = close + 1;
+        if (host_end < end && *host_end != ':') {
+            eng_error_set(err, rc, false, "invalid redis url: bad ipv6 host");
+            goto fail;
+        }
+    } else {
+        host_end = memchr(host, ':', (size_t)(end - host));
+        if (host_end == NULL)
+            host_end = end;
+        if (host_end == host) {
+            eng_error_set(err, rc, false, "invalid redis url: missing host");
+            goto fail;
+        }
+        out->host = eng_strndup(host, (size_t)(host_end - host));
+    }
+    if (host_end < end) {
+        port = host_end + 1; /* after ':' */
+        long v;
+        if (!parse_uint(port, (size_t)(end - port), 65535, &v) || v == 0) {
+            eng_error_set(err, rc, false, "invalid redis url: bad port \"%.*s\"", (int)(end - port),
+                          port);
+            goto fail;
+        }
+        out->port = (int)v;
+    }
+
+    if (*end == '/' && end[1] != '\0') {
+        long v;
+        if (!parse_uint(end + 1, strlen(end + 1), INT_MAX, &v)) {
+            eng_error_set(err, rc, false, "invalid redis url: bad database \"%s\"", end + 1);
+            goto fail;
+        }
+        out->db = (int)v;
+    }
+    return 0;
+
+fail:
+    eng_redis_url_free(out);
+    return rc;
+}
+
+/* ---- argument text ---- */
+
+/* Writes v in decimal at dst, NUL-terminated; returns the length. dst needs 21 bytes. */
+static size_t put_i64(char *dst, int64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    size_t len = 0;
+    if (v < 0)
+        dst[len++] = '-';
+    while (n > 0)
+        dst[len++] = tmp[--n];
+    dst[len] = '\0';
+    return len;
+}
+
+static void put_digits(char *dst, int v, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        dst[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
+/* The minute bucket name YYYYMMDDHHMM (UTC) of a time in microseconds at dst (13 bytes).
+ * Returns false for a year outside 0..9999, which such a name cannot spell. */
+static bool minute_name(int64_t ts_us, char *dst)
+{
+    int64_t sec = ts_us / 1000000;
+    if (ts_us % 1000000 < 0)
+        sec--;
+    time_t t = (time_t)sec;
+    struct tm tm;
+    if (gmtime_r(&t, &tm) == NULL || tm.tm_year + 1900 < 0 || tm.tm_year + 1900 > 9999)
+        return false;
+    put_digits(dst, tm.tm_year + 1900, 4);
+    put_digits(dst + 4, tm.tm_mon + 1, 2);
+    put_digits(dst + 6, tm.tm_mday, 2);
+    put_digits(dst + 8, tm.tm_hour, 2);
+    put_digits(dst + 10, tm.tm_min, 2);
+    dst[12] = '\0';
+    return true;
+}
+
+/* ---- connection ---- */
+
+static void drop_connection(struct redis_sink *r)
+{
+    if (r->ctx != NULL) {
+        redisFree(r->ctx);
+        r->ctx = NULL;
+    }
+}
+
+static struct timeval ms_to_tv(uint32_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+/* Error replies a server gives while it cannot serve for now; everything else (script
+ * errors, WRONGTYPE, WRONGPASS, NOPERM, ...) needs an operator. */
+static bool reply_error_retriable(const char *msg)
+{
+    static const char *const transient[] = {"LOADING",  "BUSY", "MASTERDOWN",  "TRYAGAIN",
+                                            "READONLY", "OOM",  "CLUSTERDOWN", "NOREPLICAS"};
+    for (size_t i = 0; i < sizeof(transient) / sizeof(transient[0]); i++) {
+        size_t n = strlen(transient[i]);
+        if (strncmp(msg, transient[i], n) == 0 && (msg[n] == ' ' || msg[n] == '\0'))
+            return true;
+    }
+    return false;
+}
+
+/* Runs one command. On success returns 0 and *out (freed by the caller); a connection
+ * failure drops the connection and returns a retriable ENG_EIO; an error reply returns
+ * ENG_EIO classified by reply_error_retriable, with what as the message's subject. The
+ * reply of a NOSCRIPT error is handed back in *out with rc 0, for the caller to handle. */
+static int command(struct redis_sink *r, int argc, const char **argv, const size_t *argvlen,
+                   const char *what, redisReply **out, struct eng_error *err)
+{
+    *out = NULL;
+    redisReply *reply = redisCommandArgv(r->ctx, argc, argv, argvlen);
+    if (reply == NULL) {
+        int rc = eng_error_set(err, ENG_EIO, true, "redis %s failed on \"%s:%d\": %s", what,
+                               r->url.host, r->url.port, r->ctx->errstr);
+        drop_connection(r);
+        return rc;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) != 0) {
+        bool retriable = reply_error_retriable(reply->str);
+        int rc = eng_error_set(err, ENG_EIO, retriable, "redis %s failed: %s", what, reply->str);
+        freeReplyObject(reply);
+        if (retriable)
+            drop_connection(r);
+        return rc;
+    }
+    *out = reply;
+    return 0;
+}
+
+static int simple_command(struct redis_sink *r, const char *what, struct eng_error *err, int argc,
+                          const char **argv)
+{
+    size_t len[4];
+    for (int i = 0; i < argc; i++)
+        len[i] = strlen(argv[i]);
+    redisReply *reply;
+    int rc = command(r, argc, argv, len, what, &reply, err);
+    if (rc == 0 && reply->type == REDIS_REPLY_ERROR)
+        rc = eng_error_set(err, ENG_EPROTO, false, "redis %s failed: %s", what, reply->str);
+    freeReplyObject(reply);
+    return rc;
+}
+
+static int load_script(struct redis_sink *r, struct eng_error *err)
+{
+    const char *argv[] = {"SCRIPT", "LOAD", apply_script};
+    const size_t len[] = {6, 4, sizeof(apply_script) - 1};
+    redisReply *reply;
+    int rc = command(r, 3, argv, len, "script load", &reply, err);
+    if (rc != 0)
+        return rc;
+    if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
+        rc = eng_error_set(err, ENG_EPROTO, false, "redis script load: unexpected reply");
+    } else {
+        memcpy(r->sha, reply->str, 40);
+        r->sha[40] = '\0';
+    }
+    freeReplyObject(reply);
+    return rc;
+}
+
+static int redis_open(struct eng_sink *s, struct eng_error *err)
+{
+    struct redis_sink *r = (struct redis_sink *)s;
+    int rc;
+
+    drop_connection(r);
+    r->ctx = redisConnectWithTimeout(r->url.host, r->url.port, ms_to_tv(r->opt.connect_timeout_ms));
+    if (r->ctx == NULL)
+        eng_die("out of memory allocating a redis context");
+    if (r->ctx->err != 0) {
+        rc = eng_error_set(err, ENG_EIO, true, "could not connect to redis at \"%s:%d\": %s",
+                           r->url.host, r->url.port, r->ctx->errstr);
+        goto fail;
+    }
+    if (redisSetTimeout(r->ctx, ms_to_tv(r->opt.command_timeout_ms)) != REDIS_OK ||
+        redisEnableKeepAlive(r->ctx) != REDIS_OK) {
+        rc = eng_error_set(err, ENG_EIO, true, "could not configure the redis connection: %s",
+                           r->ctx->errstr);
+        goto fail;
+    }
+    if (r->url.password != NULL) {
+        const char *argv[3] = {"AUTH"};
+        int argc = 1;
+        if (r->url.user != NULL)
+            argv[argc++] = r->url.user;
+        argv[argc++] = r->url.password;
+        rc = simple_command(r, "auth", err, argc, argv);
+        if (rc != 0)
+            goto fail;
+    }
+    if (r->url.db != 0) {
+        char db[16];
+        put_i64(db, r->url.db);
+        const char *argv[] = {"SELECT", db};
+        rc = simple_command(r, "select", err, 2, argv);
+        if (rc != 0)
+            goto fail;
+    }
+    rc = load_script(r, err);
+    if (rc != 0)
+        goto fail;
+    eng_info("redis sink connected host=%s port=%d db=%d", r->url.host, r->url.port, r->url.db);
+    return 0;
+
+fail:
+    drop_connection(r);
+    eng_counter_add(r->m_errors, 1);
+    return rc;
+}
+
+static void redis_close(struct eng_sink *s)
+{
+    drop_connection((struct redis_sink *)s);
+}
+
+/* ---- write ---- */
+
+static void push_arg(struct redis_sink *r, int *argc, const char *p, size_t n)
+{
+    r->argv[*argc] = p;
+    r->argvlen[*argc] = n;
+    (*argc)++;
+}
+
+/* Fills the argument vector for events [first, first + n) of b, with the top window when
+ * with_window. Returns argc. */
+static int build_call(struct redis_sink *r, const struct eng_batch *b, uint32_t first, uint32_t n,
+                      bool with_window, int64_t bucket_cutoff_us)
+{
+    int argc = 0;
+
+    push_arg(r, &argc, "EVALSHA", 7);
+    push_arg(r, &argc, r->sha, 40);
+    push_arg(r, &argc, "0", 1);
+    for (int i = 0; i < 4; i++)
+        push_arg(r, &argc, r->header[i], strlen(r->header[i]));
+    if (with_window) {
+        push_arg(r, &argc, r->nwin_text, strlen(r->nwin_text));
+        for (uint32_t w = 0; w < r->opt.top_minutes; w++)
+            push_arg(r, &argc, r->window[w], 12);
+    } else {
+        push_arg(r, &argc, "0", 1);
+    }
+
+    for (uint32_t k = 0; k < n; k++) {
+        const struct eng_event *e = &b->events[first + k];
+        char *p = r->num + (size_t)k * NUM_SLOT;
+        /* Order by event time, clamped to what a double holds exactly (beyond year 2255,
+         * events of one content are ordered by event_id alone). */
+        int64_t ts = e->event_ts_us;
+        if (ts > MAX_EXACT - 1)
+            ts = MAX_EXACT - 1;
+        if (ts < -(MAX_EXACT - 1))
+            ts = -(MAX_EXACT - 1);
+        const int64_t fields[5] = {e->event_id >> SEEN_BITS,
+                                   e->event_id & (((int64_t)1 << SEEN_BITS) - 1), e->content_id, ts,
+                                   e->event_id};
+        for (int f = 0; f < 5; f++) {
+            size_t l = put_i64(p, fields[f]);
+            push_arg(r, &argc, p, l);
+            p += l + 1;
+        }
+        if (e->event_ts_us >= bucket_cutoff_us && minute_name(e->event_ts_us, p))
+            push_arg(r, &argc, p, 12);
+        else
+            push_arg(r, &argc, "", 0);
+        push_arg(r, &argc, eng_batch_json(b, e), e->json.len);
+    }
+    return argc;
+}
+
+/* Runs one prepared call, reloading the script once on NOSCRIPT (after a server restart or
+ * SCRIPT FLUSH). Adds the number of events not seen before to *fresh. */
+static int run_call(struct redis_sink *r, int argc, uint64_t *fresh, struct eng_error *err)
+{
+    for (int attempt = 0;; attempt++) {
+        redisReply *reply;
+        int rc = command(r, argc, r->argv, r->argvlen, "apply script", &reply, err);
+        if (rc != 0)
+            return rc;
+        if (reply->type == REDIS_REPLY_INTEGER && reply->integer >= 0) {
+            *fresh += (uint64_t)reply->integer;
+            freeReplyObject(reply);
+            return 0;
+        }
+        if (reply->type == REDIS_REPLY_ERROR && attempt == 0) { /* NOSCRIPT */
+            freeReplyObject(reply);
+            eng_info("redis sink reloading its script after NOSCRIPT");
+            rc = load_script(r, err);
+            if (rc != 0)
+                return rc;
+            continue; /* r->argv[1] points at r->sha, now the reloaded one */
+        }
+        rc = eng_error_set(err, ENG_EPROTO, false, "redis apply script: unexpected reply%s%s",
+                           reply->type == REDIS_REPLY_ERROR ? ": " : "",
+                           reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+        freeReplyObject(reply);
+        return rc;
+    }
+}
+
+static int redis_write(struct eng_sink *s, const struct eng_batch *b, struct eng_error *err)
+{
+    struct redis_sink *r = (struct redis_sink *)s;
+    int rc;
+
+    if (r->ctx == NULL) {
+        rc = eng_error_set(err, ENG_EIO, true, "redis sink is not connected");
+        goto fail;
+    }
+    for (uint32_t i = 0; i < b->n; i++) {
+        int64_t id = b->events[i].event_id;
+        if (id < 0 || id >= MAX_EXACT) {
+            rc = eng_error_set(err, ENG_EINVAL, false,
+                               "event_id %lld is outside the redis sink's range [0, 2^53)",
+                               (long long)id);
+            goto fail;
+        }
+    }
+
+    /* The top window is the top_minutes minutes ending at the current wall-clock minute,
+     * not at the newest event's minute: a live top-10 answers "what is hot right now". During
+     * a backfill or after a stall the newest event may be hours old, and a window anchored
+     * there would present old activity as current (and one event with a clock far ahead
+     * would drag the window into the future). */
+    int64_t now = r->opt.now_us != NULL ? r->opt.now_us() : eng_clock_wall_us();
+    for (uint32_t w = 0; w < r->opt.top_minutes; w++) {
+        if (!minute_name(now - (int64_t)w * 60 * 1000000, r->window[w]))
+            eng_die("wall clock out of range");
+    }
+    /* Events older than the bucket TTL relative to now do not touch buckets: their bucket
+     * has expired (or would be recreated only to expire), and no top window reaches it. */
+    int64_t cutoff = now - (int64_t)r->opt.bucket_ttl_s * 1000000;
+
+    uint64_t fresh = 0;
+    uint32_t first = 0;
+    do {
+        uint32_t n = b->n - first;
+        if (n > r->opt.max_events_per_call)
+            n = r->opt.max_events_per_call;
+        bool last_call = first + n == b->n;
+        int argc = build_call(r, b, first, n, last_call, cutoff);
+        rc = run_call(r, argc, &fresh, err);
+        if (rc != 0)
+            goto fail;
+        first += n;
+    } while (first < b->n);
+
+    eng_counter_add(r->m_events, b->n);
+    eng_counter_add(r->m_batches, 1);
+    if (fresh < b->n)
+        eng_counter_add(r->m_duplicates, b->n - fresh);
+    return 0;
+
+fail:
+    eng_counter_add(r->m_errors, 1);
+    eng_warn("redis sink write failed retriable=%d error=\"%s\"", err ? err->retriable : 0,
+             err ? err->msg : "");
+    return rc;
+}
+
+static void redis_destroy(struct eng_sink *s)
+{
+    struct redis_sink *r = (struct redis_sink *)s;
+    drop_connection(r);
+    eng_redis_url_free(&r->url);
+    free(r->argv);
+    free(r->argvlen);
+    free(r->num);
+    free(r);
+}
+
+static const struct eng_sink_ops redis_ops = {
+    .name = "redis",
+    .open = redis_open,
+    .write = redis_write,
+    .close = redis_close,
+    .destroy = redis_destroy,
+};
+
+struct eng_sink *eng_redis_sink_create(const char *url, const struct eng_redis_options *opt,
+                                       struct eng_error *err)
+{
+    struct eng_redis_options o;
+    eng_redis_options_init(&o);
+    if (opt != NULL) {
+        o.seen_ttl_s = opt->seen_ttl_s;
+        o.now_us = opt->now_us;
+#define TAKE(f)                                                                                    \
+    if (opt->f != 0)                                                                               \
+        o.f = opt->f;
+        TAKE(last_ttl_s)
+        TAKE(bucket_ttl_s)
+        TAKE(top_ttl_s)
+        TAKE(top_minutes)
+        TAKE(connect_timeout_ms)
+        TAKE(command_timeout_ms)
+        TAKE(max_events_per_call)
+#undef TAKE
+    }
+    if (o.top_minutes > ENG_REDIS_MAX_TOP_MINUTES) {
+        eng_error_set(err, ENG_EINVAL, false, "redis top window of %u minutes exceeds %d",
+                      o.top_minutes, ENG_REDIS_MAX_TOP_MINUTES);
+        return NULL;
+    }
+    if ((uint64_t)o.top_minutes * 60 > o.bucket_ttl_s) {
+        eng_error_set(err, ENG_EINVAL, false,
+                      "redis top window of %u minutes is longer than the bucket ttl (%u s)",
+                      o.top_minutes, o.bucket_ttl_s);
+        return NULL;
+    }
+    if (o.max_events_per_call > MAX_EVENTS_PER_CALL)
+        o.max_events_per_call = MAX_EVENTS_PER_CALL;
+
+    if (strtoll(SEEN_LAST_BIT, NULL, 10) != ((int64_t)1 << SEEN_BITS) - 1)
+        eng_die("SEEN_LAST_BIT does not match SEEN_BITS");
+
+    struct redis_sink *r = eng_calloc(1, sizeof(*r));
+    if (eng_redis_url_parse(url, &r->url, err) != 0) {
+        free(r);
+        return NULL;
+    }
+    r->base.ops = &redis_ops;
+    r->opt = o;
+    size_t cap = CALL_PREFIX + HEADER_ARGS + ENG_REDIS_MAX_TOP_MINUTES +
+                 (size_t)EVENT_ARGS * o.max_events_per_call;
+    r->argv = eng_calloc(cap, sizeof(*r->argv));
+    r->argvlen = eng_calloc(cap, sizeof(*r->argvlen));
+    r->num = eng_malloc((size_t)NUM_SLOT * o.max_events_per_call);
+    put_i64(r->header[0], o.last_ttl_s);
+    put_i64(r->header[1], o.bucket_ttl_s);
+    put_i64(r->header[2], o.seen_ttl_s);
+    put_i64(r->header[3], o.top_ttl_s);
+    put_i64(r->nwin_text, o.top_minutes);
+
+    r->m_events = eng_metrics_counter("engage_sink_events_total", "sink=\"redis\"",
+                                      "Events written to a sink.");
+    r->m_batches = eng_metrics_counter("engage_sink_batches_total", "sink=\"redis\"",
+                                       "Batches written to a sink.");
+    r->m_errors = eng_metrics_counter("engage_sink_errors_total", "sink=\"redis\"",
+                                      "Failed sink operations (connect or write).");
+    r->m_duplicates =
+        eng_metrics_counter("engage_redis_duplicates_total", NULL,
+                            "Events the Redis sink skipped because they were already applied.");
+    return &r->base;
+}
