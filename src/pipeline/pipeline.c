@@ -251,6 +251,8 @@ int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b, int64_t tim
     }
     if (b->position < p->submitted_position)
         eng_die("batch position went backwards");
+    /* Observed before the lanes get the batch: a lane may release it at once. */
+    eng_histogram_observe(p->m_batch_size, eng_clock_mono_us() - b->created_us);
     b->seq = p->next_seq++;
     p->submitted_position = b->position;
     for (size_t i = 0; i < p->nlanes; i++) {
@@ -263,7 +265,6 @@ int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b, int64_t tim
         pthread_cond_signal(&l->not_empty);
     }
     pthread_mutex_unlock(&p->lock);
-    eng_histogram_observe(p->m_batch_size, eng_clock_mono_us() - b->created_us);
     return 0;
 }
 

@@ -555,7 +555,10 @@ lag:
 static int flush_batch(struct pgsrc *s)
 {
     struct eng_batch *b = s->batch;
-    b->position = s->last_end_lsn;
+    uint64_t position = s->last_end_lsn;
+    b->position = position;
+    /* After a successful submit the batch belongs to the sinks: not a byte of it is read
+     * here again. */
     for (;;) {
         int rc = eng_pipeline_submit(s->p, b, 100000);
         if (rc == 0)
@@ -567,11 +570,11 @@ static int flush_batch(struct pgsrc *s)
     }
     if (s->lag_count < LAG_RING) {
         unsigned at = (s->lag_head + s->lag_count) % LAG_RING;
-        s->lag[at].pos = b->position;
+        s->lag[at].pos = position;
         s->lag[at].commit_us = s->last_commit_us;
         s->lag_count++;
     }
-    s->submitted_pos = b->position;
+    s->submitted_pos = position;
     s->batch = eng_batch_create(s->opt->batch_max_events);
     s->batch_deadline = 0;
     checkpoint_tick(s);
