@@ -159,7 +159,7 @@ void eng_metrics_render(struct eng_buf *out)
                 eng_buf_printf(out, " %llu\n", (unsigned long long)cum);
             }
             render_name(out, m, "_sum", NULL);
-            eng_buf_printf(out, " %g\n", (double)atomic_load(&m->u.hist.sum_us) / 1e6);
+            eng_buf_printf(out, " %.17g\n", (double)atomic_load(&m->u.hist.sum_us) / 1e6);
             render_name(out, m, "_count", NULL);
             eng_buf_printf(out, " %llu\n", (unsigned long long)atomic_load(&m->u.hist.count));
             break;

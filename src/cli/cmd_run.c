@@ -211,8 +211,8 @@ fail:
 out:
     for (size_t i = 0; i < nsinks; i++)
         eng_sink_destroy(sinks[i]);
+    eng_admin_stop(admin); /* first: /readyz reads the pipeline */
     eng_pipeline_destroy(pipeline);
-    eng_admin_stop(admin);
     eng_dlq_destroy(dlq);
     eng_dlq_destroy(http_dlq);
     eng_options_free(&o);

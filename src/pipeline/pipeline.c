@@ -351,6 +351,10 @@ void eng_pipeline_stop(struct eng_pipeline *p)
     pthread_cond_broadcast(&p->acked);
     pthread_mutex_unlock(&p->lock);
     for (size_t i = 0; i < p->nlanes; i++) {
+        if (p->lanes[i].sink->ops->cancel != NULL)
+            p->lanes[i].sink->ops->cancel(p->lanes[i].sink);
+    }
+    for (size_t i = 0; i < p->nlanes; i++) {
         if (p->lanes[i].started) {
             pthread_join(p->lanes[i].thread, NULL);
             p->lanes[i].started = false;

@@ -719,6 +719,7 @@ static const struct eng_sink_ops http_ops = {
     .open = http_open,
     .write = http_write,
     .close = http_close,
+    .cancel = eng_http_sink_cancel,
     .destroy = http_destroy,
 };
 

@@ -20,6 +20,9 @@ struct eng_sink_ops {
     int (*write)(struct eng_sink *s, const struct eng_batch *b, struct eng_error *err);
     /* Drops the connection after a failure (open is called again before the next write). */
     void (*close)(struct eng_sink *s);
+    /* Optional (NULL: none): makes a write in progress on the sink's thread return early
+     * with a retriable error, for shutdown. Any thread. */
+    void (*cancel)(struct eng_sink *s);
     /* Frees the sink. */
     void (*destroy)(struct eng_sink *s);
 };
