@@ -27,7 +27,7 @@ struct sink_lane {
     bool healthy;
     char last_error[200];
     /* metrics */
-    struct eng_counter *m_batches, *m_events, *m_failures;
+    struct eng_counter *m_batches, *m_events, *m_failures, *m_spilled;
     struct eng_histogram *m_latency, *m_write;
     struct eng_gauge *m_queue;
 };
@@ -90,6 +90,8 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
                                           "Events made durable by the sink");
         l->m_failures = eng_metrics_counter("engage_sink_write_failures_total", labels,
                                             "Failed write attempts (retried)");
+        l->m_spilled = eng_metrics_counter("engage_sink_spilled_batches_total", labels,
+                                           "Batches parked instead of written (queue full)");
         l->m_latency = eng_metrics_histogram("engage_sink_latency_seconds", labels,
                                              "Source commit to sink ack, per event");
         l->m_write = eng_metrics_histogram("engage_sink_write_seconds", labels,
@@ -124,9 +126,10 @@ static void lane_set_health(struct sink_lane *l, bool ok, const char *msg)
     pthread_mutex_unlock(&l->p->lock);
 }
 
-/* Writes b until it is durable or the pipeline stops. Returns true if durable. */
+/* Writes b (or spills it, when spill is set) until it is durable or the pipeline stops.
+ * Returns true if durable. */
 static bool lane_deliver(struct sink_lane *l, bool *open, struct eng_backoff *bo,
-                         const struct eng_batch *b)
+                         const struct eng_batch *b, bool spill)
 {
     const char *name = l->sink->ops->name;
     struct eng_error err;
@@ -140,7 +143,7 @@ static bool lane_deliver(struct sink_lane *l, bool *open, struct eng_backoff *bo
         }
         if (rc == 0) {
             int64_t t0 = eng_clock_mono_us();
-            rc = eng_sink_write(l->sink, b, &err);
+            rc = spill ? l->sink->ops->spill(l->sink, b, &err) : eng_sink_write(l->sink, b, &err);
             if (rc == 0) {
                 eng_histogram_observe(l->m_write, eng_clock_mono_us() - t0);
                 if (!l->healthy) {
@@ -184,10 +187,15 @@ static void *lane_main(void *arg)
             break;
         }
         struct eng_batch *b = l->ring[l->head]; /* stays queued until acknowledged */
+        /* A full queue means this sink is holding the source back: a sink that can spill
+         * parks the batch instead of writing it. */
+        bool spill = l->sink->ops->spill != NULL && l->count >= p->depth;
         pthread_mutex_unlock(&p->lock);
 
-        if (!lane_deliver(l, &open, &bo, b))
+        if (!lane_deliver(l, &open, &bo, b, spill))
             break;
+        if (spill)
+            eng_counter_add(l->m_spilled, 1);
 
         int64_t now = eng_clock_wall_us();
         for (uint32_t i = 0; i < b->n; i++) {

@@ -714,11 +714,33 @@ static void http_destroy(struct eng_sink *sink)
     free(s);
 }
 
+/* The pipeline's queue for this sink is full: the API is slower than the events arrive.
+ * Park the whole batch rather than hold back the source and the other sinks; `engage dlq
+ * replay` sends it later. */
+static int http_spill(struct eng_sink *sink, const struct eng_batch *b, struct eng_error *err)
+{
+    struct http_sink *s = (struct http_sink *)sink;
+    eng_error_clear(err);
+    if (b->n == 0)
+        return 0;
+    struct http_req whole = {
+        .first = 0,
+        .n = b->n,
+        .state = REQ_PARK,
+        .reason = eng_strdup("spilled: the sink's queue was full (the API is slower than "
+                             "the events arrive)"),
+    };
+    int rc = park_all(s, b, &whole, 1, err);
+    free(whole.reason);
+    return rc;
+}
+
 static const struct eng_sink_ops http_ops = {
     .name = "http",
     .open = http_open,
     .write = http_write,
     .close = http_close,
+    .spill = http_spill,
     .cancel = eng_http_sink_cancel,
     .destroy = http_destroy,
 };

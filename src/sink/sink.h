@@ -20,6 +20,11 @@ struct eng_sink_ops {
     int (*write)(struct eng_sink *s, const struct eng_batch *b, struct eng_error *err);
     /* Drops the connection after a failure (open is called again before the next write). */
     void (*close)(struct eng_sink *s);
+    /* Optional (NULL: the sink never spills): instead of writing, parks the whole batch
+     * somewhere durable (the dead-letter queue) and returns 0 once that is done. The
+     * pipeline calls it instead of write when the sink's queue is full, so that a sink which
+     * cannot keep up (an external API) never holds back the others. */
+    int (*spill)(struct eng_sink *s, const struct eng_batch *b, struct eng_error *err);
     /* Optional (NULL: none): makes a write in progress on the sink's thread return early
      * with a retriable error, for shutdown. Any thread. */
     void (*cancel)(struct eng_sink *s);
