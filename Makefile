@@ -31,7 +31,7 @@ asan: $(ASAN_BUILD)/build.ninja
 demo: deps build
 	@bash scripts/demo.sh $(BUILD)/engage
 
-test: deps asan
+test: deps build asan
 	@bash scripts/test.sh $(ASAN_BUILD)
 
 unit: asan

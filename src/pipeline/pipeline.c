@@ -25,7 +25,7 @@ struct sink_lane {
     uint64_t acked_seq;
     uint64_t acked_position;
     bool healthy;
-    char last_error[200];
+    char last_error[sizeof(((struct eng_error *)0)->msg)];
     /* metrics */
     struct eng_counter *m_batches, *m_events, *m_failures, *m_spilled;
     struct eng_histogram *m_latency, *m_write;
