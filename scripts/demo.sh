@@ -22,7 +22,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_until DESCRIPTION SECONDS COMMAND...: polls COMMAND every 0.1 s until it succeeds.
+# wait_until DESCRIPTION SECONDS COMMAND...: runs COMMAND every 0.1 s until it succeeds.
 wait_until() {
     local what=$1 secs=$2; shift 2
     local deadline=$((SECONDS + secs))
@@ -57,8 +57,8 @@ echo "== engage run --pg ... --clickhouse ... --redis ... --http ..."
 "$engage" run --state-dir "$dir/state" >"$dir/engage.log" 2>&1 &
 engage_pid=$!
 pids=("$engage_pid" "${pids[@]}")
-wait_until "engage to create its replication slot" 30 \
-    test "$(psql -tAq "$ENGAGE_PG" -c "SELECT count(*) FROM pg_replication_slots WHERE active")" = 1
+slot_active() { test "$(psql -tAq "$ENGAGE_PG" -c "SELECT count(*) FROM pg_replication_slots WHERE active")" = 1; }
+wait_until "engage to create its replication slot" 30 slot_active
 
 echo "== inserting sample events"
 psql -q "$ENGAGE_PG" <<'SQL'
@@ -69,20 +69,21 @@ INSERT INTO engagement_events(content_id, user_id, event_type, event_ts, duratio
   (3, 1002, 'finish', now() at time zone 'utc', 1800000, 'tv'),
   (42, 1003, 'play', now() at time zone 'utc', NULL, 'web');
 SQL
-wait_until "ClickHouse to hold the 5 events" 30 test "$(curl -s "$ENGAGE_CLICKHOUSE" \
-    --data-binary 'SELECT count() FROM engagement.events_enriched FINAL')" = 5
-wait_until "the API to receive the 5 events" 30 sh -c "curl -s $ENGAGE_HTTP/stats | grep -q '\"unique\":5'"
+ch_has_5() { test "$(curl -s "$ENGAGE_CLICKHOUSE" --data-binary 'SELECT count() FROM engagement.events_enriched FINAL')" = 5; }
+wait_until "ClickHouse to hold the 5 events" 30 ch_has_5
+api_has_5() { curl -s "$ENGAGE_HTTP/stats" | grep -q '"unique":5'; }
+wait_until "the API to receive the 5 events" 30 api_has_5
 
 echo
 echo "== ClickHouse: SELECT * FROM engagement.events_enriched FINAL"
 curl -s "$ENGAGE_CLICKHOUSE" --data-binary \
-    'SELECT * FROM engagement.events_enriched FINAL ORDER BY event_id FORMAT PrettyCompactMonoBlock'
+    'SELECT * FROM engagement.events_enriched FINAL ORDER BY event_id FORMAT PrettyCompactNoEscapes'
 echo
 echo "== Redis"
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 for k in $(rcli --scan --pattern 'content:count:*' | sort); do echo "$k = $(rcli get "$k")"; done
 echo "content:last:1 = $(rcli get content:last:1)"
-echo "top:content:10m = $(rcli zrevrange top:content:10m 0 -1 withscores | paste -sd' ')"
+X
 echo
 echo "== external API (mock): GET /stats"
 curl -s "$ENGAGE_HTTP/stats"; echo
