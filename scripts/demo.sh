@@ -83,7 +83,7 @@ echo "== Redis"
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 for k in $(rcli --scan --pattern 'content:count:*' | sort); do echo "$k = $(rcli get "$k")"; done
 echo "content:last:1 = $(rcli get content:last:1)"
-X
+echo "top:content:10m (content_id score) = $(rcli zrevrange top:content:10m 0 -1 withscores | paste -sd' ')"
 echo
 echo "== external API (mock): GET /stats"
 curl -s "$ENGAGE_HTTP/stats"; echo
