@@ -16,9 +16,9 @@
 #include "admin.h"
 #include "metrics.h"
 
-#define ADMIN_MAX_CONNECTIONS 32
+#define ADMIN_MAX_CONNECTIONS      32
 #define ADMIN_CONNECTION_TIMEOUT_S 10
-#define READY_WHY_LEN 1024
+#define READY_WHY_LEN              1024
 
 struct eng_admin {
     struct MHD_Daemon *daemon;
@@ -151,8 +151,7 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned int status, cons
     return rc;
 }
 
-static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned int status,
-                                  const char *text)
+static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned int status, const char *text)
 {
     return reply(c, status, "text/plain; charset=utf-8", (char *)text, strlen(text), false);
 }
@@ -165,12 +164,11 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c)
         bool overflow = b.overflow;
         eng_buf_free(&b);
         return overflow ? reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "metrics too large\n")
-                        : reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", "",
-                                0, false);
+                        : reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", "", 0,
+                                false);
     }
     /* The rendered text is handed to MHD, which frees it with free(). */
-    return reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len,
-                 true);
+    return reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len, true);
 }
 
 static enum MHD_Result serve_ready(struct eng_admin *a, struct MHD_Connection *c)
@@ -189,9 +187,8 @@ static enum MHD_Result serve_ready(struct eng_admin *a, struct MHD_Connection *c
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **req_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **req_cls)
 {
     struct eng_admin *a = cls;
     (void)version;
@@ -231,9 +228,8 @@ struct eng_admin *eng_admin_start(const char *host_port, struct eng_admin_hooks 
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         on_request, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, or MHD says so */
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)ADMIN_MAX_CONNECTIONS,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)ADMIN_CONNECTION_TIMEOUT_S,
-        MHD_OPTION_END);
+        (unsigned int)ADMIN_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)ADMIN_CONNECTION_TIMEOUT_S, MHD_OPTION_END);
     if (a->daemon == NULL) {
         close(fd);
         free(a);

@@ -22,7 +22,7 @@ struct metric {
 
 /* Upper bounds of the histogram buckets, microseconds. */
 static const int64_t bucket_le_us[ENG_HIST_BUCKETS] = {
-    500,    1000,    2000,    5000,     10000,    25000,    50000,    100000,
+    500,    1000,   2000,    5000,    10000,   25000,    50000,    100000,
     250000, 500000, 1000000, 2500000, 5000000, 10000000, 30000000, 60000000,
 };
 
@@ -75,8 +75,7 @@ struct eng_gauge *eng_metrics_gauge(const char *name, const char *labels, const 
     return &lookup(KIND_GAUGE, name, labels, help)->u.gauge;
 }
 
-struct eng_histogram *eng_metrics_histogram(const char *name, const char *labels,
-                                            const char *help)
+struct eng_histogram *eng_metrics_histogram(const char *name, const char *labels, const char *help)
 {
     return &lookup(KIND_HISTOGRAM, name, labels, help)->u.hist;
 }

@@ -32,8 +32,7 @@ struct eng_histogram {
  * the metric family. The same name and labels always return the same pointer. */
 struct eng_counter *eng_metrics_counter(const char *name, const char *labels, const char *help);
 struct eng_gauge *eng_metrics_gauge(const char *name, const char *labels, const char *help);
-struct eng_histogram *eng_metrics_histogram(const char *name, const char *labels,
-                                            const char *help);
+struct eng_histogram *eng_metrics_histogram(const char *name, const char *labels, const char *help);
 
 static inline void eng_counter_add(struct eng_counter *c, uint64_t n)
 {

@@ -9,7 +9,7 @@ struct eng_backoff {
     int64_t base_us;
     int64_t cap_us;
     uint32_t attempt;
-    uint64_t rng; /* xorshift state; tests seed it to get a known schedule */
+    uint64_t rng;                  /* xorshift state; tests seed it to get a known schedule */
     uint64_t (*random)(void *ctx); /* optional injected source; NULL uses rng */
     void *random_ctx;
 };

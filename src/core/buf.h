@@ -15,7 +15,7 @@ struct eng_buf {
     char *data;
     size_t len;
     size_t alloc;
-    size_t cap; /* 0 means ENG_BUF_DEFAULT_CAP */
+    size_t cap;    /* 0 means ENG_BUF_DEFAULT_CAP */
     bool overflow; /* sticky: an append would have passed cap */
 };
 

@@ -5,18 +5,18 @@
 
 #include <stdbool.h>
 
-#define ENG_MUSTCHECK __attribute__((warn_unused_result))
+#define ENG_MUSTCHECK    __attribute__((warn_unused_result))
 #define ENG_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
 enum eng_errcode {
     ENG_OK = 0,
-    ENG_EIO = -1,       /* a server or the network failed */
-    ENG_EPROTO = -2,    /* a peer sent something we cannot decode */
-    ENG_EINVAL = -3,    /* bad input or bad configuration */
-    ENG_ENOMEM = -4,    /* a cap was reached */
-    ENG_EAGAIN = -5,    /* try again later (timeout, queue full) */
-    ENG_ESTOPPED = -6,  /* shutdown was requested */
-    ENG_EFATAL = -7,    /* cannot continue without an operator (dropped slot, ...) */
+    ENG_EIO = -1,      /* a server or the network failed */
+    ENG_EPROTO = -2,   /* a peer sent something we cannot decode */
+    ENG_EINVAL = -3,   /* bad input or bad configuration */
+    ENG_ENOMEM = -4,   /* a cap was reached */
+    ENG_EAGAIN = -5,   /* try again later (timeout, queue full) */
+    ENG_ESTOPPED = -6, /* shutdown was requested */
+    ENG_EFATAL = -7,   /* cannot continue without an operator (dropped slot, ...) */
 };
 
 /* The error kept by a module or returned through an out-parameter: the code, whether the

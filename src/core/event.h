@@ -20,11 +20,11 @@ enum eng_event_flags {
     ENG_EV_TYPE_NULL = 1u << 1,
     ENG_EV_DURATION_NULL = 1u << 2,
     ENG_EV_DEVICE_NULL = 1u << 3,
-    ENG_EV_CONTENT_FOUND = 1u << 4,   /* a content row joined */
-    ENG_EV_CTYPE_NULL = 1u << 5,      /* content_type NULL (or no content row) */
-    ENG_EV_LENGTH_NULL = 1u << 6,     /* length_seconds NULL (or no content row) */
-    ENG_EV_SECONDS_VALID = 1u << 7,   /* engagement_seconds is not NULL */
-    ENG_EV_PCT_VALID = 1u << 8,       /* engagement_pct is not NULL */
+    ENG_EV_CONTENT_FOUND = 1u << 4, /* a content row joined */
+    ENG_EV_CTYPE_NULL = 1u << 5,    /* content_type NULL (or no content row) */
+    ENG_EV_LENGTH_NULL = 1u << 6,   /* length_seconds NULL (or no content row) */
+    ENG_EV_SECONDS_VALID = 1u << 7, /* engagement_seconds is not NULL */
+    ENG_EV_PCT_VALID = 1u << 8,     /* engagement_pct is not NULL */
 };
 
 /* One engagement event, enriched. Text fields are slices of batch->strings; json is a slice
@@ -49,7 +49,7 @@ struct eng_event {
  * once this batch and every batch before it are durable in every sink (for PostgreSQL the
  * end_lsn of the last transaction completed in or before this batch). */
 struct eng_batch {
-    uint64_t seq;      /* assigned by the pipeline, 1, 2, ... */
+    uint64_t seq; /* assigned by the pipeline, 1, 2, ... */
     uint64_t position;
     int64_t created_us;
     uint32_t n;

@@ -17,8 +17,8 @@ bool eng_log_parse_level(const char *s, enum eng_log_level *out);
 void eng_log(enum eng_log_level level, const char *fmt, ...) ENG_PRINTF(2, 3);
 
 #define eng_debug(...) eng_log(ENG_LOG_DEBUG, __VA_ARGS__)
-#define eng_info(...) eng_log(ENG_LOG_INFO, __VA_ARGS__)
-#define eng_warn(...) eng_log(ENG_LOG_WARN, __VA_ARGS__)
+#define eng_info(...)  eng_log(ENG_LOG_INFO, __VA_ARGS__)
+#define eng_warn(...)  eng_log(ENG_LOG_WARN, __VA_ARGS__)
 #define eng_error(...) eng_log(ENG_LOG_ERROR, __VA_ARGS__)
 
 #endif

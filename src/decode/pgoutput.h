@@ -103,7 +103,7 @@ struct eng_pgo_msg {
         } del;
         struct {
             uint32_t nrelids;
-            uint8_t options; /* 1 = CASCADE, 2 = RESTART IDENTITY */
+            uint8_t options;        /* 1 = CASCADE, 2 = RESTART IDENTITY */
             const uint32_t *relids; /* decoded into the decoder's storage */
         } truncate;
         struct {
@@ -135,8 +135,7 @@ int eng_pgo_decode(struct eng_pgo_decoder *d, const uint8_t *buf, size_t len,
                    struct eng_pgo_msg *out, struct eng_error *err) ENG_MUSTCHECK;
 
 /* The stored relation for oid, or NULL; valid until the next eng_pgo_decode call. */
-const struct eng_pgo_relation *eng_pgo_relation_find(const struct eng_pgo_decoder *d,
-                                                     uint32_t oid);
+const struct eng_pgo_relation *eng_pgo_relation_find(const struct eng_pgo_decoder *d, uint32_t oid);
 
 /* Converts a PostgreSQL-epoch timestamp (microseconds since 2000-01-01) to Unix microseconds. */
 static inline int64_t eng_pgo_time_to_unix_us(int64_t pg_us)

@@ -156,8 +156,7 @@ static bool row_equal(const struct eng_content *a, const struct eng_content *b)
            a->type_len == b->type_len && memcmp(a->content_type, b->content_type, a->type_len) == 0;
 }
 
-bool eng_content_cache_equal(const struct eng_content_cache *a,
-                             const struct eng_content_cache *b)
+bool eng_content_cache_equal(const struct eng_content_cache *a, const struct eng_content_cache *b)
 {
     if (a->count != b->count)
         return false;

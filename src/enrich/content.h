@@ -42,13 +42,12 @@ uint32_t eng_content_cache_count(const struct eng_content_cache *c);
 struct eng_content_cache *eng_content_cache_clone(const struct eng_content_cache *c);
 
 /* True when both hold the same rows (for tests). */
-bool eng_content_cache_equal(const struct eng_content_cache *a,
-                             const struct eng_content_cache *b);
+bool eng_content_cache_equal(const struct eng_content_cache *a, const struct eng_content_cache *b);
 
 /* Writes / reads the cache in a line-oriented text form (one row per line, strings
  * escaped) framed by a header and a row count, so a torn file is detected. */
 int eng_content_cache_save(const struct eng_content_cache *c, FILE *f, struct eng_error *err);
-int eng_content_cache_load(struct eng_content_cache *c, FILE *f, struct eng_error *err)
-    ENG_MUSTCHECK;
+int eng_content_cache_load(struct eng_content_cache *c, FILE *f,
+                           struct eng_error *err) ENG_MUSTCHECK;
 
 #endif

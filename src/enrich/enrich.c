@@ -26,7 +26,7 @@ int eng_event_from_text(struct eng_batch *b, struct eng_event *e,
 {
     const struct eng_text *c = cols;
     if (c[ENG_COL_EVENT_ID].null || c[ENG_COL_EVENT_TS].null || c[ENG_COL_CONTENT_ID].null) {
-        enum eng_event_col which = c[ENG_COL_EVENT_ID].null     ? ENG_COL_EVENT_ID
+        enum eng_event_col which = c[ENG_COL_EVENT_ID].null   ? ENG_COL_EVENT_ID
                                    : c[ENG_COL_EVENT_TS].null ? ENG_COL_EVENT_TS
                                                               : ENG_COL_CONTENT_ID;
         return eng_error_set(err, ENG_EINVAL, false, "column \"%s\" is null",
@@ -50,7 +50,8 @@ int eng_event_from_text(struct eng_batch *b, struct eng_event *e,
     if (c[ENG_COL_EVENT_TYPE].null)
         e->flags |= ENG_EV_TYPE_NULL;
     else
-        e->event_type = eng_batch_put_string(b, c[ENG_COL_EVENT_TYPE].data, c[ENG_COL_EVENT_TYPE].len);
+        e->event_type =
+            eng_batch_put_string(b, c[ENG_COL_EVENT_TYPE].data, c[ENG_COL_EVENT_TYPE].len);
     if (c[ENG_COL_DEVICE].null)
         e->flags |= ENG_EV_DEVICE_NULL;
     else

@@ -33,8 +33,8 @@ extern const char *const eng_event_col_names[ENG_COL__COUNT];
  * column did not parse (event_id and event_ts must be present; content_id must not be NULL,
  * since every sink keys on it). */
 int eng_event_from_text(struct eng_batch *b, struct eng_event *e,
-                        const struct eng_text cols[ENG_COL__COUNT], struct eng_error *err)
-    ENG_MUSTCHECK;
+                        const struct eng_text cols[ENG_COL__COUNT],
+                        struct eng_error *err) ENG_MUSTCHECK;
 
 /* Joins e with its content row (cache may give none: left join), computes the derived
  * fields and appends the enriched JSON to b->jsonl (setting e->json). Returns true when a

@@ -96,8 +96,8 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
                                              "Source commit to sink ack, per event");
         l->m_write = eng_metrics_histogram("engage_sink_write_seconds", labels,
                                            "Duration of one successful batch write");
-        l->m_queue = eng_metrics_gauge("engage_sink_queue_batches", labels,
-                                       "Batches waiting for the sink");
+        l->m_queue =
+            eng_metrics_gauge("engage_sink_queue_batches", labels, "Batches waiting for the sink");
     }
     return p;
 }
@@ -338,8 +338,8 @@ bool eng_pipeline_healthy(struct eng_pipeline *p, char *why, size_t whylen)
         struct sink_lane *l = &p->lanes[i];
         ok = ok && l->healthy;
         if (used < whylen) {
-            int w = snprintf(why + used, whylen - used, "%s%s=%s", i ? " " : "",
-                             l->sink->ops->name, l->healthy ? "ok" : l->last_error);
+            int w = snprintf(why + used, whylen - used, "%s%s=%s", i ? " " : "", l->sink->ops->name,
+                             l->healthy ? "ok" : l->last_error);
             used += w > 0 ? (size_t)w : 0;
         }
     }

@@ -15,9 +15,9 @@
 #include "../sink/sink.h"
 
 struct eng_pipeline_options {
-    uint32_t queue_depth;     /* batches waiting per sink (default 8) */
-    int64_t backoff_base_us;  /* sink retry backoff (default 100 ms) */
-    int64_t backoff_cap_us;   /* (default 10 s) */
+    uint32_t queue_depth;    /* batches waiting per sink (default 8) */
+    int64_t backoff_base_us; /* sink retry backoff (default 100 ms) */
+    int64_t backoff_cap_us;  /* (default 10 s) */
 };
 
 struct eng_pipeline;
@@ -34,8 +34,8 @@ int eng_pipeline_start(struct eng_pipeline *p, struct eng_error *err) ENG_MUSTCH
  * queue is full, for at most timeout_us; returns ENG_EAGAIN then (the batch is still the
  * caller's), so that a source can keep its connection alive while pushed back. Batch
  * positions must not decrease. */
-int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b, int64_t timeout_us)
-    ENG_MUSTCHECK;
+int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b,
+                        int64_t timeout_us) ENG_MUSTCHECK;
 
 /* The position every sink has made durable (0 before the first ack). */
 uint64_t eng_pipeline_durable_position(struct eng_pipeline *p);

@@ -22,8 +22,8 @@
 
 /* The columns the enriched JSON carries; open checks that the table has each of them. */
 static const char *const columns[] = {
-    "event_id",       "content_id",         "user_id",       "event_type",
-    "event_ts",       "duration_ms",        "device",        "content_type",
+    "event_id",       "content_id",         "user_id",        "event_type",
+    "event_ts",       "duration_ms",        "device",         "content_type",
     "length_seconds", "engagement_seconds", "engagement_pct",
 };
 
@@ -141,12 +141,10 @@ static int url_fail(struct eng_clickhouse_url *u, struct eng_error *err, const c
                     const char *why)
 {
     eng_clickhouse_url_free(u);
-    return eng_error_set(err, ENG_EINVAL, false, "invalid clickhouse url \"%s\": %s", shown,
-                         why);
+    return eng_error_set(err, ENG_EINVAL, false, "invalid clickhouse url \"%s\": %s", shown, why);
 }
 
-int eng_clickhouse_url_parse(const char *url, struct eng_clickhouse_url *out,
-                             struct eng_error *err)
+int eng_clickhouse_url_parse(const char *url, struct eng_clickhouse_url *out, struct eng_error *err)
 {
     char shown[200];
     char why[96];
@@ -173,8 +171,8 @@ int eng_clickhouse_url_parse(const char *url, struct eng_clickhouse_url *out,
         const char *colon = memchr(p, ':', (size_t)(at - p));
         size_t ulen = colon != NULL ? (size_t)(colon - p) : (size_t)(at - p);
         out->user = pct_decode(p, ulen);
-        out->password = colon != NULL ? pct_decode(colon + 1, (size_t)(at - colon - 1))
-                                      : eng_strdup("");
+        out->password =
+            colon != NULL ? pct_decode(colon + 1, (size_t)(at - colon - 1)) : eng_strdup("");
         if (out->user == NULL || out->password == NULL)
             return url_fail(out, err, shown, "bad percent-encoding in the user info");
         if (out->user[0] == '\0') {
@@ -218,8 +216,7 @@ int eng_clickhouse_url_parse(const char *url, struct eng_clickhouse_url *out,
             q++;
             digits++;
         }
-        if (digits == 0 || digits > 5 || port < 1 || port > 65535 ||
-            isdigit((unsigned char)*q))
+        if (digits == 0 || digits > 5 || port < 1 || port > 65535 || isdigit((unsigned char)*q))
             return url_fail(out, err, shown, "bad port");
         out->port = (int)port;
     }
@@ -386,11 +383,11 @@ static int transport_error(struct eng_error *err, const char *what, const char *
     case CURLE_URL_MALFORMAT:
     case CURLE_NOT_BUILT_IN:
     case CURLE_BAD_FUNCTION_ARGUMENT:
-        return eng_error_set(err, ENG_EINVAL, false, "clickhouse: %s on \"%s\" failed: %s",
-                             what, display, detail);
+        return eng_error_set(err, ENG_EINVAL, false, "clickhouse: %s on \"%s\" failed: %s", what,
+                             display, detail);
     case CURLE_OPERATION_TIMEDOUT:
-        return eng_error_set(err, ENG_EAGAIN, true, "clickhouse: %s on \"%s\" timed out: %s",
-                             what, display, detail);
+        return eng_error_set(err, ENG_EAGAIN, true, "clickhouse: %s on \"%s\" timed out: %s", what,
+                             display, detail);
     default:
         return eng_error_set(err, ENG_EIO, true, "clickhouse: %s on \"%s\" failed: %s", what,
                              display, detail);
@@ -457,9 +454,9 @@ static struct curl_slist *headers_create(void)
 /* POSTs body to url and collects the answer in resp. Returns 0 with *status set when an HTTP
  * answer came back, or a transport error. A reused connection found dead before anything was
  * received is retried once on a fresh one by curl itself. */
-static int perform(CURL *e, const char *url, const char *display, const char *body,
-                   size_t len, struct eng_buf *resp, char *errbuf, const char *what,
-                   long *status, struct eng_error *err)
+static int perform(CURL *e, const char *url, const char *display, const char *body, size_t len,
+                   struct eng_buf *resp, char *errbuf, const char *what, long *status,
+                   struct eng_error *err)
 {
     errbuf[0] = '\0';
     *status = 0;
@@ -553,8 +550,7 @@ static int ch_open(struct eng_sink *base, struct eng_error *err)
     int rc;
 
     if (s->easy == NULL) {
-        s->easy = easy_create(&s->url, s->connect_timeout_ms, s->timeout_ms, s->headers,
-                              s->errbuf);
+        s->easy = easy_create(&s->url, s->connect_timeout_ms, s->timeout_ms, s->headers, s->errbuf);
         if (s->easy == NULL) {
             rc = eng_error_set(err, ENG_EIO, true, "clickhouse: could not create a curl handle");
             goto fail;

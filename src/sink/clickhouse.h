@@ -19,7 +19,7 @@
  * engagement_seconds and engagement_pct are Decimal(12,3) and Decimal(12,2): 18.16 parses
  * some JSON numbers into Float64 one ulp off (4.69 -> 4.6899999999999995). */
 #define ENG_CLICKHOUSE_DEFAULT_DATABASE "engagement"
-#define ENG_CLICKHOUSE_TABLE "events_enriched"
+#define ENG_CLICKHOUSE_TABLE            "events_enriched"
 
 /* Zero fields take the default written beside them. */
 struct eng_clickhouse_options {
@@ -37,9 +37,9 @@ void eng_clickhouse_options_init(struct eng_clickhouse_options *opt);
 
 /* A parsed ClickHouse URL. user and password are NULL when the URL has no user info. */
 struct eng_clickhouse_url {
-    char *host;     /* without the brackets of an IPv6 literal */
+    char *host; /* without the brackets of an IPv6 literal */
     int port;
-    bool tls;       /* https */
+    bool tls; /* https */
     char *user;
     char *password;
     char *endpoint; /* "http://host:port/" without credentials: what requests go to */

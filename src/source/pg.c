@@ -29,7 +29,7 @@ enum rel_role { REL_OTHER, REL_EVENTS, REL_CONTENT };
 struct relmap {
     uint32_t oid;
     enum rel_role role;
-    int ev[ENG_COL__COUNT]; /* attribute index per event column, -1 if absent */
+    int ev[ENG_COL__COUNT];  /* attribute index per event column, -1 if absent */
     int c_id, c_type, c_len; /* content columns */
 };
 
@@ -140,9 +140,15 @@ static void change_list_clear(struct change_list *l)
 static void apply_change(struct eng_content_cache *c, const struct content_change *ch)
 {
     switch (ch->op) {
-    case ENG_CONTENT_PUT: eng_content_cache_put(c, &ch->row); break;
-    case ENG_CONTENT_REMOVE: eng_content_cache_remove(c, ch->row.content_id); break;
-    case ENG_CONTENT_CLEAR: eng_content_cache_clear(c); break;
+    case ENG_CONTENT_PUT:
+        eng_content_cache_put(c, &ch->row);
+        break;
+    case ENG_CONTENT_REMOVE:
+        eng_content_cache_remove(c, ch->row.content_id);
+        break;
+    case ENG_CONTENT_CLEAR:
+        eng_content_cache_clear(c);
+        break;
     }
 }
 
@@ -177,13 +183,13 @@ static PGresult *exec_ok(PGconn *c, const char *sql, int nparams, const char *co
 
 static PGconn *connect_pg(const char *conninfo, bool replication, struct eng_error *err)
 {
-    const char *keys[] = {"application_name", "dbname", replication ? "replication" : NULL,
-                          NULL};
+    const char *keys[] = {"application_name", "dbname", replication ? "replication" : NULL, NULL};
     const char *vals[] = {"engage", conninfo, "database", NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (PQstatus(c) != CONNECTION_OK) {
-        pq_fail(err, c, replication ? "could not open replication connection"
-                                    : "could not connect to PostgreSQL");
+        pq_fail(err, c,
+                replication ? "could not open replication connection"
+                            : "could not connect to PostgreSQL");
         PQfinish(c);
         return NULL;
     }
@@ -363,8 +369,10 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
         if (lrc < 0) {
             char why[sizeof(err->msg)];
             memcpy(why, err->msg, sizeof(why));
-            return eng_error_set(err, ENG_EFATAL, false, "%s (runbook: move the file aside "
-                                 "to rebuild the cache from the content table)", why);
+            return eng_error_set(err, ENG_EFATAL, false,
+                                 "%s (runbook: move the file aside "
+                                 "to rebuild the cache from the content table)",
+                                 why);
         }
         if (lrc == 0) {
             if (strcmp(st.system_id, s->system_id) != 0)
@@ -456,8 +464,8 @@ static void relmap_update(struct pgsrc *s, const struct eng_pgo_relation *rel)
     memset(m, 0, sizeof(*m));
     m->oid = rel->oid;
     m->role = strcmp(rel->relname, "engagement_events") == 0 ? REL_EVENTS
-              : strcmp(rel->relname, "content") == 0       ? REL_CONTENT
-                                                            : REL_OTHER;
+              : strcmp(rel->relname, "content") == 0         ? REL_CONTENT
+                                                             : REL_OTHER;
     for (int c = 0; c < ENG_COL__COUNT; c++)
         m->ev[c] = -1;
     m->c_id = m->c_type = m->c_len = -1;
@@ -539,8 +547,7 @@ static void checkpoint_tick(struct pgsrc *s)
     send_status(s, true);
 lag:
     while (s->lag_count > 0 && s->lag[s->lag_head].pos <= s->confirmed) {
-        eng_gauge_set(s->m_lag_ms,
-                      (eng_clock_wall_us() - s->lag[s->lag_head].commit_us) / 1000);
+        eng_gauge_set(s->m_lag_ms, (eng_clock_wall_us() - s->lag[s->lag_head].commit_us) / 1000);
         s->lag_head = (s->lag_head + 1) % LAG_RING;
         s->lag_count--;
     }
@@ -602,8 +609,7 @@ static int park_bad(struct pgsrc *s, uint64_t lsn, int64_t event_id, const char 
         .payload_len = len,
     };
     eng_counter_add(s->m_bad, 1);
-    eng_warn("msg=\"bad input parked in the dead-letter queue\" lsn=%s reason=\"%s\"", pos,
-             reason);
+    eng_warn("msg=\"bad input parked in the dead-letter queue\" lsn=%s reason=\"%s\"", pos, reason);
     return eng_dlq_park(s->opt->dlq, &item, 1, err);
 }
 
@@ -671,8 +677,8 @@ static void on_content_row(struct pgsrc *s, const struct relmap *m, const struct
         return;
     if (!remove) {
         const struct eng_content *old = eng_content_cache_get(s->live, ch.row.content_id);
-        bool type_unchanged = m->c_type >= 0 && m->c_type < t->ncols &&
-                              t->cols[m->c_type].kind == ENG_PGO_UNCHANGED;
+        bool type_unchanged =
+            m->c_type >= 0 && m->c_type < t->ncols && t->cols[m->c_type].kind == ENG_PGO_UNCHANGED;
         if (type_unchanged && old != NULL) {
             ch.row.type_null = old->type_null;
             ch.row.content_type = eng_strndup(old->content_type, old->type_len);
@@ -927,8 +933,8 @@ static int session(struct pgsrc *s, struct eng_error *err)
                              "could not start replication: %s", msg);
     }
     PQclear(r);
-    eng_info("msg=\"streaming\" slot=%s publication=%s from=%s", s->opt->slot,
-             s->opt->publication, lsn);
+    eng_info("msg=\"streaming\" slot=%s publication=%s from=%s", s->opt->slot, s->opt->publication,
+             lsn);
     s->dec = eng_pgo_decoder_create();
     s->batch = eng_batch_create(s->opt->batch_max_events);
     s->batch_deadline = 0;
@@ -979,8 +985,8 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
                                       "Server WAL end minus the confirmed flush LSN");
     s.m_lag_ms = eng_metrics_gauge("engage_replication_lag_milliseconds", NULL,
                                    "Age of the newest transaction at the checkpoint when it moved");
-    s.m_confirmed = eng_metrics_gauge("engage_confirmed_flush_lsn", NULL,
-                                      "Flush LSN last sent to the server");
+    s.m_confirmed =
+        eng_metrics_gauge("engage_confirmed_flush_lsn", NULL, "Flush LSN last sent to the server");
     struct eng_backoff bo;
     eng_backoff_init(&bo, 200000, 10000000, (uint64_t)eng_clock_mono_us());
     int rc = 0;

@@ -12,10 +12,10 @@
 #include "../pipeline/pipeline.h"
 
 struct eng_pg_source_options {
-    const char *conninfo;    /* libpq conninfo or URI */
-    const char *slot;        /* default engage_slot */
-    const char *publication; /* default engage_pub */
-    const char *state_dir;   /* default ./engage-state */
+    const char *conninfo;       /* libpq conninfo or URI */
+    const char *slot;           /* default engage_slot */
+    const char *publication;    /* default engage_pub */
+    const char *state_dir;      /* default ./engage-state */
     uint32_t batch_max_events;  /* default 10000 */
     int64_t batch_max_us;       /* default 50 ms */
     int64_t status_interval_us; /* default 10 s */

@@ -29,8 +29,7 @@ void eng_lsn_format(uint64_t lsn, char *out, size_t len)
     snprintf(out, len, "%" PRIX32 "/%" PRIX32, (uint32_t)(lsn >> 32), (uint32_t)lsn);
 }
 
-static void state_path(char *out, size_t len, const char *dir, const char *slot,
-                       const char *suffix)
+static void state_path(char *out, size_t len, const char *dir, const char *slot, const char *suffix)
 {
     snprintf(out, len, "%s/%s.state%s", dir, slot, suffix);
 }

@@ -65,8 +65,8 @@ static void test_no_auth(void **state)
              "http://127.0.0.1:8123/", "http://127.0.0.1:8123/");
     parse_ok("http://localhost:18123/", "localhost", 18123, false, NULL, NULL,
              "http://localhost:18123/", "http://localhost:18123/");
-    parse_ok("HTTP://ch-1.example_host.internal", "ch-1.example_host.internal", 8123, false,
-             NULL, NULL, "http://ch-1.example_host.internal:8123/",
+    parse_ok("HTTP://ch-1.example_host.internal", "ch-1.example_host.internal", 8123, false, NULL,
+             NULL, "http://ch-1.example_host.internal:8123/",
              "http://ch-1.example_host.internal:8123/");
     parse_ok("https://ch:8443/", "ch", 8443, true, NULL, NULL, "https://ch:8443/",
              "https://ch:8443/");
@@ -81,8 +81,7 @@ static void test_auth(void **state)
     parse_ok("http://eng:secret@127.0.0.1:8123/", "127.0.0.1", 8123, false, "eng", "secret",
              "http://127.0.0.1:8123/", "http://eng@127.0.0.1:8123/");
     /* no password: an empty one */
-    parse_ok("http://reader@h:1", "h", 1, false, "reader", "", "http://h:1/",
-             "http://reader@h:1/");
+    parse_ok("http://reader@h:1", "h", 1, false, "reader", "", "http://h:1/", "http://reader@h:1/");
     /* no user: the default user */
     parse_ok("http://:pw@h:2", "h", 2, false, "default", "pw", "http://h:2/",
              "http://default@h:2/");
@@ -254,10 +253,10 @@ static void test_query_bad_url(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_no_auth),        cmocka_unit_test(test_auth),
-        cmocka_unit_test(test_ipv6),           cmocka_unit_test(test_bad),
-        cmocka_unit_test(test_free_empty),     cmocka_unit_test(test_exception_code),
-        cmocka_unit_test(test_retriable),      cmocka_unit_test(test_create_checks),
+        cmocka_unit_test(test_no_auth),       cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_ipv6),          cmocka_unit_test(test_bad),
+        cmocka_unit_test(test_free_empty),    cmocka_unit_test(test_exception_code),
+        cmocka_unit_test(test_retriable),     cmocka_unit_test(test_create_checks),
         cmocka_unit_test(test_query_bad_url),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -20,23 +20,23 @@ struct pct_case {
 
 /* Expected values computed by hand from the exact decimal quotient. */
 static const struct pct_case pct_cases[] = {
-    {7000, 300, false, false, "7.0", "0.02"},      /* the brief's example: 0.02333 */
-    {1234, 100, false, false, "1.234", "0.01"},    /* 0.01234 */
-    {5, 1, false, false, "0.005", "0.01"},         /* 0.005 exactly: half rounds up */
-    {4, 1, false, false, "0.004", "0.0"},          /* 0.004 rounds down */
-    {125, 10, false, false, "0.125", "0.01"},      /* 0.0125 */
-    {1005, 100, false, false, "1.005", "0.01"},    /* 0.01005 */
-    {1500, 100, false, false, "1.5", "0.02"},      /* 0.015 exactly: half up */
-    {1499, 100, false, false, "1.499", "0.01"},    /* 0.01499 */
-    {45000, 1000, false, false, "45.0", "0.05"},   /* 0.045 exactly (a double would give 0.04) */
-    {300000, 300, false, false, "300.0", "1.0"},   /* whole */
-    {600000, 300, false, false, "600.0", "2.0"},   /* more than the length */
+    {7000, 300, false, false, "7.0", "0.02"},    /* the brief's example: 0.02333 */
+    {1234, 100, false, false, "1.234", "0.01"},  /* 0.01234 */
+    {5, 1, false, false, "0.005", "0.01"},       /* 0.005 exactly: half rounds up */
+    {4, 1, false, false, "0.004", "0.0"},        /* 0.004 rounds down */
+    {125, 10, false, false, "0.125", "0.01"},    /* 0.0125 */
+    {1005, 100, false, false, "1.005", "0.01"},  /* 0.01005 */
+    {1500, 100, false, false, "1.5", "0.02"},    /* 0.015 exactly: half up */
+    {1499, 100, false, false, "1.499", "0.01"},  /* 0.01499 */
+    {45000, 1000, false, false, "45.0", "0.05"}, /* 0.045 exactly (a double would give 0.04) */
+    {300000, 300, false, false, "300.0", "1.0"}, /* whole */
+    {600000, 300, false, false, "600.0", "2.0"}, /* more than the length */
     {0, 300, false, false, "0.0", "0.0"},
-    {-5, 1, false, false, "-0.005", "-0.01"},      /* half away from zero, negative */
+    {-5, 1, false, false, "-0.005", "-0.01"}, /* half away from zero, negative */
     {2147483647, 1, false, false, "2147483.647", "2147483.65"},
-    {7000, 0, false, false, "7.0", NULL},          /* length 0: pct NULL */
-    {7000, 0, false, true, "7.0", NULL},           /* length NULL */
-    {0, 300, true, false, NULL, NULL},             /* duration NULL */
+    {7000, 0, false, false, "7.0", NULL}, /* length 0: pct NULL */
+    {7000, 0, false, true, "7.0", NULL},  /* length NULL */
+    {0, 300, true, false, NULL, NULL},    /* duration NULL */
 };
 
 static void test_derived_table(void **state)
@@ -95,8 +95,8 @@ static void test_brief_example_json(void **state)
 {
     (void)state;
     struct eng_content_cache *cache = eng_content_cache_create();
-    struct eng_content video = {.content_id = 1, .content_type = "video", .type_len = 5,
-                                .length_seconds = 300};
+    struct eng_content video = {
+        .content_id = 1, .content_type = "video", .type_len = 5, .length_seconds = 300};
     eng_content_cache_put(cache, &video);
     struct eng_batch *b = eng_batch_create(4);
     const char *vals[] = {"16", "1", "999", "play", "2026-01-08 14:21:52.123456", "7000", "web"};
@@ -137,10 +137,10 @@ static void test_bad_values_rejected(void **state)
 {
     (void)state;
     static const char *const bad[][ENG_COL__COUNT] = {
-        {"x1", "1", "1", "play", "2026-01-08 00:00:00", "1", "web"},  /* event_id */
-        {"1", NULL, "1", "play", "2026-01-08 00:00:00", "1", "web"},  /* content_id null */
+        {"x1", "1", "1", "play", "2026-01-08 00:00:00", "1", "web"}, /* event_id */
+        {"1", NULL, "1", "play", "2026-01-08 00:00:00", "1", "web"}, /* content_id null */
         {"1", "99999999999", "1", "play", "2026-01-08 00:00:00", "1", "web"},
-        {"1", "1", "1", "play", "infinity", "1", "web"},              /* event_ts */
+        {"1", "1", "1", "play", "infinity", "1", "web"}, /* event_ts */
         {"1", "1", "1", "play", "2026-02-30 00:00:00", "1", "web"},
         {"1", "1", "1", "play", "2026-01-08 00:00:00", "1.5", "web"}, /* duration */
         {NULL, "1", "1", "play", "2026-01-08 00:00:00", "1", "web"},
@@ -168,8 +168,11 @@ static void test_content_cache_roundtrip(void **state)
     for (int32_t i = -5; i < 500; i++) {
         char type[32];
         int n = snprintf(type, sizeof(type), "t%d\n\"", i);
-        struct eng_content r = {.content_id = i, .content_type = type, .type_len = (uint32_t)n,
-                                .length_seconds = i * 3, .length_null = i % 7 == 0,
+        struct eng_content r = {.content_id = i,
+                                .content_type = type,
+                                .type_len = (uint32_t)n,
+                                .length_seconds = i * 3,
+                                .length_null = i % 7 == 0,
                                 .type_null = i % 11 == 0};
         eng_content_cache_put(c, &r);
     }

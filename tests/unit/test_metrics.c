@@ -80,8 +80,8 @@ static void test_gauge(void **state)
 static void test_histogram(void **state)
 {
     (void)state;
-    struct eng_histogram *h = eng_metrics_histogram("t_latency_seconds", "sink=\"ch\"",
-                                                    "A test histogram.");
+    struct eng_histogram *h =
+        eng_metrics_histogram("t_latency_seconds", "sink=\"ch\"", "A test histogram.");
     eng_histogram_observe(h, 100);       /* 0.1 ms: first bucket (le 0.0005) */
     eng_histogram_observe(h, 500);       /* exactly on the bound: still le 0.0005 */
     eng_histogram_observe(h, 3000);      /* 3 ms: le 0.005 */
@@ -187,8 +187,8 @@ static void test_render_appends(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_counter),         cmocka_unit_test(test_gauge),
-        cmocka_unit_test(test_histogram),       cmocka_unit_test(test_family_grouping),
+        cmocka_unit_test(test_counter),        cmocka_unit_test(test_gauge),
+        cmocka_unit_test(test_histogram),      cmocka_unit_test(test_family_grouping),
         cmocka_unit_test(test_render_appends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
