@@ -11,6 +11,7 @@
 
 #include <microhttpd.h>
 
+#include "../core/net.h"
 #include "../core/buf.h"
 #include "../core/log.h"
 #include "admin.h"
@@ -107,19 +108,6 @@ static int listen_on(const char *host, uint16_t port, char *why, size_t whylen)
     if (fd < 0)
         snprintf(why, whylen, "%s", strerror(saved));
     return fd;
-}
-
-static uint16_t bound_port(int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
-        return 0;
-    if (ss.ss_family == AF_INET)
-        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    if (ss.ss_family == AF_INET6)
-        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    return 0;
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -223,7 +211,7 @@ struct eng_admin *eng_admin_start(const char *host_port, struct eng_admin_hooks 
     }
     struct eng_admin *a = eng_calloc(1, sizeof(*a));
     a->hooks = hooks;
-    a->port = bound_port(fd);
+    a->port = eng_net_bound_port(fd);
     a->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         on_request, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, or MHD says so */

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/url.h"
 #include "content.h"
 
 /* Chained hash table; content tables are small (thousands to millions of rows) and change
@@ -206,15 +207,6 @@ int eng_content_cache_save(const struct eng_content_cache *c, FILE *f, struct en
     return 0;
 }
 
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    return -1;
-}
-
 int eng_content_cache_load(struct eng_content_cache *c, FILE *f, struct eng_error *err)
 {
     char *line = NULL;
@@ -275,7 +267,7 @@ int eng_content_cache_load(struct eng_content_cache *c, FILE *f, struct eng_erro
                 goto bad;
             type = eng_malloc(hl / 2 + 1);
             for (size_t k = 0; k < hl / 2; k++) {
-                int hi = hexval(p[2 * k]), lo = hexval(p[2 * k + 1]);
+                int hi = eng_hex_digit(p[2 * k]), lo = eng_hex_digit(p[2 * k + 1]);
                 if (hi < 0 || lo < 0)
                     goto bad;
                 type[k] = (char)(hi << 4 | lo);

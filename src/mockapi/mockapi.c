@@ -27,6 +27,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "../core/net.h"
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/log.h"
@@ -1128,19 +1129,6 @@ static int listen_on(const struct sockaddr_storage *ss, socklen_t len, struct en
     return fd;
 }
 
-static uint16_t bound_port(int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
-        return 0;
-    if (ss.ss_family == AF_INET)
-        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    if (ss.ss_family == AF_INET6)
-        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    return 0;
-}
-
 static void set_port(struct sockaddr_storage *ss, uint16_t port)
 {
     if (ss->ss_family == AF_INET)
@@ -1183,7 +1171,7 @@ static int api_up(struct eng_mockapi *m, struct eng_error *err)
         return eng_error_set(err, ENG_EIO, true, "could not start the http daemon");
     }
     if (m->port == 0) {
-        m->port = bound_port(fd);
+        m->port = eng_net_bound_port(fd);
         set_port(&m->api_addr, m->port);
     }
     pthread_mutex_lock(&m->lock);
@@ -1322,7 +1310,7 @@ struct eng_mockapi *eng_mockapi_start(const struct eng_mockapi_options *o, struc
         int fd = listen_on(&m->api_addr, m->api_addrlen, err);
         if (fd < 0)
             goto fail;
-        m->port = bound_port(fd);
+        m->port = eng_net_bound_port(fd);
         set_port(&m->api_addr, m->port);
         close(fd);
     }
@@ -1337,7 +1325,7 @@ struct eng_mockapi *eng_mockapi_start(const struct eng_mockapi_options *o, struc
         m->control_fd = listen_on(&ss, len, err);
         if (m->control_fd < 0)
             goto fail;
-        m->control_port = bound_port(m->control_fd);
+        m->control_port = eng_net_bound_port(m->control_fd);
         m->control = start_daemon(m, &m->control_l, m->control_fd, ss.ss_family);
         if (m->control == NULL) {
             eng_error_set(err, ENG_EIO, false, "could not start the control daemon");

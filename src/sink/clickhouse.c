@@ -9,6 +9,7 @@
 
 #include "../admin/metrics.h"
 #include "../core/log.h"
+#include "../core/url.h"
 #include "clickhouse.h"
 
 /* How much of an answer the sink keeps (only its start is ever shown in an error). */
@@ -81,44 +82,6 @@ static bool curl_ready(struct eng_error *err)
 
 /* ---- URL parsing ---- */
 
-static int hex_value(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decodes s[0..n); NULL on a bad escape or an encoded NUL. */
-static char *pct_decode(const char *s, size_t n)
-{
-    char *out = eng_malloc(n + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            out[o++] = s[i];
-            continue;
-        }
-        if (n - i < 3 || hex_value((unsigned char)s[i + 1]) < 0 ||
-            hex_value((unsigned char)s[i + 2]) < 0) {
-            free(out);
-            return NULL;
-        }
-        int v = hex_value((unsigned char)s[i + 1]) * 16 + hex_value((unsigned char)s[i + 2]);
-        if (v == 0) {
-            free(out);
-            return NULL;
-        }
-        out[o++] = (char)v;
-        i += 2;
-    }
-    out[o] = '\0';
-    return out;
-}
-
 /* Copies url to out with the password replaced by "***", for error messages. */
 static void redact_url(const char *url, char *out, size_t outlen)
 {
@@ -170,9 +133,9 @@ int eng_clickhouse_url_parse(const char *url, struct eng_clickhouse_url *out, st
     if (at != NULL) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
         size_t ulen = colon != NULL ? (size_t)(colon - p) : (size_t)(at - p);
-        out->user = pct_decode(p, ulen);
-        out->password =
-            colon != NULL ? pct_decode(colon + 1, (size_t)(at - colon - 1)) : eng_strdup("");
+        out->user = eng_percent_decode(p, ulen);
+        out->password = colon != NULL ? eng_percent_decode(colon + 1, (size_t)(at - colon - 1))
+                                      : eng_strdup("");
         if (out->user == NULL || out->password == NULL)
             return url_fail(out, err, shown, "bad percent-encoding in the user info");
         if (out->user[0] == '\0') {

@@ -14,6 +14,7 @@
 #include "../admin/metrics.h"
 #include "../core/clock.h"
 #include "../core/log.h"
+#include "../core/url.h"
 #include "redis.h"
 
 /* The script, kept only here (no build step, nothing to keep in sync).
@@ -163,39 +164,6 @@ void eng_redis_options_init(struct eng_redis_options *opt)
 
 /* ---- URL ---- */
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Percent-decodes s[0..n) into a new string; NULL on a bad escape or an encoded NUL. */
-static char *percent_decode(const char *s, size_t n)
-{
-    char *out = eng_malloc(n + 1);
-    size_t j = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            out[j++] = s[i];
-            continue;
-        }
-        int hi = i + 1 < n ? hexval((unsigned char)s[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            free(out);
-            return NULL;
-        }
-        out[j++] = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    out[j] = '\0';
-    return out;
-}
-
 static bool parse_uint(const char *s, size_t n, long max, long *out)
 {
     if (n == 0 || n > 10)
@@ -257,7 +225,7 @@ int eng_redis_url_parse(const char *url, struct eng_redis_url *out, struct eng_e
         const char *pass = auth;
         if (colon != NULL) {
             if (colon > auth) {
-                out->user = percent_decode(auth, (size_t)(colon - auth));
+                out->user = eng_percent_decode(auth, (size_t)(colon - auth));
                 if (out->user == NULL) {
                     eng_error_set(err, rc, false, "invalid redis url: bad escape in the user");
                     goto fail;
@@ -266,7 +234,7 @@ int eng_redis_url_parse(const char *url, struct eng_redis_url *out, struct eng_e
             pass = colon + 1;
         }
         if (at > pass) {
-            out->password = percent_decode(pass, (size_t)(at - pass));
+            out->password = eng_percent_decode(pass, (size_t)(at - pass));
             if (out->password == NULL) {
                 eng_error_set(err, rc, false, "invalid redis url: bad escape in the password");
                 goto fail;
