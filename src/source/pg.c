@@ -45,6 +45,9 @@ struct change_list {
     size_t n, cap;
 };
 
+/* How long a quiet stream goes without an (empty) batch to the sinks. */
+#define HEARTBEAT_US INT64_C(30000000)
+
 /* (position, commit time) of submitted batches, for the lag in seconds. */
 #define LAG_RING 64
 
@@ -71,6 +74,7 @@ struct pgsrc {
 
     struct eng_batch *batch;
     int64_t batch_deadline; /* 0: nothing waiting */
+    int64_t last_submit_us;
     uint64_t last_end_lsn;  /* end of the last transaction decoded */
     int64_t last_commit_us;
     uint64_t submitted_pos;
@@ -582,6 +586,7 @@ static int flush_batch(struct pgsrc *s)
         s->lag_count++;
     }
     s->submitted_pos = position;
+    s->last_submit_us = eng_clock_mono_us();
     s->batch = eng_batch_create(s->opt->batch_max_events);
     s->batch_deadline = 0;
     checkpoint_tick(s);
@@ -849,6 +854,14 @@ static int stream(struct pgsrc *s, struct eng_error *err)
             /* Caught up with what the server sent: close the batch now rather than wait for
              * the timer, so latency stays low when the stream is quiet. */
             if (batch_waiting(s) && !s->in_tx) {
+                if (flush_batch(s) != 0)
+                    return ENG_ESTOPPED;
+            }
+            /* Quiet for a while: an empty batch lets the sinks refresh what expires by time
+             * (Redis's top:content:10m) although no event arrives. */
+            if (!s->in_tx && !batch_waiting(s) &&
+                eng_clock_mono_us() - s->last_submit_us >= HEARTBEAT_US &&
+                eng_pipeline_idle(s->p)) {
                 if (flush_batch(s) != 0)
                     return ENG_ESTOPPED;
             }
