@@ -4,6 +4,7 @@ against real servers and the real binary (issue: direct pipeline)."""
 import random
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import lib
@@ -195,4 +196,59 @@ def test_bad_input_is_parked_not_fatal(stack, db, clean_sinks, engage, tmp_path)
     assert rows[0][0] == "source" and "content_id" in rows[0][2] and "/" in rows[0][1]
     assert metrics(proc)['engage_source_bad_input_total{source="pg"}'] == 1
     assert proc.alive()
+    assert proc.stop() == 0
+
+
+def test_clickhouse_outage_stalls_checkpoint_then_catches_up(stack, db, clean_sinks, engage, tmp_path):
+    """ClickHouse down: engage keeps retrying, the slot is not confirmed past what
+    ClickHouse holds, /readyz says why; once it is back every event lands once."""
+    wl = Workload(db.uri, seed=33)
+    wl.setup_content()
+    env = stack.engage_env(db.uri, sinks=("clickhouse",))
+    proc = engage(*run_args(db, tmp_path), env=env)
+    wait_streaming(db, proc)
+    wl.run(total=500, sessions=2)
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 500, 60, what="the first 500 events")
+    stack.stop("clickhouse")
+    try:
+        held = lsn_int(slot_row(db)[0][1])
+        wl2 = Workload(db.uri, seed=34)
+        wl2.run(total=500, sessions=2)
+
+        def not_ready():
+            try:
+                urllib.request.urlopen(f"http://{proc.admin_addr}/readyz", timeout=5)
+                return False
+            except urllib.error.HTTPError as e:
+                return e.code == 503 and b"clickhouse" in e.read()
+        lib.wait_for(not_ready, 30, what="/readyz to report the ClickHouse outage")
+        # Everything written during the outage is beyond the held position.
+        assert lsn_int(slot_row(db)[0][1]) <= min(end for end, _ in wl2.tx_end)
+        assert lsn_int(slot_row(db)[0][1]) >= held
+        assert proc.alive()
+    finally:
+        stack.start("clickhouse")
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 1000, 120, interval=0.2,
+                 what="the events written during the outage")
+    check_clickhouse(stack.clickhouse_url, {**wl.expected, **wl2.expected})
+    assert proc.stop() == 0
+
+
+def test_postgres_restart_reconnects_exactly(stack, db, clean_sinks, engage, tmp_path):
+    """PostgreSQL restarts while events stream: engage reconnects from its
+    checkpoint by itself and ClickHouse ends with every event once."""
+    wl = Workload(db.uri, seed=44)
+    wl.setup_content()
+    env = stack.engage_env(db.uri, sinks=("clickhouse",))
+    proc = engage(*run_args(db, tmp_path), env=env)
+    wait_streaming(db, proc)
+    wl.run(total=2000, sessions=2)
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) >= 1, 60, what="streaming to start")
+    stack.restart("pg")
+    wl2 = Workload(db.uri, seed=45)
+    wl2.run(total=2000, sessions=2)
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) >= 4000, 120, interval=0.2,
+                 what="every event after the restart")
+    check_clickhouse(stack.clickhouse_url, {**wl.expected, **wl2.expected})
+    assert "source failed, reconnecting" in proc.log_text()
     assert proc.stop() == 0
