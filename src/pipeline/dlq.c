@@ -358,3 +358,110 @@ int64_t eng_dlq_pending(struct eng_dlq *q, struct eng_error *err)
     PQclear(res);
     return v;
 }
+
+/* "{1,2,3}" for an int8[] parameter. */
+static void ids_array(struct eng_buf *out, const int64_t *ids, size_t n)
+{
+    eng_buf_putc(out, '{');
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            eng_buf_putc(out, ',');
+        eng_buf_put_i64(out, ids[i]);
+    }
+    eng_buf_putc(out, '}');
+}
+
+int64_t eng_dlq_scan(struct eng_dlq *q, const struct eng_dlq_filter *f,
+                     bool (*fn)(const struct eng_dlq_row *row, void *ctx), void *ctx,
+                     struct eng_error *err)
+{
+    eng_error_clear(err);
+    if (ensure_ready(q, err) != 0)
+        return -1;
+    struct eng_buf sql = {0}, ids = {0}, after = {0}, limit = {0};
+    ids_array(&ids, f->ids, f->ids ? f->nids : 0);
+    eng_buf_put_i64(&after, f->after_id);
+    eng_buf_put_i64(&limit, f->limit > 0 ? f->limit : INT64_MAX);
+    eng_buf_printf(&sql,
+                   "SELECT id, to_char(parked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),"
+                   " origin, position, coalesce(event_id, -1), reason, coalesce(last_status, 0),"
+                   " attempts, payload, replayed_at IS NOT NULL FROM %s"
+                   " WHERE ($1::text IS NULL OR origin = $1)"
+                   " AND ($2::bool OR id = ANY($3::int8[]))"
+                   " AND (NOT $4::bool OR replayed_at IS NULL) AND id > $5::int8"
+                   " ORDER BY id LIMIT $6::int8",
+                   q->table_sql);
+    const char *params[6] = {f->origin,  f->ids ? "f" : "t", ids.data, f->pending_only ? "t" : "f",
+                             after.data, limit.data};
+    /* Text results except the payload (column 8), which comes back raw. */
+    PGresult *res = PQexecParams(q->conn, sql.data, 6, NULL, params, NULL, NULL, 1);
+    eng_buf_free(&sql);
+    eng_buf_free(&ids);
+    eng_buf_free(&after);
+    eng_buf_free(&limit);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        fail(q, res, "read", err);
+        PQclear(res);
+        return -1;
+    }
+    /* Binary results: every column is in its binary form; convert the few we need. */
+    int64_t visited = 0;
+    for (int i = 0; i < PQntuples(res); i++) {
+        struct eng_dlq_row row;
+        const unsigned char *v;
+        uint64_t u = 0;
+        v = (const unsigned char *)PQgetvalue(res, i, 0);
+        for (int k = 0; k < 8; k++)
+            u = u << 8 | v[k];
+        row.id = (int64_t)u;
+        row.parked_at = PQgetvalue(res, i, 1);
+        row.origin = PQgetvalue(res, i, 2);
+        row.position = PQgetvalue(res, i, 3);
+        v = (const unsigned char *)PQgetvalue(res, i, 4);
+        u = 0;
+        for (int k = 0; k < 8; k++)
+            u = u << 8 | v[k];
+        row.event_id = (int64_t)u;
+        row.reason = PQgetvalue(res, i, 5);
+        uint32_t w = 0;
+        v = (const unsigned char *)PQgetvalue(res, i, 6);
+        for (int k = 0; k < 4; k++)
+            w = w << 8 | v[k];
+        row.last_status = (int)(int32_t)w;
+        w = 0;
+        v = (const unsigned char *)PQgetvalue(res, i, 7);
+        for (int k = 0; k < 4 && !PQgetisnull(res, i, 7); k++)
+            w = w << 8 | v[k];
+        row.attempts = (int)(int32_t)w;
+        row.payload = PQgetisnull(res, i, 8) ? "" : PQgetvalue(res, i, 8);
+        row.payload_len = PQgetisnull(res, i, 8) ? 0 : (size_t)PQgetlength(res, i, 8);
+        row.replayed = *PQgetvalue(res, i, 9) != 0;
+        visited++;
+        if (!fn(&row, ctx))
+            break;
+    }
+    PQclear(res);
+    return visited;
+}
+
+int eng_dlq_mark_replayed(struct eng_dlq *q, const int64_t *ids, size_t n, struct eng_error *err)
+{
+    eng_error_clear(err);
+    if (n == 0)
+        return 0;
+    if (ensure_ready(q, err) != 0)
+        return err->code;
+    struct eng_buf sql = {0}, arr = {0};
+    ids_array(&arr, ids, n);
+    eng_buf_printf(&sql, "UPDATE %s SET replayed_at = now() WHERE id = ANY($1::int8[])",
+                   q->table_sql);
+    const char *params[1] = {arr.data};
+    PGresult *res = PQexecParams(q->conn, sql.data, 1, NULL, params, NULL, NULL, 0);
+    eng_buf_free(&sql);
+    eng_buf_free(&arr);
+    int rc = 0;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = fail(q, res, "mark replayed rows in", err);
+    PQclear(res);
+    return rc;
+}

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <stdbool.h>
+
 #include "../core/error.h"
 
 struct eng_dlq;
@@ -40,5 +42,40 @@ int eng_dlq_park(struct eng_dlq *q, const struct eng_dlq_item *items, size_t n,
 
 /* Number of rows not yet replayed, or -1 on error. */
 int64_t eng_dlq_pending(struct eng_dlq *q, struct eng_error *err);
+
+/* One parked row as read back. Strings are owned by the row until the callback returns. */
+struct eng_dlq_row {
+    int64_t id;
+    const char *parked_at; /* "YYYY-MM-DD HH:MM:SS+00" */
+    const char *origin;
+    const char *position;
+    int64_t event_id; /* -1 when NULL */
+    const char *reason;
+    int last_status;
+    int attempts;
+    const char *payload; /* raw bytes */
+    size_t payload_len;
+    bool replayed;
+};
+
+/* Which rows a scan returns, in id order. */
+struct eng_dlq_filter {
+    const char *origin; /* NULL: any */
+    const int64_t *ids; /* NULL: any */
+    size_t nids;
+    bool pending_only; /* replayed_at IS NULL */
+    int64_t after_id;  /* id > after_id (for paging) */
+    int64_t limit;     /* 0: no limit */
+};
+
+/* Calls fn for every row that matches, stopping early when fn returns false. Returns the
+ * number of rows visited, or -1 with err set. */
+int64_t eng_dlq_scan(struct eng_dlq *q, const struct eng_dlq_filter *f,
+                     bool (*fn)(const struct eng_dlq_row *row, void *ctx), void *ctx,
+                     struct eng_error *err);
+
+/* Sets replayed_at = now() on the given ids (after the API acknowledged them). */
+int eng_dlq_mark_replayed(struct eng_dlq *q, const int64_t *ids, size_t n,
+                          struct eng_error *err) ENG_MUSTCHECK;
 
 #endif

@@ -42,6 +42,8 @@ struct eng_pipeline {
     int64_t backoff_base_us, backoff_cap_us;
     uint64_t next_seq;
     uint64_t submitted_position;
+    int64_t spill_after_us;
+    int64_t blocked_since_us; /* when submit first found a full queue; 0: not blocked */
     bool stopping;
     struct eng_histogram *m_batch_size;
 };
@@ -70,6 +72,7 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
     p->backoff_base_us = opt && opt->backoff_base_us ? opt->backoff_base_us : 100000;
     p->backoff_cap_us = opt && opt->backoff_cap_us ? opt->backoff_cap_us : 10000000;
     p->next_seq = 1;
+    p->spill_after_us = opt && opt->spill_after_us ? opt->spill_after_us : 500000;
     p->m_batch_size = eng_metrics_histogram("engage_batch_close_age_seconds", NULL,
                                             "Age of a batch when it was submitted");
     p->lanes = eng_calloc(n, sizeof(*p->lanes));
@@ -249,6 +252,18 @@ int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b, int64_t tim
     deadline_from_now(&ts, timeout_us);
     pthread_mutex_lock(&p->lock);
     while (!all_have_room(p) && !p->stopping) {
+        /* A sink that can spill is told to hurry once the source has waited spill_after_us
+         * (over one or more calls), so it never holds the others back much longer. */
+        int64_t now = eng_clock_mono_us();
+        if (p->blocked_since_us == 0)
+            p->blocked_since_us = now;
+        if (now - p->blocked_since_us >= p->spill_after_us) {
+            for (size_t i = 0; i < p->nlanes; i++) {
+                struct sink_lane *l = &p->lanes[i];
+                if (l->count >= p->depth && l->sink->ops->hurry != NULL)
+                    l->sink->ops->hurry(l->sink);
+            }
+        }
         if (pthread_cond_timedwait(&p->not_full, &p->lock, &ts) == ETIMEDOUT)
             break;
     }
@@ -261,6 +276,7 @@ int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b, int64_t tim
         eng_die("batch position went backwards");
     /* Observed before the lanes get the batch: a lane may release it at once. */
     eng_histogram_observe(p->m_batch_size, eng_clock_mono_us() - b->created_us);
+    p->blocked_since_us = 0;
     b->seq = p->next_seq++;
     p->submitted_position = b->position;
     for (size_t i = 0; i < p->nlanes; i++) {

@@ -18,6 +18,9 @@ struct eng_pipeline_options {
     uint32_t queue_depth;    /* batches waiting per sink (default 8) */
     int64_t backoff_base_us; /* sink retry backoff (default 100 ms) */
     int64_t backoff_cap_us;  /* (default 10 s) */
+    /* A full queue of a sink that can spill holds the source this long before the sink is
+     * told to hurry (default 500 ms). */
+    int64_t spill_after_us;
 };
 
 struct eng_pipeline;

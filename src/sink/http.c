@@ -44,6 +44,8 @@
 #define MAX_STATUS 600
 #define TOKEN_MAX  4096
 
+#define SPILL_REASON "spilled: the sink's queue was full (the API is slower than the events arrive)"
+
 enum req_state { REQ_WAITING, REQ_IN_FLIGHT, REQ_DONE, REQ_PARK };
 
 struct http_req {
@@ -84,6 +86,7 @@ struct http_sink {
     CURLM *multi;
     struct http_slot *slots;
     atomic_bool cancelled;
+    atomic_bool hurry; /* the pipeline's queue for this sink is full: spill what is left */
 
     /* The requests of the last failed write that were acknowledged, so that writing the same
      * batch again does not resend them. */
@@ -551,6 +554,7 @@ static int http_write(struct eng_sink *sink, const struct eng_batch *b, struct e
         return eng_error_set(err, ENG_ESTOPPED, true, "http: sink stopped");
     if (b->n == 0)
         return 0;
+    atomic_store(&s->hurry, false); /* a stale request; the pipeline repeats a live one */
     int rc = ensure_multi(s, err);
     if (rc != 0)
         return rc;
@@ -576,6 +580,22 @@ static int http_write(struct eng_sink *sink, const struct eng_batch *b, struct e
     uint32_t lo = 0; /* every request before lo is settled */
     uint32_t in_flight = 0;
     while (open_reqs > 0) {
+        if (atomic_exchange(&s->hurry, false)) {
+            /* Others wait behind this write: park what is not acknowledged yet instead of
+             * retrying it now. A request aborted in flight may have reached the API too; the
+             * replay carries the same key. */
+            abort_in_flight(s, eng_clock_mono_us());
+            in_flight = 0;
+            for (uint32_t i = 0; i < nreq; i++) {
+                if (reqs[i].state != REQ_WAITING)
+                    continue;
+                reqs[i].state = REQ_PARK;
+                free(reqs[i].reason);
+                reqs[i].reason = eng_strdup(SPILL_REASON);
+                open_reqs--;
+            }
+            break;
+        }
         if (atomic_load(&s->cancelled)) {
             abort_in_flight(s, eng_clock_mono_us());
             remember_done(s, b, reqs, nreq);
@@ -717,6 +737,16 @@ static void http_destroy(struct eng_sink *sink)
 /* The pipeline's queue for this sink is full: the API is slower than the events arrive.
  * Park the whole batch rather than hold back the source and the other sinks; `engage dlq
  * replay` sends it later. */
+static void http_hurry(struct eng_sink *sink)
+{
+    struct http_sink *s = (struct http_sink *)sink;
+    atomic_store(&s->hurry, true);
+    pthread_mutex_lock(&s->multi_lock);
+    if (s->multi != NULL)
+        curl_multi_wakeup(s->multi);
+    pthread_mutex_unlock(&s->multi_lock);
+}
+
 static int http_spill(struct eng_sink *sink, const struct eng_batch *b, struct eng_error *err)
 {
     struct http_sink *s = (struct http_sink *)sink;
@@ -727,8 +757,7 @@ static int http_spill(struct eng_sink *sink, const struct eng_batch *b, struct e
         .first = 0,
         .n = b->n,
         .state = REQ_PARK,
-        .reason = eng_strdup("spilled: the sink's queue was full (the API is slower than "
-                             "the events arrive)"),
+        .reason = eng_strdup(SPILL_REASON),
     };
     int rc = park_all(s, b, &whole, 1, err);
     free(whole.reason);
@@ -741,6 +770,7 @@ static const struct eng_sink_ops http_ops = {
     .write = http_write,
     .close = http_close,
     .spill = http_spill,
+    .hurry = http_hurry,
     .cancel = eng_http_sink_cancel,
     .destroy = http_destroy,
 };

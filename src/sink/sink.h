@@ -25,6 +25,9 @@ struct eng_sink_ops {
      * pipeline calls it instead of write when the sink's queue is full, so that a sink which
      * cannot keep up (an external API) never holds back the others. */
     int (*spill)(struct eng_sink *s, const struct eng_batch *b, struct eng_error *err);
+    /* Optional, with spill: the sink's queue is full, so the write in progress should end
+     * soon by spilling what it has not delivered yet. Called from the source's thread. */
+    void (*hurry)(struct eng_sink *s);
     /* Optional (NULL: none): makes a write in progress on the sink's thread return early
      * with a retriable error, for shutdown. Any thread. */
     void (*cancel)(struct eng_sink *s);
