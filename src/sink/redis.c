@@ -113,10 +113,22 @@ static const char apply_script[] =
     "  end\n"
     "end\n"
     "if nwin > 0 then\n"
-    "  local keys = {}\n"
-    "  for k = 1, nwin do keys[k] = 'top:content:bucket:' .. ARGV[5 + k] end\n"
-    "  redis.call('ZUNIONSTORE', 'top:content:10m', nwin, unpack(keys))\n"
-    "  redis.call('EXPIRE', 'top:content:10m', top_ttl)\n"
+    "  local top, mark = 'top:content:10m', 'engage:top:end'\n"
+    "  if redis.call('GET', mark) == ARGV[6] and redis.call('EXISTS', top) == 1 then\n"
+    "    local inwin = {}\n"
+    "    for k = 1, nwin do inwin[ARGV[5 + k]] = true end\n"
+    "    for bucket, z in pairs(buckets) do\n"
+    "      if inwin[bucket] then\n"
+    "        for cid, n in pairs(z) do redis.call('ZINCRBY', top, n, cid) end\n"
+    "      end\n"
+    "    end\n"
+    "  else\n"
+    "    local keys = {}\n"
+    "    for k = 1, nwin do keys[k] = 'top:content:bucket:' .. ARGV[5 + k] end\n"
+    "    redis.call('ZUNIONSTORE', top, nwin, unpack(keys))\n"
+    "  end\n"
+    "  redis.call('SET', mark, ARGV[6], 'EX', top_ttl)\n"
+    "  redis.call('EXPIRE', top, top_ttl)\n"
     "end\n"
     "return fresh\n";
 
@@ -612,8 +624,7 @@ static int redis_write(struct eng_sink *s, const struct eng_batch *b, struct eng
         uint32_t n = b->n - first;
         if (n > r->opt.max_events_per_call)
             n = r->opt.max_events_per_call;
-        bool last_call = first + n == b->n;
-        int argc = build_call(r, b, first, n, last_call, cutoff);
+        int argc = build_call(r, b, first, n, true, cutoff);
         rc = run_call(r, argc, &fresh, err);
         if (rc != 0)
             goto fail;

@@ -16,7 +16,10 @@
  *   top:content:10m                     ZUNIONSTORE of the top_minutes latest buckets, TTL top_ttl
  * and, for the sink's own bookkeeping, under a prefix of their own:
  *   engage:seen:{event_id >> 20}        bitmap, bit event_id & (2^20 - 1): events applied
- *   engage:last:{content_id}            "event_ts_us:event_id" of the value in content:last */
+ *   engage:last:{content_id}            "event_ts_us:event_id" of the value in content:last
+ *   engage:top:end                      the window end top:content:10m was built for: while it
+ *                                       holds, a batch adds its increments to the union instead
+ *                                       of rebuilding it (cost per batch, not per content) */
 
 #define ENG_REDIS_MAX_TOP_MINUTES 60
 

@@ -27,6 +27,8 @@ SEEN_CHUNK_BYTES = (1 << SEEN_BITS) // 8
 # an empty batch every 30 s: the window read may lag the wall clock that much.
 TOP_STALE_S = 40
 
+# top:content:10m and the window end it was built for (engage:top:end), TTL 120 s.
+TOP_KEYS = ("top:content:10m", "engage:top:end")
 EXPECTED_KEYS = ("content:count:", "content:last:", "top:content:bucket:", "engage:seen:", "engage:last:")
 
 
@@ -177,7 +179,7 @@ def check_redis(url, db_uri, expected, require_late=True):
     cb = bytes_client(url)
     try:
         keys = scan_keys(c)
-        stray = [k for k in keys if not k.startswith(EXPECTED_KEYS) and k != "top:content:10m"]
+        stray = [k for k in keys if not k.startswith(EXPECTED_KEYS) and k not in TOP_KEYS]
         assert not stray, f"keys engage must not write: {stray[:10]}"
 
         # content:count:{id} = PostgreSQL's count per content_id; no TTL

@@ -152,7 +152,7 @@ def test_replay_of_every_event_changes_nothing(stack, db, clean_sinks, engage, t
     changed = []
     for key, (kind, value, expiry) in before.items():
         a_kind, a_value, a_expiry = after[key]
-        if key == "top:content:10m":
+        if key in ("top:content:10m", "engage:top:end"):
             a_expiry = expiry  # rebuilt after each batch: its TTL is refreshed
         if (kind, value, expiry) != (a_kind, a_value, a_expiry):
             changed.append((key, (kind, value, expiry), (a_kind, a_value, a_expiry)))
