@@ -62,3 +62,31 @@ struct eng_slice eng_batch_put_string(struct eng_batch *b, const char *s, size_t
     eng_buf_putc(&b->strings, '\0');
     return sl;
 }
+
+struct eng_batch *eng_batch_merge(struct eng_batch *const *bs, uint32_t n)
+{
+    uint32_t total = 0;
+    for (uint32_t i = 0; i < n; i++)
+        total += bs[i]->n;
+    struct eng_batch *m = eng_batch_create(total);
+    m->created_us = bs[0]->created_us;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct eng_batch *b = bs[i];
+        uint32_t str_off = (uint32_t)m->strings.len, json_off = (uint32_t)m->jsonl.len;
+        eng_buf_append(&m->strings, b->strings.data, b->strings.len);
+        eng_buf_append(&m->jsonl, b->jsonl.data, b->jsonl.len);
+        for (uint32_t k = 0; k < b->n; k++) {
+            struct eng_event *e = &m->events[m->n++];
+            *e = b->events[k];
+            e->event_type.off += str_off;
+            e->device.off += str_off;
+            e->content_type.off += str_off;
+            e->json.off += json_off;
+        }
+        m->seq = b->seq;
+        m->position = b->position;
+    }
+    if (m->strings.overflow || m->jsonl.overflow)
+        eng_die("eng_batch_merge past the batch byte cap");
+    return m;
+}

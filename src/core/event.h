@@ -78,6 +78,11 @@ struct eng_event *eng_batch_push(struct eng_batch *b);
 /* Drops the last event pushed (after an enrichment or encoding failure). */
 void eng_batch_pop(struct eng_batch *b);
 
+/* A new batch holding the events of bs[0..n) in order (text and JSON copied, slices
+ * rebased), with the last batch's seq and position: one write for several queued batches.
+ * The inputs are borrowed. */
+struct eng_batch *eng_batch_merge(struct eng_batch *const *bs, uint32_t n);
+
 /* Copies text into batch->strings and returns its slice. */
 struct eng_slice eng_batch_put_string(struct eng_batch *b, const char *s, size_t n);
 

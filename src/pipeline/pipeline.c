@@ -12,6 +12,11 @@
 #include "../core/log.h"
 #include "pipeline.h"
 
+/* Caps on what one write may merge of the batches waiting for a sink. */
+#define MERGE_MAX_BATCHES 64
+#define MERGE_MAX_EVENTS  50000
+#define MERGE_MAX_BYTES   ((size_t)64 << 20)
+
 struct sink_lane {
     struct eng_pipeline *p;
     struct eng_sink *sink;
@@ -189,36 +194,62 @@ static void *lane_main(void *arg)
             pthread_mutex_unlock(&p->lock);
             break;
         }
-        struct eng_batch *b = l->ring[l->head]; /* stays queued until acknowledged */
+        /* Batches stay queued until acknowledged; only this thread removes them, so the
+         * ones taken here can be read after the lock is dropped. */
+        struct eng_batch *b = l->ring[l->head];
         /* A full queue means this sink is holding the source back: a sink that can spill
          * parks the batch instead of writing it. */
         bool spill = l->sink->ops->spill != NULL && l->count >= p->depth;
+        /* Otherwise every batch that waits behind the head goes in the same write: a sink
+         * whose cost is per request (a ClickHouse INSERT) keeps up by writing more at once. */
+        struct eng_batch *take[MERGE_MAX_BATCHES];
+        uint32_t k = 0;
+        size_t events = 0, bytes = 0;
+        while (k < l->count && k < MERGE_MAX_BATCHES && (k == 0 || !spill)) {
+            struct eng_batch *q = l->ring[(l->head + k) % p->depth];
+            if (k > 0 && (events + q->n > MERGE_MAX_EVENTS ||
+                          bytes + q->jsonl.len + q->strings.len > MERGE_MAX_BYTES))
+                break;
+            take[k++] = q;
+            events += q->n;
+            bytes += q->jsonl.len + q->strings.len;
+        }
         pthread_mutex_unlock(&p->lock);
 
-        if (!lane_deliver(l, &open, &bo, b, spill))
+        struct eng_batch *w = k == 1 ? b : eng_batch_merge(take, k);
+        bool durable = lane_deliver(l, &open, &bo, w, spill);
+        if (w != b)
+            eng_batch_release(w);
+        if (!durable)
             break;
         if (spill)
             eng_counter_add(l->m_spilled, 1);
+        b = take[k - 1];
 
         int64_t now = eng_clock_wall_us();
-        for (uint32_t i = 0; i < b->n; i++) {
-            if (b->events[i].commit_time_us > 0)
-                eng_histogram_observe(l->m_latency, now - b->events[i].commit_time_us);
+        for (uint32_t j = 0; j < k; j++) {
+            for (uint32_t i = 0; i < take[j]->n; i++) {
+                if (take[j]->events[i].commit_time_us > 0)
+                    eng_histogram_observe(l->m_latency, now - take[j]->events[i].commit_time_us);
+            }
         }
         eng_counter_add(l->m_batches, 1);
-        eng_counter_add(l->m_events, b->n);
+        eng_counter_add(l->m_events, events);
 
         pthread_mutex_lock(&p->lock);
-        l->ring[l->head] = NULL;
-        l->head = (l->head + 1) % p->depth;
-        l->count--;
+        for (uint32_t j = 0; j < k; j++) {
+            l->ring[l->head] = NULL;
+            l->head = (l->head + 1) % p->depth;
+        }
+        l->count -= k;
         l->acked_seq = b->seq;
         l->acked_position = b->position;
         eng_gauge_set(l->m_queue, l->count);
         pthread_cond_broadcast(&p->not_full);
         pthread_cond_broadcast(&p->acked);
         pthread_mutex_unlock(&p->lock);
-        eng_batch_release(b);
+        for (uint32_t j = 0; j < k; j++)
+            eng_batch_release(take[j]);
     }
     if (open)
         eng_sink_close(l->sink);
