@@ -33,8 +33,7 @@ static const struct opt_def defs[OPT__COUNT] = {
     [OPT_HTTP_BATCH] = {"http-batch", "ENGAGE_HTTP_BATCH", "100"},
     [OPT_HTTP_TIMEOUT_MS] = {"http-timeout-ms", "ENGAGE_HTTP_TIMEOUT_MS", "5000"},
     [OPT_HTTP_MAX_ATTEMPTS] = {"http-max-attempts", "ENGAGE_HTTP_MAX_ATTEMPTS", "8"},
-    [OPT_HTTP_RETRY_BUDGET_MS] = {"http-retry-budget-ms", "ENGAGE_HTTP_RETRY_BUDGET_MS",
-                                  "60000"},
+    [OPT_HTTP_RETRY_BUDGET_MS] = {"http-retry-budget-ms", "ENGAGE_HTTP_RETRY_BUDGET_MS", "60000"},
     [OPT_HTTP_INFLIGHT] = {"http-inflight", "ENGAGE_HTTP_INFLIGHT", "4"},
     [OPT_HTTP_TOKEN_FILE] = {"http-token-file", "ENGAGE_HTTP_TOKEN_FILE", NULL},
     [OPT_DLQ_TABLE] = {"dlq-table", "ENGAGE_DLQ_TABLE", "engage_dlq"},
@@ -71,8 +70,7 @@ static int read_config(struct eng_options *o, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (f == NULL) {
-        fprintf(stderr, "engage: could not open config file \"%s\": %s\n", path,
-                strerror(errno));
+        fprintf(stderr, "engage: could not open config file \"%s\": %s\n", path, strerror(errno));
         return -1;
     }
     char *line = NULL;
