@@ -1,5 +1,24 @@
-/* engage dlq: list and replay what the dead-letter table holds. */
-#include <getopt.h>
+/* engage dlq: list and replay what the dead-letter table holds.
+ *
+ * Replay goes through the HTTP sink itself (eng_http_sink_create), so requests, keys and
+ * retries are the sink's: the same --http-* options (flags, ENGAGE_* variables, config file,
+ * with `engage run`'s defaults) give the same Idempotency-Key derivation. Rows are replayed
+ * in id order, a round (one write) at a time. The sink cut a write's events into requests of
+ * --http-batch from the first; the rows one write parked share its source position, and a
+ * round puts them into requests the same way: a new position starts only where a request
+ * ends (the previous position's rows fill whole requests), and rounds are cut at multiples
+ * of --http-batch. So parked events go out in the same requests, with the same keys, as
+ * when the sink sent them (when the rows of every request of that write are pending).
+ *
+ * Rows that still fail are re-parked onto their own rows (reason, last status and attempts
+ * of the replay, parked_at = now()) and stay pending; rows the API acknowledged with a 2xx
+ * are marked replayed. To know which is which, the sink parks what it cannot deliver in a
+ * scratch dead-letter table of its own, a temporary table of the replay's session
+ * (pg_temp.engage_dlq_replay): nothing outside the replay sees it, and it goes away with the
+ * connection. A round in which nothing was delivered and something failed for a reason that
+ * may pass (a timeout, a connection error, 408, 429, 5xx) ends the replay: the API is down
+ * or overloaded, and the next rounds would only spend their retry budget too. Rows the API
+ * rejects (other 4xx) do not stop it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,48 +28,73 @@
 #include "../pipeline/dlq.h"
 #include "../sink/http.h"
 #include "commands.h"
+#include "options.h"
 
-static const char usage[] =
-    "usage: engage dlq list   [--pg CONNINFO] [--dlq-table T] [--origin O] [--all] [--limit N]\n"
-    "                         [--json]\n"
-    "       engage dlq replay [--pg CONNINFO] [--dlq-table T] --http URL [--ids 1,2,...]\n"
-    "                         [--limit N] [--http-batch N] [--http-timeout-ms N]\n"
-    "\n"
-    "list    shows the rows not yet replayed (--all: every row), oldest first: id, parked at\n"
-    "        (UTC), origin, source position, event id, last HTTP status, attempts, reason.\n"
-    "replay  re-sends parked HTTP events (their payload is the enriched event) to the API with\n"
-    "        the same Idempotency-Key the sink uses, and marks each row replayed once the API\n"
-    "        acknowledged it. Rows that still fail stay pending. Rows parked by the source (bad\n"
-    "        input) are not events the API can take: they are listed, never replayed.\n"
-    "\n"
-    "  --pg CONNINFO       (ENGAGE_PG)          --dlq-table NAME   (default engage_dlq)\n"
-    "  --http URL          (ENGAGE_HTTP)        --origin NAME      http or source\n"
-    "  --ids LIST          comma-separated row ids (default: every pending http row)\n"
-    "  --limit N           at most N rows       --json             one JSON object per row\n";
+#define SCRATCH_TABLE  "pg_temp.engage_dlq_replay"
+#define ROUND_EVENTS   1000
+#define REASON_PREFIX  "replay: "
+#define MAX_REASON_LEN 300
 
+static const char list_usage[] =
+    "usage: engage dlq list [--pg CONNINFO] [--dlq-table T] [--origin O] [--pending | --all]\n"
+    "                       [--ids 1,2,...] [--limit N] [--json]\n"
+    "\n"
+    "Shows the dead-letter rows, oldest first, one line each: id, parked at (UTC), origin\n"
+    "(http: the API did not take the event; source: bad input that made no event), source\n"
+    "position, event id, last HTTP status, attempts, reason. Replayed rows are marked.\n"
+    "\n"
+    "  --pg CONNINFO   libpq conninfo or URI (ENGAGE_PG)\n"
+    "  --dlq-table T   the table (ENGAGE_DLQ_TABLE, default engage_dlq)\n"
+    "  --origin O      only rows of origin O (http or source)\n"
+    "  --pending       only rows not replayed yet (the default)\n"
+    "  --all           every row, replayed or not\n"
+    "  --ids LIST      only these row ids\n"
+    "  --limit N       at most N rows\n"
+    "  --json          one JSON object per line, with the payload\n"
+    "  --config FILE   `name = value` lines using the long option names (ENGAGE_CONFIG)\n";
+
+static const char replay_usage[] =
+    "usage: engage dlq replay [--pg CONNINFO] [--dlq-table T] [--http URL] [--ids 1,2,...]\n"
+    "                         [--origin http] [--limit N] [--http-batch N] [...]\n"
+    "\n"
+    "Re-sends pending rows of origin http (their payload is the enriched event) to the API,\n"
+    "through the HTTP sink: same requests, Idempotency-Key and retries as `engage run` with the\n"
+    "same --http-* options. A row is marked replayed once the API answered 2xx for it. A row\n"
+    "that still fails is re-parked on itself (new reason, status, attempts) and stays pending;\n"
+    "the replay stops after a round in which nothing could be delivered. Rows of origin source\n"
+    "(bad input) are not events the API can take: they are refused, never sent.\n"
+    "Prints what it did; exits 0 when every selected row was delivered, 1 when some were not\n"
+    "(failed, refused or not found), 2 on a usage error.\n"
+    "\n"
+    "  --pg CONNINFO          libpq conninfo or URI (ENGAGE_PG)\n"
+    "  --http URL             base URL of the API (ENGAGE_HTTP)\n"
+    "  --dlq-table T          the table (ENGAGE_DLQ_TABLE, default engage_dlq)\n"
+    "  --ids LIST             only these row ids (default: every pending http row)\n"
+    "  --origin http          the only origin that can be replayed\n"
+    "  --limit N              at most N rows\n"
+    "  --http-batch N         events per request, as for run (default 100)\n"
+    "  --http-timeout-ms N    per-request timeout (default 5000)\n"
+    "  --http-max-attempts N  attempts per request (default 8)\n"
+    "  --http-retry-budget-ms N  longest one round may retry (default 60000)\n"
+    "  --http-inflight N      concurrent requests (default 4)\n"
+    "  --http-token-file F    bearer token file (or ENGAGE_HTTP_TOKEN); never printed\n"
+    "  --config FILE          `name = value` lines using the long option names\n";
+
+static const char dlq_usage[] =
+    "usage: engage dlq list   [OPTIONS]   show the dead-letter rows\n"
+    "       engage dlq replay [OPTIONS]   re-send parked HTTP events to the API\n"
+    "\n"
+    "`engage dlq list --help` and `engage dlq replay --help` describe the options.\n";
+
+/* The options only dlq takes; the shared ones (--pg, --http, --http-*, --dlq-table, --config)
+ * go through options.h, with the environment and the config file. */
 struct dlq_args {
-    const char *pg, *http, *table, *origin, *ids_text;
-    int64_t limit, http_batch, http_timeout_ms;
-    bool all, json;
+    const char *origin, *ids_text, *limit_text;
+    bool all, pending, json;
+    int64_t limit;
     int64_t *ids;
     size_t nids;
 };
-
-static const char *env_or(const char *v, const char *env)
-{
-    const char *e = getenv(env);
-    return v != NULL ? v : (e != NULL && *e != '\0' ? e : NULL);
-}
-
-static bool parse_int(const char *name, const char *s, int64_t min, int64_t *out)
-{
-    if (!eng_parse_i64(s, strlen(s), out) || *out < min) {
-        fprintf(stderr, "engage dlq: --%s must be an integer >= %lld, not \"%s\"\n", name,
-                (long long)min, s);
-        return false;
-    }
-    return true;
-}
 
 static bool parse_ids(struct dlq_args *a)
 {
@@ -71,87 +115,92 @@ static bool parse_ids(struct dlq_args *a)
         if (*p == ',')
             p++;
     }
-    return a->nids > 0;
+    if (a->nids == 0) {
+        fprintf(stderr, "engage dlq: --ids needs at least one row id\n");
+        return false;
+    }
+    return true;
 }
 
-/* Returns 0, 1 for --help, 2 for a usage error. */
-static int parse_args(int argc, char **argv, struct dlq_args *a)
+/* Takes dlq's own options out of argv (compacting it in place, *argc updated), so that what
+ * is left can go to eng_options_parse. Returns false on a usage error (message printed). */
+static bool take_own_options(int *argc, char **argv, struct dlq_args *a)
 {
-    static const struct option longopts[] = {
-        {"pg", required_argument, NULL, 'p'},
-        {"http", required_argument, NULL, 'u'},
-        {"dlq-table", required_argument, NULL, 't'},
-        {"origin", required_argument, NULL, 'o'},
-        {"ids", required_argument, NULL, 'i'},
-        {"limit", required_argument, NULL, 'l'},
-        {"http-batch", required_argument, NULL, 'b'},
-        {"http-timeout-ms", required_argument, NULL, 'T'},
-        {"all", no_argument, NULL, 'a'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    memset(a, 0, sizeof(*a));
-    a->http_batch = 100;
-    a->http_timeout_ms = 5000;
-    optind = 1;
-    for (;;) {
-        int c = getopt_long(argc, argv, "h", longopts, NULL);
-        if (c == -1)
+    static const struct {
+        const char *name;
+        bool has_arg;
+    } own[] = {{"origin", true}, {"ids", true},      {"limit", true},
+               {"all", false},   {"pending", false}, {"json", false}};
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--") == 0) {
+            while (i < *argc)
+                argv[out++] = argv[i++];
             break;
-        switch (c) {
-        case 'p':
-            a->pg = optarg;
+        }
+        int which = -1;
+        const char *value = NULL;
+        for (size_t k = 0; k < sizeof(own) / sizeof(own[0]) && arg[0] == '-' && arg[1] == '-';
+             k++) {
+            size_t n = strlen(own[k].name);
+            if (strncmp(arg + 2, own[k].name, n) != 0)
+                continue;
+            if (arg[2 + n] == '\0' || (arg[2 + n] == '=' && own[k].has_arg)) {
+                which = (int)k;
+                value = arg[2 + n] == '=' ? arg + 3 + n : NULL;
+                break;
+            }
+        }
+        if (which < 0) {
+            argv[out++] = argv[i];
+            continue;
+        }
+        if (own[which].has_arg && value == NULL) {
+            if (i + 1 >= *argc) {
+                fprintf(stderr, "engage dlq: --%s needs a value\n", own[which].name);
+                return false;
+            }
+            value = argv[++i];
+        }
+        switch (which) {
+        case 0:
+            a->origin = value;
             break;
-        case 'u':
-            a->http = optarg;
+        case 1:
+            a->ids_text = value;
             break;
-        case 't':
-            a->table = optarg;
+        case 2:
+            a->limit_text = value;
             break;
-        case 'o':
-            a->origin = optarg;
-            break;
-        case 'i':
-            a->ids_text = optarg;
-            break;
-        case 'l':
-            if (!parse_int("limit", optarg, 1, &a->limit))
-                return 2;
-            break;
-        case 'b':
-            if (!parse_int("http-batch", optarg, 1, &a->http_batch))
-                return 2;
-            break;
-        case 'T':
-            if (!parse_int("http-timeout-ms", optarg, 1, &a->http_timeout_ms))
-                return 2;
-            break;
-        case 'a':
+        case 3:
             a->all = true;
             break;
-        case 'j':
+        case 4:
+            a->pending = true;
+            break;
+        default:
             a->json = true;
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return 1;
-        default:
-            fputs(usage, stderr);
-            return 2;
         }
     }
-    a->pg = env_or(a->pg, "ENGAGE_PG");
-    a->http = env_or(a->http, "ENGAGE_HTTP");
-    a->table = env_or(a->table, "ENGAGE_DLQ_TABLE");
-    if (a->pg == NULL) {
-        fprintf(stderr, "engage dlq: --pg (or ENGAGE_PG) is required\n");
-        return 2;
+    argv[out] = NULL;
+    *argc = out;
+    if (a->all && a->pending) {
+        fprintf(stderr, "engage dlq: --all and --pending exclude each other\n");
+        return false;
+    }
+    if (a->limit_text != NULL &&
+        (!eng_parse_i64(a->limit_text, strlen(a->limit_text), &a->limit) || a->limit < 1)) {
+        fprintf(stderr, "engage dlq: --limit must be an integer >= 1, not \"%s\"\n", a->limit_text);
+        return false;
     }
     if (a->ids_text != NULL && !parse_ids(a))
-        return 2;
-    return 0;
+        return false;
+    return true;
 }
+
+/* ---- list ------------------------------------------------------------------------------- */
 
 static void put_json_field(struct eng_buf *b, const char *key, const char *v, size_t n)
 {
@@ -190,7 +239,7 @@ static bool print_row(const struct eng_dlq_row *r, void *ctx)
     return true;
 }
 
-static int cmd_list(struct dlq_args *a, struct eng_dlq *q)
+static int cmd_list(const struct dlq_args *a, struct eng_dlq *q)
 {
     struct eng_error err;
     struct eng_dlq_filter f = {.origin = a->origin,
@@ -201,131 +250,397 @@ static int cmd_list(struct dlq_args *a, struct eng_dlq *q)
     if (!a->json)
         printf("%-8s %-19s  %-6s %-12s %-10s %3s %3s  %s\n", "id", "parked_at (UTC)", "origin",
                "position", "event_id", "st", "att", "reason");
-    if (eng_dlq_scan(q, &f, print_row, a, &err) < 0) {
-        fprintf(stderr, "engage dlq: %s\n", err.msg);
+    if (eng_dlq_scan(q, &f, print_row, (void *)a, &err) < 0) {
+        fprintf(stderr, "engage dlq list: %s\n", err.msg);
         return 1;
     }
     return 0;
 }
 
-/* Rows of one replay round, gathered by the scan callback. */
-struct replay_round {
-    struct eng_batch *batch;
-    int64_t *ids;
-    int64_t last_id;
-    size_t refused;
+/* ---- replay ----------------------------------------------------------------------------- */
+
+/* One row taken into a round; rows[i] carries batch->events[i]. */
+struct round_row {
+    int64_t id;
+    char *position;
+    bool failed;
+    char *reason; /* set when failed */
+    int last_status, attempts;
 };
 
+struct round {
+    const struct dlq_args *a;
+    uint32_t cap; /* a multiple of the request size */
+    uint32_t request_size;
+    uint32_t group_start; /* index of the first row of the current position */
+    struct eng_batch *batch;
+    struct round_row *rows;
+    int64_t last_id;  /* the last row consumed (taken or refused) */
+    int64_t consumed; /* rows consumed */
+    int64_t refused;  /* rows that are not http events */
+    bool *ids_seen;   /* parallel to a->ids */
+};
+
+static void mark_seen(struct round *rr, int64_t id)
+{
+    for (size_t i = 0; i < rr->a->nids; i++) {
+        if (rr->a->ids[i] == id)
+            rr->ids_seen[i] = true;
+    }
+}
+
+/* Scan callback: takes rows into the round until it is full or the position changes. */
 static bool gather(const struct eng_dlq_row *r, void *ctx)
 {
-    struct replay_round *rr = ctx;
+    struct round *rr = ctx;
+    struct eng_batch *b = rr->batch;
+    bool http = strcmp(r->origin, "http") == 0 && r->event_id >= 0 && r->payload_len > 0;
+    if (http && b->n > 0 && strcmp(rr->rows[b->n - 1].position, r->position) != 0) {
+        /* A new position: in this round only if the last one's rows fill whole requests. */
+        if ((b->n - rr->group_start) % rr->request_size != 0)
+            return false; /* not consumed: the next round starts here */
+        rr->group_start = b->n;
+    }
     rr->last_id = r->id;
-    if (strcmp(r->origin, "http") != 0 || r->event_id < 0 || r->payload_len == 0) {
+    rr->consumed++;
+    mark_seen(rr, r->id);
+    if (!http) {
         fprintf(stderr,
-                "engage dlq: row %lld (origin %s) is not an event the API can take; not "
-                "replayed\n",
-                (long long)r->id, r->origin);
+                "engage dlq replay: row %lld (origin %s, %s) is not an event the API can take; "
+                "not replayed\n",
+                (long long)r->id, r->origin,
+                strcmp(r->origin, "source") == 0 ? "bad input: fix it at the source"
+                                                 : "no event payload");
         rr->refused++;
         return true;
     }
-    struct eng_batch *b = rr->batch;
     struct eng_event *e = eng_batch_push(b);
     e->event_id = r->event_id;
     e->json.off = (uint32_t)b->jsonl.len;
     e->json.len = (uint32_t)r->payload_len;
     eng_buf_append(&b->jsonl, r->payload, r->payload_len);
     eng_buf_putc(&b->jsonl, '\n');
-    rr->ids[b->n - 1] = r->id;
-    return !eng_batch_full(b);
+    struct round_row *row = &rr->rows[b->n - 1];
+    memset(row, 0, sizeof(*row));
+    row->id = r->id;
+    row->position = eng_strdup(r->position);
+    return b->n < rr->cap && !eng_batch_full(b);
 }
 
-static int cmd_replay(struct dlq_args *a, struct eng_dlq *q)
+/* Scan callback over the scratch table: what the sink could not deliver this round. */
+static bool collect_failed(const struct eng_dlq_row *r, void *ctx)
+{
+    struct round *rr = ctx;
+    for (uint32_t i = 0; i < rr->batch->n; i++) {
+        struct round_row *row = &rr->rows[i];
+        if (rr->batch->events[i].event_id != r->event_id || row->failed)
+            continue;
+        row->failed = true;
+        row->reason = eng_strndup(r->reason, strnlen(r->reason, MAX_REASON_LEN));
+        row->last_status = r->last_status;
+        row->attempts = r->attempts;
+    }
+    return true;
+}
+
+static void round_free(struct round *rr)
+{
+    for (uint32_t i = 0; rr->batch != NULL && i < rr->batch->n; i++) {
+        free(rr->rows[i].position);
+        free(rr->rows[i].reason);
+    }
+    eng_batch_release(rr->batch);
+    rr->batch = NULL;
+}
+
+struct replay_totals {
+    int64_t replayed, failed, refused;
+    int64_t round_retriable; /* failures of the last round that may pass on their own */
+};
+
+/* The sink parks at once what the API rejected (4xx but 408 and 429); the rest was retried
+ * until the budget ran out. */
+static bool retriable_status(int status)
+{
+    return status == 0 || status == 408 || status == 429 || status >= 500;
+}
+
+/* Settles one round after the sink's write: reads what it parked in the scratch table,
+ * re-parks those rows on themselves in the dead-letter table and marks the rest replayed.
+ * Returns 0 or -1 (message printed). */
+static int settle_round(struct round *rr, struct eng_dlq *q, struct eng_dlq *scratch,
+                        struct replay_totals *t)
 {
     struct eng_error err;
-    if (a->http == NULL) {
-        fprintf(stderr, "engage dlq replay: --http URL (or ENGAGE_HTTP) is required\n");
+    struct eng_dlq_filter sf = {.pending_only = true};
+    if (eng_dlq_scan(scratch, &sf, collect_failed, rr, &err) < 0) {
+        fprintf(stderr, "engage dlq replay: could not read what failed: %s\n", err.msg);
+        return -1;
+    }
+    uint32_t n = rr->batch->n, nfailed = 0;
+    t->round_retriable = 0;
+    int64_t *ok_ids = eng_calloc(n, sizeof(*ok_ids));
+    struct eng_dlq_item *items = eng_calloc(n, sizeof(*items));
+    char **reasons = eng_calloc(n, sizeof(*reasons));
+    size_t nok = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct round_row *row = &rr->rows[i];
+        if (!row->failed) {
+            ok_ids[nok++] = row->id;
+            continue;
+        }
+        size_t len = strlen(REASON_PREFIX) + strlen(row->reason) + 1;
+        reasons[nfailed] = eng_malloc(len);
+        snprintf(reasons[nfailed], len, "%s%s", REASON_PREFIX, row->reason);
+        struct eng_dlq_item *it = &items[nfailed];
+        const struct eng_event *e = &rr->batch->events[i];
+        it->origin = "http";
+        it->position = row->position;
+        it->event_id = e->event_id;
+        it->reason = reasons[nfailed];
+        it->last_status = row->last_status;
+        it->attempts = row->attempts;
+        it->payload = eng_batch_json(rr->batch, e);
+        it->payload_len = e->json.len;
+        nfailed++;
+        t->round_retriable += retriable_status(row->last_status);
+    }
+    int rc = 0;
+    /* Failed rows first: parking the same (origin, position, event_id) updates the row. */
+    if (nfailed > 0 && eng_dlq_park(q, items, nfailed, &err) != 0) {
+        fprintf(stderr, "engage dlq replay: could not record the failures: %s\n", err.msg);
+        rc = -1;
+    }
+    if (rc == 0 && eng_dlq_mark_replayed(q, ok_ids, nok, &err) != 0) {
+        fprintf(stderr, "engage dlq replay: delivered %zu events but could not mark them: %s\n",
+                nok, err.msg);
+        rc = -1;
+    }
+    if (rc == 0 && nfailed > 0) {
+        fprintf(stderr, "engage dlq replay: %u events of position %s still fail (%s)\n", nfailed,
+                items[0].position, items[0].reason);
+    }
+    if (rc == 0) {
+        t->replayed += (int64_t)nok;
+        t->failed += nfailed;
+    }
+    for (uint32_t i = 0; i < nfailed; i++)
+        free(reasons[i]);
+    free(reasons);
+    free(items);
+    free(ok_ids);
+    return rc;
+}
+
+static bool collect_scratch_id(const struct eng_dlq_row *r, void *ctx)
+{
+    struct eng_buf *ids = ctx;
+    eng_buf_append(ids, &r->id, sizeof(r->id));
+    return true;
+}
+
+/* Marks every pending scratch row read (replayed), so the next round sees only its own. */
+static int clear_scratch(struct eng_dlq *scratch)
+{
+    struct eng_error err;
+    struct eng_buf ids = {0};
+    struct eng_dlq_filter sf = {.pending_only = true};
+    int rc = eng_dlq_scan(scratch, &sf, collect_scratch_id, &ids, &err) < 0 ? -1 : 0;
+    if (rc == 0 && ids.len > 0)
+        rc = eng_dlq_mark_replayed(scratch, (const int64_t *)(void *)ids.data,
+                                   ids.len / sizeof(int64_t), &err);
+    if (rc != 0)
+        fprintf(stderr, "engage dlq replay: scratch table: %s\n", err.msg);
+    eng_buf_free(&ids);
+    return rc;
+}
+
+static int cmd_replay(const struct dlq_args *a, const struct eng_options *o, struct eng_dlq *q)
+{
+    struct eng_error err;
+    int64_t batch = 100, timeout = 5000, attempts = 8, budget = 60000, inflight = 4;
+    if (a->all || a->json) {
+        fprintf(stderr, "engage dlq replay: --all and --json are list options\n");
         return 2;
     }
     if (a->origin != NULL && strcmp(a->origin, "http") != 0) {
         fprintf(stderr,
-                "engage dlq replay: only rows of origin \"http\" can be replayed; "
-                "\"%s\" rows are bad input to fix at the source\n",
+                "engage dlq replay: only rows of origin \"http\" can be replayed; \"%s\" rows "
+                "are not events the API can take (bad input: fix it at the source)\n",
                 a->origin);
         return 2;
     }
-    struct eng_http_options hopt;
-    eng_http_options_default(&hopt);
-    hopt.batch_size = (uint32_t)a->http_batch;
-    hopt.timeout_ms = a->http_timeout_ms;
-    hopt.dlq = NULL; /* a failure leaves the rows pending instead of parking them twice */
-    struct eng_sink *sink = eng_http_sink_create(a->http, &hopt, &err);
-    if (sink == NULL) {
-        fprintf(stderr, "engage dlq replay: %s\n", err.msg);
+    if (eng_opt(o, OPT_HTTP) == NULL) {
+        fprintf(stderr, "engage dlq replay: --http URL (or ENGAGE_HTTP) is required\n");
         return 2;
     }
-    const uint32_t round_cap = 1000;
-    int64_t after = 0, replayed = 0, failed = 0, refused = 0, left = a->limit;
+    if (!eng_opt_int(o, OPT_HTTP_BATCH, 1, 10000, &batch) ||
+        !eng_opt_int(o, OPT_HTTP_TIMEOUT_MS, 1, 3600000, &timeout) ||
+        !eng_opt_int(o, OPT_HTTP_MAX_ATTEMPTS, 1, 1000, &attempts) ||
+        !eng_opt_int(o, OPT_HTTP_RETRY_BUDGET_MS, 1, 86400000, &budget) ||
+        !eng_opt_int(o, OPT_HTTP_INFLIGHT, 1, 256, &inflight))
+        return 2;
+
+    /* The sink parks what still fails in the scratch table, a temporary table of its own
+     * session; the rows are then re-parked on themselves in the real table. */
+    struct eng_dlq *scratch = eng_dlq_create(eng_opt(o, OPT_PG), SCRATCH_TABLE);
+    struct eng_http_options hopt;
+    eng_http_options_default(&hopt);
+    hopt.batch_size = (uint32_t)batch;
+    hopt.timeout_ms = timeout;
+    hopt.max_attempts = (uint32_t)attempts;
+    hopt.retry_budget_ms = budget;
+    hopt.max_in_flight = (uint32_t)inflight;
+    hopt.token_file = eng_opt(o, OPT_HTTP_TOKEN_FILE);
+    hopt.dlq = scratch;
+    struct eng_sink *sink = eng_http_sink_create(eng_opt(o, OPT_HTTP), &hopt, &err);
+    if (sink == NULL) {
+        fprintf(stderr, "engage dlq replay: %s\n", err.msg);
+        eng_dlq_destroy(scratch);
+        return 2;
+    }
+
+    struct replay_totals t = {0};
+    bool *ids_seen = a->nids ? eng_calloc(a->nids, sizeof(bool)) : NULL;
+    /* Cut rounds at multiples of the request size, so requests fall where the sink cut them. */
+    uint32_t cap =
+        (uint32_t)batch * (ROUND_EVENTS / (uint32_t)batch > 0 ? ROUND_EVENTS / (uint32_t)batch : 1);
+    int64_t after = 0, left = a->limit;
     int status = 0;
-    for (;;) {
-        struct replay_round rr = {.batch = eng_batch_create(round_cap),
-                                  .ids = eng_calloc(round_cap, sizeof(int64_t))};
-        struct eng_dlq_filter f = {.ids = a->ids,
+    bool opened = false, complete = false;
+    for (uint64_t round_no = 1;; round_no++) {
+        struct round rr = {.a = a,
+                           .cap = cap,
+                           .request_size = (uint32_t)batch,
+                           .batch = eng_batch_create(cap),
+                           .rows = eng_calloc(cap, sizeof(struct round_row)),
+                           .ids_seen = ids_seen};
+        /* Without --ids only http rows are candidates; with --ids every row asked for is
+         * looked at, so that a source row is refused out loud rather than skipped. */
+        struct eng_dlq_filter f = {.origin = a->ids ? a->origin : "http",
+                                   .ids = a->ids,
                                    .nids = a->nids,
                                    .pending_only = true,
                                    .after_id = after,
-                                   .limit = a->limit > 0 && left < round_cap ? left : round_cap};
+                                   .limit = a->limit > 0 && left < cap ? left : cap};
         int64_t seen = eng_dlq_scan(q, &f, gather, &rr, &err);
-        refused += (int64_t)rr.refused;
-        int rc = 0;
-        if (seen > 0 && rr.batch->n > 0)
-            rc = eng_sink_open(sink, &err) == 0 ? eng_sink_write(sink, rr.batch, &err) : -1;
-        if (seen < 0 || rc != 0) {
+        t.refused += rr.refused;
+        if (seen < 0) {
             fprintf(stderr, "engage dlq replay: %s\n", err.msg);
-            failed += rr.batch->n;
             status = 1;
         } else if (rr.batch->n > 0) {
-            if (eng_dlq_mark_replayed(q, rr.ids, rr.batch->n, &err) != 0) {
-                fprintf(stderr, "engage dlq replay: delivered but could not mark: %s\n", err.msg);
-                status = 1;
+            rr.batch->position = round_no; /* scratch rows of one round, apart from others */
+            int rc = 0;
+            if (!opened) {
+                rc = eng_sink_open(sink, &err);
+                opened = rc == 0;
             }
-            replayed += rr.batch->n;
+            if (rc == 0)
+                rc = eng_sink_write(sink, rr.batch, &err);
+            if (rc != 0) {
+                /* Not even parked in the scratch table: nothing is known delivered. */
+                fprintf(stderr, "engage dlq replay: %s; %u events stay pending\n", err.msg,
+                        rr.batch->n);
+                t.failed += rr.batch->n;
+                status = 1;
+            } else {
+                int64_t before = t.replayed;
+                if (settle_round(&rr, q, scratch, &t) != 0 || clear_scratch(scratch) != 0)
+                    status = 1;
+                else if (t.replayed == before && t.round_retriable > 0) {
+                    fprintf(stderr, "engage dlq replay: nothing of this round was delivered; "
+                                    "stopping (run it again once the API takes events)\n");
+                    status = 1;
+                }
+            }
         }
-        eng_batch_release(rr.batch);
-        free(rr.ids);
-        if (seen <= 0 || status != 0)
-            break;
         after = rr.last_id;
-        left -= seen;
-        if (a->limit > 0 && left <= 0)
+        left -= rr.consumed;
+        complete = status == 0 && (seen == 0 || rr.consumed == 0);
+        bool more = !complete && status == 0 && !(a->limit > 0 && left <= 0);
+        round_free(&rr);
+        free(rr.rows);
+        if (!more)
             break;
     }
+    int64_t missing = 0;
+    for (size_t i = 0; complete && i < a->nids; i++) {
+        if (!ids_seen[i]) {
+            fprintf(stderr,
+                    "engage dlq replay: row %lld is not pending (no such row, or "
+                    "already replayed)\n",
+                    (long long)a->ids[i]);
+            missing++;
+        }
+    }
     printf("replayed %lld events; %lld failed and stay pending; %lld rows refused (not http "
-           "events)\n",
-           (long long)replayed, (long long)failed, (long long)refused);
+           "events)",
+           (long long)t.replayed, (long long)t.failed, (long long)t.refused);
+    if (a->nids > 0 && complete)
+        printf("; %lld requested rows not pending", (long long)missing);
+    printf("\n");
+    if (t.failed > 0 || t.refused > 0 || missing > 0)
+        status = 1;
+    free(ids_seen);
     eng_sink_destroy(sink);
+    eng_dlq_destroy(scratch);
     return status;
 }
 
 int eng_cmd_dlq(int argc, char **argv)
 {
     if (argc < 2 || (strcmp(argv[1], "list") != 0 && strcmp(argv[1], "replay") != 0)) {
-        if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-            fputs(usage, stdout);
+        if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+                          strcmp(argv[1], "help") == 0)) {
+            fputs(dlq_usage, stdout);
             return 0;
         }
-        fputs(usage, stderr);
+        if (argc >= 2)
+            fprintf(stderr, "engage dlq: unknown subcommand \"%s\"\n", argv[1]);
+        fputs(dlq_usage, stderr);
         return 2;
     }
+    bool list = strcmp(argv[1], "list") == 0;
+    const char *usage = list ? list_usage : replay_usage;
+    /* argv + 1 is the subcommand's argv: argv[0] "list" or "replay". A copy, since
+     * take_own_options compacts it. */
+    int sub_argc = argc - 1;
+    char **sub_argv = eng_calloc((size_t)sub_argc + 1, sizeof(char *));
+    memcpy(sub_argv, argv + 1, (size_t)sub_argc * sizeof(char *));
+    sub_argv[0] = list ? "engage dlq list" : "engage dlq replay"; /* for getopt's messages */
+
     struct dlq_args a;
-    int rc = parse_args(argc - 1, argv + 1, &a);
-    if (rc != 0) {
-        free(a.ids);
-        return rc == 1 ? 0 : rc;
+    memset(&a, 0, sizeof(a));
+    struct eng_options o;
+    memset(&o, 0, sizeof(o));
+    int rc = 2;
+    struct eng_dlq *q = NULL;
+    if (!take_own_options(&sub_argc, sub_argv, &a)) {
+        fputs(usage, stderr);
+        goto out;
     }
-    eng_log_set_level(ENG_LOG_WARN);
-    struct eng_dlq *q = eng_dlq_create(a.pg, a.table);
-    rc = strcmp(argv[1], "list") == 0 ? cmd_list(&a, q) : cmd_replay(&a, q);
+    int prc = eng_options_parse(&o, sub_argc, sub_argv, usage);
+    if (prc != 0) {
+        rc = prc > 0 ? 0 : 2;
+        goto out;
+    }
+    if (o.nargs > 0) {
+        fprintf(stderr, "engage dlq %s: unexpected argument \"%s\"\n", argv[1], o.args[0]);
+        goto out;
+    }
+    if (eng_opt(&o, OPT_PG) == NULL) {
+        fprintf(stderr, "engage dlq %s: --pg CONNINFO (or ENGAGE_PG) is required\n", argv[1]);
+        goto out;
+    }
+    /* The replay prints what it did itself; the sink's own warnings would speak of the
+     * scratch table. */
+    eng_log_set_level(list ? ENG_LOG_WARN : ENG_LOG_ERROR);
+    q = eng_dlq_create(eng_opt(&o, OPT_PG), eng_opt(&o, OPT_DLQ_TABLE));
+    rc = list ? cmd_list(&a, q) : cmd_replay(&a, &o, q);
+out:
     eng_dlq_destroy(q);
+    eng_options_free(&o);
     free(a.ids);
+    free(sub_argv);
     return rc;
 }
