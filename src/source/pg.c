@@ -75,7 +75,7 @@ struct pgsrc {
     struct eng_batch *batch;
     int64_t batch_deadline; /* 0: nothing waiting */
     int64_t last_submit_us;
-    uint64_t last_end_lsn;  /* end of the last transaction decoded */
+    uint64_t last_end_lsn; /* end of the last transaction decoded */
     int64_t last_commit_us;
     uint64_t submitted_pos;
 

@@ -20,17 +20,17 @@
 
 static int failures;
 
-#define CHECK(cond, ...)                                                                      \
-    do {                                                                                      \
-        if (cond) {                                                                           \
-            printf("ok   ");                                                                  \
-        } else {                                                                              \
-            printf("FAIL ");                                                                  \
-            failures++;                                                                       \
-        }                                                                                     \
-        printf(__VA_ARGS__);                                                                  \
-        printf("\n");                                                                         \
-        fflush(stdout);                                                                       \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            printf("ok   ");                                                                       \
+        } else {                                                                                   \
+            printf("FAIL ");                                                                       \
+            failures++;                                                                            \
+        }                                                                                          \
+        printf(__VA_ARGS__);                                                                       \
+        printf("\n");                                                                              \
+        fflush(stdout);                                                                            \
     } while (0)
 
 struct row {
@@ -167,18 +167,18 @@ int main(int argc, char **argv)
     opt.timeout_ms = 30000;
 
     struct eng_content_cache *cache = eng_content_cache_create();
-    struct eng_content video = {.content_id = 1, .length_seconds = 300, .type_len = 5,
-                                .content_type = "video"};
-    struct eng_content zero = {.content_id = 2, .length_seconds = 0, .type_len = 7,
-                               .content_type = "podcast"};
-    struct eng_content nolen = {.content_id = 3, .length_null = true, .type_len = 4,
-                                .content_type = "ad \"x\""};
+    struct eng_content video = {
+        .content_id = 1, .length_seconds = 300, .type_len = 5, .content_type = "video"};
+    struct eng_content zero = {
+        .content_id = 2, .length_seconds = 0, .type_len = 7, .content_type = "podcast"};
+    struct eng_content nolen = {
+        .content_id = 3, .length_null = true, .type_len = 4, .content_type = "ad \"x\""};
     nolen.type_len = (uint32_t)strlen(nolen.content_type);
     eng_content_cache_put(cache, &video);
     eng_content_cache_put(cache, &zero);
     eng_content_cache_put(cache, &nolen);
-    struct eng_content hundred = {.content_id = 4, .length_seconds = 100, .type_len = 5,
-                                  .content_type = "movie"};
+    struct eng_content hundred = {
+        .content_id = 4, .length_seconds = 100, .type_len = 5, .content_type = "movie"};
     eng_content_cache_put(cache, &hundred);
 
     struct eng_error err;
@@ -346,8 +346,8 @@ int main(int argc, char **argv)
     if (eng_clickhouse_url_parse(url, &u, &err) == 0) {
         char dead[300];
         /* Port 1 on loopback: nothing listens there and nobody may bind it unprivileged. */
-        snprintf(dead, sizeof(dead), "http://%s%s%s:1/", strchr(u.host, ':') ? "[" : "",
-                 u.host, strchr(u.host, ':') ? "]" : "");
+        snprintf(dead, sizeof(dead), "http://%s%s%s:1/", strchr(u.host, ':') ? "[" : "", u.host,
+                 strchr(u.host, ':') ? "]" : "");
         struct eng_sink *d = eng_clickhouse_sink_create(dead, &err);
         rc = eng_sink_open(d, &err);
         printf("     error: %s\n", err.msg);
@@ -356,8 +356,7 @@ int main(int argc, char **argv)
         /* A wrong password: not retriable, and never in the message. */
         char wrong[300];
         snprintf(wrong, sizeof(wrong), "http://default:hunter2-%ld@%s%s%s:%d/", (long)getpid(),
-                 strchr(u.host, ':') ? "[" : "", u.host, strchr(u.host, ':') ? "]" : "",
-                 u.port);
+                 strchr(u.host, ':') ? "[" : "", u.host, strchr(u.host, ':') ? "]" : "", u.port);
         d = eng_clickhouse_sink_create(wrong, &err);
         rc = eng_sink_open(d, &err);
         printf("     error: %s\n", err.msg);
