@@ -47,6 +47,10 @@ members each, so --contents also sets the cost of that rebuild.
 
 usage: bench/freshness.py [--bin build/engage] [--rates 1000,10000] [--duration 20]
                           [--tx-size 5] [--contents 10000] [--clickhouse]
+                          [--baseline "ENGAGE ARGS"]
+--baseline measures every rate first with engage run given those extra
+arguments (e.g. "--queue-depth 8"), then with its defaults, in the same run on
+the same servers, and prints both.
 Starts its own servers on loopback (or reuses $ENGAGE_STACK_DIR; it then uses
 Redis db 9, which it empties, and a new PostgreSQL database).
 """
@@ -55,6 +59,7 @@ import argparse
 import os
 import secrets
 import selectors
+import shlex
 import shutil
 import socket
 import sys
@@ -302,6 +307,7 @@ def main():
     ap.add_argument("--contents", type=int, default=10_000)
     ap.add_argument("--clickhouse", action="store_true", help="run the ClickHouse sink beside Redis")
     ap.add_argument("--dump", help="write every event's latencies to DUMP.RATE.csv")
+    ap.add_argument("--baseline", help="extra engage run arguments measured first, as a baseline")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     assert all(0 < r <= 20_000 for r in rates) and 0 < args.duration <= 60, "bounded load only"
@@ -328,43 +334,55 @@ def main():
         if args.clickhouse:
             env["ENGAGE_CLICKHOUSE"] = stack.clickhouse_url
             sinks = "redis,clickhouse"
-        proc = lib.EngageProcess(["run", "--slot", name, "--sinks", sinks, "--state-dir", str(work / "state"),
-                                  "--log-level", "warn"], env=env, log_dir=work, name="engage",
-                                 binary=binary).start()
-        lib.wait_for(lambda: lib.pg_scalar(uri, "SELECT active FROM pg_replication_slots WHERE slot_name = %s",
-                                           (name,)), 60, what="engage to stream")
-        # Warm up: connections, the script, the first buckets.
-        lib.pg_exec(uri, "INSERT INTO engagement_events(content_id, user_id) SELECT g, 1 FROM generate_series(1, 100) g")
-        lib.wait_for(lambda: rdb.exists("content:count:100"), 30, what="the warm-up events")
-
-        rows = []
-        for i, rate in enumerate(rates):
-            rows.append(measure(args, uri, rdb, sub, rate, base=1_000_000 * (i + 1)))
-            if not proc.alive():
-                raise RuntimeError(f"engage exited:\n{proc.log_tail()}")
+        configs = [("defaults", [])]
+        if args.baseline:
+            configs.insert(0, (args.baseline, shlex.split(args.baseline)))
+        measured = []
+        for c, (label, extra) in enumerate(configs):
+            slot = f"{name}_{c}"
+            proc = lib.EngageProcess(["run", "--slot", slot, "--sinks", sinks, "--state-dir",
+                                      str(work / f"state{c}"), "--log-level", "warn", *extra],
+                                     env=env, log_dir=work, name=f"engage{c}", binary=binary).start()
+            lib.wait_for(lambda: lib.pg_scalar(uri, "SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                                               (slot,)), 60, what="engage to stream")
+            # Warm up: connections, the script, the first buckets.
+            lib.pg_exec(uri, "INSERT INTO engagement_events(content_id, user_id) SELECT g, 1 FROM generate_series(1, 100) g")
+            lib.wait_for(lambda: rdb.exists("content:count:100"), 30, what="the warm-up events")
+            rows = []
+            for i, rate in enumerate(rates):
+                rows.append(measure(args, uri, rdb, sub, rate, base=1_000_000 * (len(rates) * c + i + 1)))
+                if not proc.alive():
+                    raise RuntimeError(f"engage exited:\n{proc.log_tail()}")
+            proc.stop()
+            proc = None
+            lib.pg_exec(uri, "SELECT pg_drop_replication_slot(%s)", (slot,))
+            rdb.flushdb()
+            measured.append((label, rows))
 
         print(f"freshness: PostgreSQL commit -> visible in Redis (keyspace notification), engage {binary}")
         print(f"sinks={sinks} duration={args.duration:g}s tx_size={args.tx_size} contents={args.contents} "
               f"host_cpus={os.cpu_count()}")
-        print()
-        head = f"{'rate/s':>7} {'achieved':>9} {'events':>7} {'key':<14} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'min ms':>7} {'<0':>4} {'unmatched':>9}"
-        print(head)
-        print("-" * len(head))
-        for r in rows:
-            for what in ("count", "last"):
-                lat, unmatched = r[what]
-                neg = sum(1 for x in lat if x < 0)
-                print(f"{r['rate']:>7} {r['achieved']:>9.0f} {r['events']:>7} {'content:' + what:<14} "
-                      f"{percentile(lat, 50) * 1e3:>8.2f} {percentile(lat, 99) * 1e3:>8.2f} "
-                      f"{(lat[-1] if lat else float('nan')) * 1e3:>8.2f} {(lat[0] if lat else float('nan')) * 1e3:>7.2f} "
-                      f"{neg:>4} {unmatched:>9}")
-        print()
-        for r in rows:
-            bar = 25 if r["rate"] <= 1000 else 100
-            p99 = max(percentile(r[w][0], 99) for w in ("count", "last")) * 1e3
-            print(f"{r['rate']}/s: p99 {p99:.1f} ms against a bar of {bar} ms: {'met' if p99 < bar else 'MISSED'}; "
-                  f"counts exact: {'yes' if r['counts_ok'] else 'NO'}; sessions {r['sessions']}, "
-                  f"worst schedule lateness {r['late'] * 1e3:.1f} ms")
+        for label, rows in measured:
+            print()
+            print(f"engage run {label}:")
+            head = f"{'rate/s':>7} {'achieved':>9} {'events':>7} {'key':<14} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'min ms':>7} {'<0':>4} {'unmatched':>9}"
+            print(head)
+            print("-" * len(head))
+            for r in rows:
+                for what in ("count", "last"):
+                    lat, unmatched = r[what]
+                    neg = sum(1 for x in lat if x < 0)
+                    print(f"{r['rate']:>7} {r['achieved']:>9.0f} {r['events']:>7} {'content:' + what:<14} "
+                          f"{percentile(lat, 50) * 1e3:>8.2f} {percentile(lat, 99) * 1e3:>8.2f} "
+                          f"{(lat[-1] if lat else float('nan')) * 1e3:>8.2f} {(lat[0] if lat else float('nan')) * 1e3:>7.2f} "
+                          f"{neg:>4} {unmatched:>9}")
+            print()
+            for r in rows:
+                bar = 25 if r["rate"] <= 1000 else 100
+                p99 = max(percentile(r[w][0], 99) for w in ("count", "last")) * 1e3
+                print(f"{r['rate']}/s: p99 {p99:.1f} ms against a bar of {bar} ms: {'met' if p99 < bar else 'MISSED'}; "
+                      f"counts exact: {'yes' if r['counts_ok'] else 'NO'}; sessions {r['sessions']}, "
+                      f"worst schedule lateness {r['late'] * 1e3:.1f} ms")
     finally:
         if sub is not None:
             sub.close()

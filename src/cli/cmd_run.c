@@ -32,7 +32,10 @@ static const char usage[] =
     "  --admin-addr HOST:PORT /metrics, /healthz, /readyz (default 127.0.0.1:9187; 'off')\n"
     "  --batch-events N       events per micro-batch (default 10000)\n"
     "  --batch-ms N           longest a batch stays open, ms (default 50)\n"
-    "  --queue-depth N        batches queued per sink (default 8)\n"
+    "  --queue-depth N        batches queued per sink before the source waits (default 1024)\n"
+    "  --queue-mb N           or megabytes of events queued, whichever first (default 128)\n"
+    "  --clickhouse-interval-ms N  least time between two ClickHouse inserts; batches\n"
+    "                         gather meanwhile (default 200; 0: insert at once)\n"
     "  --dlq-table NAME       dead-letter table in PostgreSQL (default engage_dlq)\n"
     "  --seen-ttl SECONDS     expiry of Redis's seen-set chunks (default 0: never)\n"
     "  --http-batch N         events per API request; 1 sends single objects (default 100)\n"
@@ -70,7 +73,8 @@ int eng_cmd_run(int argc, char **argv)
     struct eng_dlq *dlq = NULL;
     int status = 1;
     struct eng_dlq *http_dlq = NULL;
-    int64_t batch_events = 10000, batch_ms = 50, depth = 8, seen_ttl = 0;
+    int64_t batch_events = 10000, batch_ms = 50, depth = 1024, queue_mb = 128, ch_interval_ms = 200,
+            seen_ttl = 0;
     int64_t http_batch = 100, http_timeout = 5000, http_attempts = 8, http_budget = 60000;
     int64_t http_inflight = 4;
 
@@ -89,7 +93,9 @@ int eng_cmd_run(int argc, char **argv)
     eng_log_set_level(level);
     if (!eng_opt_int(&o, OPT_BATCH_EVENTS, 1, 1000000, &batch_events) ||
         !eng_opt_int(&o, OPT_BATCH_MS, 1, 60000, &batch_ms) ||
-        !eng_opt_int(&o, OPT_QUEUE_DEPTH, 1, 1024, &depth) ||
+        !eng_opt_int(&o, OPT_QUEUE_DEPTH, 1, 1 << 20, &depth) ||
+        !eng_opt_int(&o, OPT_QUEUE_MB, 1, 1 << 20, &queue_mb) ||
+        !eng_opt_int(&o, OPT_CLICKHOUSE_INTERVAL_MS, 0, 60000, &ch_interval_ms) ||
         !eng_opt_int(&o, OPT_SEEN_TTL, 0, UINT32_MAX, &seen_ttl) ||
         !eng_opt_int(&o, OPT_HTTP_BATCH, 1, 10000, &http_batch) ||
         !eng_opt_int(&o, OPT_HTTP_TIMEOUT_MS, 1, 3600000, &http_timeout) ||
@@ -120,6 +126,7 @@ int eng_cmd_run(int argc, char **argv)
         sinks[nsinks] = eng_clickhouse_sink_create(eng_opt(&o, OPT_CLICKHOUSE), &err);
         if (sinks[nsinks] == NULL)
             goto fail;
+        sinks[nsinks]->min_write_interval_us = ch_interval_ms * 1000;
         nsinks++;
     }
     if (eng_opt_sink_enabled(&o, "redis")) {
@@ -166,7 +173,8 @@ int eng_cmd_run(int argc, char **argv)
         goto out;
     }
 
-    struct eng_pipeline_options popt = {.queue_depth = (uint32_t)depth};
+    struct eng_pipeline_options popt = {.queue_depth = (uint32_t)depth,
+                                        .queue_bytes = (size_t)queue_mb << 20};
     pipeline = eng_pipeline_create(sinks, nsinks, &popt, &err);
     nsinks = 0; /* now owned by the pipeline */
     if (pipeline == NULL)

@@ -13,9 +13,8 @@
 #include "pipeline.h"
 
 /* Caps on what one write may merge of the batches waiting for a sink. */
-#define MERGE_MAX_BATCHES 64
-#define MERGE_MAX_EVENTS  50000
-#define MERGE_MAX_BYTES   ((size_t)64 << 20)
+#define MERGE_MAX_EVENTS 50000
+#define MERGE_MAX_BYTES  ((size_t)64 << 20)
 
 struct sink_lane {
     struct eng_pipeline *p;
@@ -25,6 +24,9 @@ struct sink_lane {
     /* ring of queued batches, guarded by p->lock */
     struct eng_batch **ring;
     uint32_t head, count;
+    size_t bytes;            /* of the queued batches */
+    bool hurried;            /* the source waited spill_after_us on this full queue */
+    struct eng_batch **take; /* the batches of the write in progress (this thread only) */
     pthread_cond_t not_empty;
     /* acknowledged state, guarded by p->lock */
     uint64_t acked_seq;
@@ -44,6 +46,7 @@ struct eng_pipeline {
     struct sink_lane *lanes;
     size_t nlanes;
     uint32_t depth;
+    size_t queue_bytes;
     int64_t backoff_base_us, backoff_cap_us;
     uint64_t next_seq;
     uint64_t submitted_position;
@@ -73,7 +76,8 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->not_full, NULL);
     pthread_cond_init(&p->acked, NULL);
-    p->depth = opt && opt->queue_depth ? opt->queue_depth : 8;
+    p->depth = opt && opt->queue_depth ? opt->queue_depth : 1024;
+    p->queue_bytes = opt && opt->queue_bytes ? opt->queue_bytes : (size_t)128 << 20;
     p->backoff_base_us = opt && opt->backoff_base_us ? opt->backoff_base_us : 100000;
     p->backoff_cap_us = opt && opt->backoff_cap_us ? opt->backoff_cap_us : 10000000;
     p->next_seq = 1;
@@ -89,6 +93,7 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
         l->sink = sinks[i];
         sinks[i] = NULL; /* now owned by the pipeline */
         l->ring = eng_calloc(p->depth, sizeof(*l->ring));
+        l->take = eng_calloc(p->depth, sizeof(*l->take));
         l->healthy = true;
         pthread_cond_init(&l->not_empty, NULL);
         snprintf(labels, sizeof(labels), "sink=\"%s\"", l->sink->ops->name);
@@ -108,6 +113,17 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
             eng_metrics_gauge("engage_sink_queue_batches", labels, "Batches waiting for the sink");
     }
     return p;
+}
+
+/* Memory a queued batch holds, as far as the queue's byte cap is concerned. */
+static size_t batch_bytes(const struct eng_batch *b)
+{
+    return (size_t)b->n * sizeof(*b->events) + b->jsonl.len + b->strings.len;
+}
+
+static bool lane_full(const struct eng_pipeline *p, const struct sink_lane *l)
+{
+    return l->count >= p->depth || l->bytes >= p->queue_bytes;
 }
 
 /* Sleeps for us unless the pipeline stops first. Returns false if stopping. */
@@ -186,10 +202,19 @@ static void *lane_main(void *arg)
     bool open = false;
     eng_backoff_init(&bo, p->backoff_base_us, p->backoff_cap_us,
                      (uint64_t)eng_clock_mono_us() ^ (uint64_t)(uintptr_t)l);
+    int64_t last_write_us = 0;
     for (;;) {
         pthread_mutex_lock(&p->lock);
         while (l->count == 0 && !p->stopping)
             pthread_cond_wait(&l->not_empty, &p->lock);
+        /* A sink that wants fewer, larger writes lets batches gather until its interval
+         * has passed, unless its queue is full (the source waits then). */
+        int64_t next_write_us = last_write_us + l->sink->min_write_interval_us;
+        while (!p->stopping && !lane_full(p, l) && eng_clock_mono_us() < next_write_us) {
+            struct timespec ts;
+            deadline_from_now(&ts, next_write_us - eng_clock_mono_us());
+            (void)pthread_cond_timedwait(&l->not_empty, &p->lock, &ts);
+        }
         if (p->stopping) {
             pthread_mutex_unlock(&p->lock);
             break;
@@ -197,25 +222,30 @@ static void *lane_main(void *arg)
         /* Batches stay queued until acknowledged; only this thread removes them, so the
          * ones taken here can be read after the lock is dropped. */
         struct eng_batch *b = l->ring[l->head];
-        /* A full queue means this sink is holding the source back: a sink that can spill
-         * parks the batch instead of writing it. */
-        bool spill = l->sink->ops->spill != NULL && l->count >= p->depth;
-        /* Otherwise every batch that waits behind the head goes in the same write: a sink
-         * whose cost is per request (a ClickHouse INSERT) keeps up by writing more at once. */
-        struct eng_batch *take[MERGE_MAX_BATCHES];
+        /* A full queue means this sink is holding the source back, and a hurried one that it
+         * has held it back too long: a sink that can spill parks all that waits instead of
+         * writing it, so the source goes on at once. */
+        bool spill = l->sink->ops->spill != NULL && (l->hurried || lane_full(p, l));
+        l->hurried = false;
+        /* Every batch that waits behind the head goes in the same write: a sink whose cost
+         * is per request (a ClickHouse INSERT) keeps up by writing more at once. */
+        size_t max_events = MERGE_MAX_EVENTS;
+        if (!spill && l->sink->merge_max_events > 0)
+            max_events = l->sink->merge_max_events;
+        struct eng_batch **take = l->take;
         uint32_t k = 0;
         size_t events = 0, bytes = 0;
-        while (k < l->count && k < MERGE_MAX_BATCHES && (k == 0 || !spill)) {
+        while (k < l->count) {
             struct eng_batch *q = l->ring[(l->head + k) % p->depth];
-            if (k > 0 && (events + q->n > MERGE_MAX_EVENTS ||
-                          bytes + q->jsonl.len + q->strings.len > MERGE_MAX_BYTES))
+            if (k > 0 && (events + q->n > max_events || bytes + batch_bytes(q) > MERGE_MAX_BYTES))
                 break;
             take[k++] = q;
             events += q->n;
-            bytes += q->jsonl.len + q->strings.len;
+            bytes += batch_bytes(q);
         }
         pthread_mutex_unlock(&p->lock);
 
+        last_write_us = eng_clock_mono_us();
         struct eng_batch *w = k == 1 ? b : eng_batch_merge(take, k);
         bool durable = lane_deliver(l, &open, &bo, w, spill);
         if (w != b)
@@ -242,6 +272,7 @@ static void *lane_main(void *arg)
             l->head = (l->head + 1) % p->depth;
         }
         l->count -= k;
+        l->bytes -= bytes;
         l->acked_seq = b->seq;
         l->acked_position = b->position;
         eng_gauge_set(l->m_queue, l->count);
@@ -271,7 +302,7 @@ int eng_pipeline_start(struct eng_pipeline *p, struct eng_error *err)
 static bool all_have_room(const struct eng_pipeline *p)
 {
     for (size_t i = 0; i < p->nlanes; i++) {
-        if (p->lanes[i].count >= p->depth)
+        if (lane_full(p, &p->lanes[i]))
             return false;
     }
     return true;
@@ -279,24 +310,32 @@ static bool all_have_room(const struct eng_pipeline *p)
 
 int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b, int64_t timeout_us)
 {
-    struct timespec ts;
-    deadline_from_now(&ts, timeout_us);
+    int64_t deadline = eng_clock_mono_us() + timeout_us;
     pthread_mutex_lock(&p->lock);
     while (!all_have_room(p) && !p->stopping) {
         /* A sink that can spill is told to hurry once the source has waited spill_after_us
          * (over one or more calls), so it never holds the others back much longer. */
         int64_t now = eng_clock_mono_us();
+        if (now >= deadline)
+            break;
         if (p->blocked_since_us == 0)
             p->blocked_since_us = now;
-        if (now - p->blocked_since_us >= p->spill_after_us) {
+        int64_t hurry_at = p->blocked_since_us + p->spill_after_us;
+        int64_t wake = deadline;
+        if (now >= hurry_at) {
             for (size_t i = 0; i < p->nlanes; i++) {
                 struct sink_lane *l = &p->lanes[i];
-                if (l->count >= p->depth && l->sink->ops->hurry != NULL)
+                if (lane_full(p, l) && l->sink->ops->hurry != NULL) {
+                    l->hurried = true;
                     l->sink->ops->hurry(l->sink);
+                }
             }
+        } else if (hurry_at < wake) {
+            wake = hurry_at;
         }
-        if (pthread_cond_timedwait(&p->not_full, &p->lock, &ts) == ETIMEDOUT)
-            break;
+        struct timespec ts;
+        deadline_from_now(&ts, wake - now);
+        (void)pthread_cond_timedwait(&p->not_full, &p->lock, &ts);
     }
     if (p->stopping || !all_have_room(p)) {
         int rc = p->stopping ? ENG_ESTOPPED : ENG_EAGAIN;
@@ -316,6 +355,7 @@ int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b, int64_t tim
             eng_batch_retain(b); /* the caller's reference goes to the first lane */
         l->ring[(l->head + l->count) % p->depth] = b;
         l->count++;
+        l->bytes += batch_bytes(b);
         eng_gauge_set(l->m_queue, l->count);
         pthread_cond_signal(&l->not_empty);
     }
@@ -427,6 +467,7 @@ void eng_pipeline_destroy(struct eng_pipeline *p)
         for (uint32_t k = 0; k < l->count; k++)
             eng_batch_release(l->ring[(l->head + k) % p->depth]);
         free(l->ring);
+        free(l->take);
         pthread_cond_destroy(&l->not_empty);
         eng_sink_destroy(l->sink);
     }

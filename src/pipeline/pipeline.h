@@ -15,7 +15,11 @@
 #include "../sink/sink.h"
 
 struct eng_pipeline_options {
-    uint32_t queue_depth;    /* batches waiting per sink (default 8) */
+    /* A sink's queue is full at queue_depth batches or queue_bytes of events, whichever
+     * comes first (defaults 1024 and 128 MiB). Batches are shared by the sinks, so the
+     * memory they hold is bounded by about queue_bytes plus one batch. */
+    uint32_t queue_depth;
+    size_t queue_bytes;
     int64_t backoff_base_us; /* sink retry backoff (default 100 ms) */
     int64_t backoff_cap_us;  /* (default 10 s) */
     /* A full queue of a sink that can spill holds the source this long before the sink is

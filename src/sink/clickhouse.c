@@ -679,6 +679,7 @@ struct eng_sink *eng_clickhouse_sink_create_opt(const char *url,
 
     struct ch_sink *s = eng_calloc(1, sizeof(*s));
     s->base.ops = &ch_ops;
+    s->base.min_write_interval_us = 200000;
     if (eng_clickhouse_url_parse(url, &s->url, err) != 0)
         goto fail;
     s->database = eng_strdup(o.database);

@@ -906,6 +906,9 @@ struct eng_sink *eng_http_sink_create(const char *base_url, const struct eng_htt
 
     struct http_sink *s = eng_calloc(1, sizeof(*s));
     s->base.ops = &http_ops;
+    /* A write is acknowledged as a whole: one round of requests at most, so that a crash
+     * re-sends no more than what was in flight. */
+    s->base.merge_max_events = o.batch_size * o.max_in_flight;
     s->opt = o;
     s->opt.token_file = NULL; /* not kept: read once above */
     s->url = url;

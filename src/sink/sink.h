@@ -37,6 +37,14 @@ struct eng_sink_ops {
 
 struct eng_sink {
     const struct eng_sink_ops *ops;
+    /* The most events one write may carry when the pipeline merges queued batches (0: the
+     * pipeline's cap). A sink that acknowledges a write as a whole sets it to what it can
+     * have in flight at once, so that a crash re-sends no more than that. */
+    uint32_t merge_max_events;
+    /* The least time from the start of one write to the start of the next (0: none). A sink
+     * whose server pays per write (a ClickHouse part, merged later in the background) sets
+     * it so that queued batches go in fewer, larger writes; a full queue writes at once. */
+    int64_t min_write_interval_us;
 };
 
 static inline int eng_sink_open(struct eng_sink *s, struct eng_error *err)
