@@ -63,25 +63,36 @@ struct eng_slice eng_batch_put_string(struct eng_batch *b, const char *s, size_t
     return sl;
 }
 
-struct eng_batch *eng_batch_merge(struct eng_batch *const *bs, uint32_t n)
+struct eng_batch *eng_batch_merge(struct eng_batch *const *bs, uint32_t n, uint32_t skip,
+                                  uint32_t max)
 {
     uint32_t total = 0;
     for (uint32_t i = 0; i < n; i++)
         total += bs[i]->n;
-    struct eng_batch *m = eng_batch_create(total);
+    total = total > skip ? total - skip : 0;
+    struct eng_batch *m = eng_batch_create(total < max ? total : max);
     m->created_us = bs[0]->created_us;
     for (uint32_t i = 0; i < n; i++) {
         const struct eng_batch *b = bs[i];
-        uint32_t str_off = (uint32_t)m->strings.len, json_off = (uint32_t)m->jsonl.len;
-        eng_buf_append(&m->strings, b->strings.data, b->strings.len);
-        eng_buf_append(&m->jsonl, b->jsonl.data, b->jsonl.len);
-        for (uint32_t k = 0; k < b->n; k++) {
+        uint32_t first = skip < b->n ? skip : b->n;
+        skip -= first;
+        uint32_t end = b->n - first <= max - m->n ? b->n : first + (max - m->n);
+        /* jsonl holds the events' JSON in event order: the kept ones are a range of it. */
+        size_t json_from = first < b->n ? b->events[first].json.off : b->jsonl.len;
+        size_t json_to = end < b->n ? b->events[end].json.off : b->jsonl.len;
+        uint32_t str_off = (uint32_t)m->strings.len;
+        uint32_t json_off = (uint32_t)m->jsonl.len;
+        if (first < end) {
+            eng_buf_append(&m->strings, b->strings.data, b->strings.len);
+            eng_buf_append(&m->jsonl, b->jsonl.data + json_from, json_to - json_from);
+        }
+        for (uint32_t k = first; k < end; k++) {
             struct eng_event *e = &m->events[m->n++];
             *e = b->events[k];
             e->event_type.off += str_off;
             e->device.off += str_off;
             e->content_type.off += str_off;
-            e->json.off += json_off;
+            e->json.off = e->json.off - (uint32_t)json_from + json_off;
         }
         m->seq = b->seq;
         m->position = b->position;

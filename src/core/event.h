@@ -5,6 +5,7 @@
 #define ENG_EVENT_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "buf.h"
@@ -33,6 +34,10 @@ struct eng_event {
     int64_t event_id;
     int64_t event_ts_us;    /* timestamp without time zone, taken as UTC, microseconds */
     int64_t commit_time_us; /* source commit time (for end-to-end latency), 0 if unknown */
+    /* Where the event stands in the source's order: its transaction's commit LSN and its
+     * place among that transaction's events. txn_lsn 0: the source has no such order. */
+    uint64_t txn_lsn;
+    uint32_t txn_seq;
     int32_t content_id;
     int32_t user_id;
     int32_t duration_ms;
@@ -44,6 +49,12 @@ struct eng_event {
     struct eng_slice content_type;
     struct eng_slice json;
 };
+
+/* True when e comes after the event at (lsn, seq) in the source's order. */
+static inline bool eng_event_after(const struct eng_event *e, uint64_t lsn, uint32_t seq)
+{
+    return e->txn_lsn > lsn || (e->txn_lsn == lsn && e->txn_seq > seq);
+}
 
 /* A micro-batch. Events are in source order. `position` is what the source may confirm
  * once this batch and every batch before it are durable in every sink (for PostgreSQL the
@@ -78,10 +89,12 @@ struct eng_event *eng_batch_push(struct eng_batch *b);
 /* Drops the last event pushed (after an enrichment or encoding failure). */
 void eng_batch_pop(struct eng_batch *b);
 
-/* A new batch holding the events of bs[0..n) in order (text and JSON copied, slices
- * rebased), with the last batch's seq and position: one write for several queued batches.
- * The inputs are borrowed. */
-struct eng_batch *eng_batch_merge(struct eng_batch *const *bs, uint32_t n);
+/* A new batch holding the events of bs[0..n) in order, from the one after the first skip
+ * and at most max of them (text and JSON copied, slices rebased), with the last batch's seq
+ * and position: one write for several queued batches, or a part of one. The inputs are
+ * borrowed. */
+struct eng_batch *eng_batch_merge(struct eng_batch *const *bs, uint32_t n, uint32_t skip,
+                                  uint32_t max);
 
 /* Copies text into batch->strings and returns its slice. */
 struct eng_slice eng_batch_put_string(struct eng_batch *b, const char *s, size_t n);

@@ -1,10 +1,12 @@
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../admin/metrics.h"
 #include "../core/backoff.h"
@@ -31,6 +33,10 @@ struct sink_lane {
     /* acknowledged state, guarded by p->lock */
     uint64_t acked_seq;
     uint64_t acked_position;
+    /* The last event this sink made durable (eng_event_after order): an event at or before
+     * it is a redelivery, not written again. From the progress file after a restart. */
+    uint64_t done_lsn;
+    uint32_t done_seq;
     bool healthy;
     char last_error[sizeof(((struct eng_error *)0)->msg)];
     /* metrics */
@@ -54,6 +60,11 @@ struct eng_pipeline {
     int64_t blocked_since_us; /* when submit first found a full queue; 0: not blocked */
     bool stopping;
     struct eng_histogram *m_batch_size;
+    struct eng_counter *m_skipped;
+    /* The progress file, rewritten after every acknowledgement (NULL: not kept). */
+    pthread_mutex_t progress_lock; /* serializes writers of the file; taken before p->lock */
+    char *progress_path;
+    char *progress_identity;
 };
 
 static void deadline_from_now(struct timespec *ts, int64_t us)
@@ -82,6 +93,9 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
     p->backoff_cap_us = opt && opt->backoff_cap_us ? opt->backoff_cap_us : 10000000;
     p->next_seq = 1;
     p->spill_after_us = opt && opt->spill_after_us ? opt->spill_after_us : 500000;
+    pthread_mutex_init(&p->progress_lock, NULL);
+    p->m_skipped = eng_metrics_counter("engage_sink_skipped_events_total", NULL,
+                                       "Redelivered events a sink had already made durable");
     p->m_batch_size = eng_metrics_histogram("engage_batch_close_age_seconds", NULL,
                                             "Age of a batch when it was submitted");
     p->lanes = eng_calloc(n, sizeof(*p->lanes));
@@ -194,6 +208,193 @@ static bool lane_deliver(struct sink_lane *l, bool *open, struct eng_backoff *bo
     }
 }
 
+/* How many of the first events of bs[0..n) are at or before (lsn, seq): a sink that made
+ * them durable already gets them again only after a restart or a reconnect. */
+static uint32_t redelivered_prefix(struct eng_batch *const *bs, uint32_t n, uint64_t lsn,
+                                   uint32_t seq)
+{
+    uint32_t skip = 0;
+    if (lsn == 0)
+        return 0;
+    for (uint32_t j = 0; j < n; j++) {
+        for (uint32_t i = 0; i < bs[j]->n; i++) {
+            const struct eng_event *e = &bs[j]->events[i];
+            if (e->txn_lsn == 0 || eng_event_after(e, lsn, seq))
+                return skip;
+            skip++;
+        }
+    }
+    return skip;
+}
+
+static const struct eng_event *last_event(struct eng_batch *const *bs, uint32_t n)
+{
+    for (uint32_t j = n; j-- > 0;) {
+        if (bs[j]->n > 0)
+            return &bs[j]->events[bs[j]->n - 1];
+    }
+    return NULL;
+}
+
+/* Rewrites the progress file with every sink's last durable event. Not fsynced: it only
+ * spares redeliveries, so a version lost by a machine crash costs duplicates, never events
+ * (it is written after the acknowledgement, so it is never ahead of a sink). */
+static void progress_save(struct eng_pipeline *p)
+{
+    pthread_mutex_lock(&p->progress_lock);
+    if (p->progress_path == NULL) {
+        pthread_mutex_unlock(&p->progress_lock);
+        return;
+    }
+    struct eng_buf text = {.cap = 64 << 10};
+    char line[256];
+    snprintf(line, sizeof(line), "engage-sink-progress 1\nidentity %s\n", p->progress_identity);
+    eng_buf_puts(&text, line);
+    pthread_mutex_lock(&p->lock);
+    for (size_t i = 0; i < p->nlanes; i++) {
+        const struct sink_lane *l = &p->lanes[i];
+        if (l->done_lsn == 0)
+            continue;
+        snprintf(line, sizeof(line), "sink %s %" PRIX64 " %" PRIu32 "\n", l->sink->ops->name,
+                 l->done_lsn, l->done_seq);
+        eng_buf_puts(&text, line);
+    }
+    pthread_mutex_unlock(&p->lock);
+
+    size_t plen = strlen(p->progress_path);
+    char *tmp = eng_malloc(plen + 5);
+    memcpy(tmp, p->progress_path, plen);
+    memcpy(tmp + plen, ".tmp", 5);
+    FILE *f = fopen(tmp, "w");
+    bool ok = f != NULL && fwrite(text.data, 1, text.len, f) == text.len;
+    if (f != NULL && fclose(f) != 0)
+        ok = false;
+    if (ok && rename(tmp, p->progress_path) != 0)
+        ok = false;
+    if (!ok) {
+        /* Each sink's redeliveries after a restart are then written again (idempotently). */
+        eng_warn("msg=\"could not write the sink progress file\" path=\"%s\" error=\"%s\"",
+                 p->progress_path, strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    eng_buf_free(&text);
+    pthread_mutex_unlock(&p->progress_lock);
+}
+
+/* "sink NAME LSN SEQ\n": LSN in hex, SEQ in decimal. */
+static bool parse_progress_line(const char *line, char *name, size_t namelen, uint64_t *lsn,
+                                uint32_t *seq)
+{
+    if (strncmp(line, "sink ", 5) != 0)
+        return false;
+    const char *s = line + 5;
+    size_t n = strcspn(s, " ");
+    if (n == 0 || n >= namelen || s[n] != ' ')
+        return false;
+    memcpy(name, s, n);
+    name[n] = '\0';
+    s += n + 1;
+    char *end;
+    errno = 0;
+    unsigned long long l = strtoull(s, &end, 16);
+    if (end == s || *end != ' ' || errno != 0)
+        return false;
+    s = end + 1;
+    unsigned long q = strtoul(s, &end, 10);
+    if (end == s || *end != '\n' || errno != 0 || q > UINT32_MAX)
+        return false;
+    *lsn = l;
+    *seq = (uint32_t)q;
+    return true;
+}
+
+void eng_pipeline_track_progress(struct eng_pipeline *p, const char *path, const char *identity,
+                                 uint64_t max_lsn)
+{
+    FILE *f = max_lsn > 0 ? fopen(path, "r") : NULL;
+    if (f != NULL) {
+        char line[512], want[300];
+        snprintf(want, sizeof(want), "identity %s\n", identity);
+        bool ours = fgets(line, sizeof(line), f) != NULL &&
+                    strcmp(line, "engage-sink-progress 1\n") == 0 &&
+                    fgets(line, sizeof(line), f) != NULL && strcmp(line, want) == 0;
+        if (!ours)
+            eng_warn("msg=\"sink progress file ignored: not this server's and slot's\" "
+                     "path=\"%s\"",
+                     path);
+        while (ours && fgets(line, sizeof(line), f) != NULL) {
+            char name[64];
+            uint64_t lsn;
+            uint32_t seq;
+            if (!parse_progress_line(line, name, sizeof(name), &lsn, &seq)) {
+                eng_warn("msg=\"sink progress file: line ignored\" path=\"%s\"", path);
+                continue;
+            }
+            if (lsn > max_lsn) {
+                /* Past what the server has written: not this server's history. */
+                eng_warn("msg=\"sink progress ignored: ahead of the server\" sink=%s", name);
+                continue;
+            }
+            pthread_mutex_lock(&p->lock);
+            for (size_t i = 0; i < p->nlanes; i++) {
+                if (strcmp(p->lanes[i].sink->ops->name, name) == 0) {
+                    p->lanes[i].done_lsn = lsn;
+                    p->lanes[i].done_seq = seq;
+                }
+            }
+            pthread_mutex_unlock(&p->lock);
+        }
+        fclose(f);
+    }
+    pthread_mutex_lock(&p->progress_lock);
+    free(p->progress_path);
+    free(p->progress_identity);
+    p->progress_path = eng_strdup(path);
+    p->progress_identity = eng_strdup(identity);
+    pthread_mutex_unlock(&p->progress_lock);
+}
+
+static void lane_set_done(struct sink_lane *l, const struct eng_event *e)
+{
+    pthread_mutex_lock(&l->p->lock);
+    l->done_lsn = e->txn_lsn;
+    l->done_seq = e->txn_seq;
+    pthread_mutex_unlock(&l->p->lock);
+    progress_save(l->p);
+}
+
+/* Makes the events of take[0..k) durable in the sink (or spills them), but those at or
+ * before (done_lsn, done_seq), which it has already. A sink with merge_max_events gets a
+ * larger batch in parts of that size, its progress recorded after each, so that a crash
+ * re-sends no more than one part. Returns true when all is durable, false if stopping. */
+static bool lane_write(struct sink_lane *l, bool *open, struct eng_backoff *bo,
+                       struct eng_batch *const *take, uint32_t k, uint32_t events, bool spill,
+                       uint64_t done_lsn, uint32_t done_seq)
+{
+    uint32_t skip = redelivered_prefix(take, k, done_lsn, done_seq);
+    eng_counter_add(l->p->m_skipped, skip);
+    if (skip > 0 && skip == events)
+        return true;
+    uint32_t part = l->sink->merge_max_events;
+    if (spill || part == 0 || take[0]->n == 0 || take[0]->events[0].txn_lsn == 0)
+        part = UINT32_MAX; /* parts need the source's order to record progress by */
+    for (;;) {
+        bool whole = events - skip <= part;
+        struct eng_batch *w = k == 1 && skip == 0 && whole
+                                  ? take[0]
+                                  : eng_batch_merge(take, k, skip, whole ? UINT32_MAX : part);
+        bool durable = lane_deliver(l, open, bo, w, spill);
+        if (durable && !whole)
+            lane_set_done(l, &w->events[w->n - 1]);
+        if (w != take[0])
+            eng_batch_release(w);
+        if (!durable || whole)
+            return durable;
+        skip += part;
+    }
+}
+
 static void *lane_main(void *arg)
 {
     struct sink_lane *l = arg;
@@ -243,18 +444,19 @@ static void *lane_main(void *arg)
             events += q->n;
             bytes += batch_bytes(q);
         }
+        uint64_t done_lsn = l->done_lsn;
+        uint32_t done_seq = l->done_seq;
         pthread_mutex_unlock(&p->lock);
 
         last_write_us = eng_clock_mono_us();
-        struct eng_batch *w = k == 1 ? b : eng_batch_merge(take, k);
-        bool durable = lane_deliver(l, &open, &bo, w, spill);
-        if (w != b)
-            eng_batch_release(w);
+        bool durable =
+            lane_write(l, &open, &bo, take, k, (uint32_t)events, spill, done_lsn, done_seq);
         if (!durable)
             break;
         if (spill)
             eng_counter_add(l->m_spilled, 1);
         b = take[k - 1];
+        const struct eng_event *last = last_event(take, k);
 
         int64_t now = eng_clock_wall_us();
         for (uint32_t j = 0; j < k; j++) {
@@ -275,10 +477,18 @@ static void *lane_main(void *arg)
         l->bytes -= bytes;
         l->acked_seq = b->seq;
         l->acked_position = b->position;
+        bool progressed =
+            last != NULL && last->txn_lsn != 0 && eng_event_after(last, l->done_lsn, l->done_seq);
+        if (progressed) {
+            l->done_lsn = last->txn_lsn;
+            l->done_seq = last->txn_seq;
+        }
         eng_gauge_set(l->m_queue, l->count);
         pthread_cond_broadcast(&p->not_full);
         pthread_cond_broadcast(&p->acked);
         pthread_mutex_unlock(&p->lock);
+        if (progressed)
+            progress_save(p);
         for (uint32_t j = 0; j < k; j++)
             eng_batch_release(take[j]);
     }
@@ -472,6 +682,9 @@ void eng_pipeline_destroy(struct eng_pipeline *p)
         eng_sink_destroy(l->sink);
     }
     free(p->lanes);
+    free(p->progress_path);
+    free(p->progress_identity);
+    pthread_mutex_destroy(&p->progress_lock);
     pthread_cond_destroy(&p->not_full);
     pthread_cond_destroy(&p->acked);
     pthread_mutex_destroy(&p->lock);

@@ -34,6 +34,15 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
                                          const struct eng_pipeline_options *opt,
                                          struct eng_error *err);
 
+/* Sink progress across restarts. Reads path (if max_lsn > 0 and the file was written for the
+ * same identity, e.g. "<system id> <slot>") for each sink's last durable event, ignoring
+ * positions past max_lsn (the server's WAL end); from then on an event at or before a
+ * sink's last durable one is not written to it again, and the file is rewritten after every
+ * acknowledgement. So after a crash a sink gets again only what was in flight in it, not
+ * everything after the slowest sink's checkpoint. Call before the first submit. */
+void eng_pipeline_track_progress(struct eng_pipeline *p, const char *path, const char *identity,
+                                 uint64_t max_lsn);
+
 /* Starts one thread per sink. */
 int eng_pipeline_start(struct eng_pipeline *p, struct eng_error *err) ENG_MUSTCHECK;
 

@@ -61,6 +61,7 @@ struct pgsrc {
     struct eng_content_cache *live;    /* as of the last decoded change */
     struct eng_content_cache *durable; /* as of the checkpoint */
     char system_id[32];
+    uint64_t server_xlogpos; /* IDENTIFY_SYSTEM's WAL flush position */
     bool caches_ready;
     bool streaming; /* the replication connection is in COPY mode */
 
@@ -69,6 +70,8 @@ struct pgsrc {
 
     bool in_tx;
     int64_t tx_commit_us;
+    uint64_t tx_final_lsn;         /* the open transaction's commit LSN (from Begin) */
+    uint32_t tx_events;            /* events of the open transaction so far */
     struct change_list tx_changes; /* content changes of the open transaction */
     struct change_list pending;    /* committed, not yet durable */
 
@@ -307,6 +310,8 @@ static int identify_system(struct pgsrc *s, struct eng_error *err)
     }
     char sysid[32];
     snprintf(sysid, sizeof(sysid), "%s", PQgetvalue(r, 0, 0));
+    if (!eng_lsn_parse(PQgetvalue(r, 0, 2), &s->server_xlogpos))
+        s->server_xlogpos = 0;
     PQclear(r);
     if (s->system_id[0] != '\0' && strcmp(sysid, s->system_id) != 0)
         return eng_error_set(err, ENG_EFATAL, false,
@@ -439,6 +444,12 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
                  eng_content_cache_count(s->durable));
     }
     if (!s->caches_ready) {
+        /* Each sink's own progress, so that after a crash it is not sent again what it
+         * already has (a new slot starts with none). */
+        char path[4096], identity[300];
+        snprintf(path, sizeof(path), "%s/%s.sinks", s->opt->state_dir, slot);
+        snprintf(identity, sizeof(identity), "%s %s", s->system_id, slot);
+        eng_pipeline_track_progress(s->p, path, identity, exists ? s->server_xlogpos : 0);
         s->caches_ready = true;
     }
     eng_content_cache_destroy(s->live);
@@ -665,6 +676,8 @@ static int on_event_insert(struct pgsrc *s, const struct relmap *m,
         return rc;
     }
     e->commit_time_us = s->tx_commit_us;
+    e->txn_lsn = s->tx_final_lsn;
+    e->txn_seq = s->tx_events++;
     if (!eng_enrich(b, e, s->live))
         eng_counter_add(s->m_misses, 1);
     eng_counter_add(s->m_events, 1);
@@ -710,6 +723,8 @@ static int on_message(struct pgsrc *s, const struct eng_pgo_msg *msg, uint64_t l
     case ENG_PGO_BEGIN:
         s->in_tx = true;
         s->tx_commit_us = eng_pgo_time_to_unix_us(msg->u.begin.commit_time);
+        s->tx_final_lsn = msg->u.begin.final_lsn;
+        s->tx_events = 0;
         change_list_clear(&s->tx_changes);
         return 0;
     case ENG_PGO_COMMIT:

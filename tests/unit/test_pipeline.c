@@ -8,7 +8,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -321,6 +323,101 @@ static void test_a_sink_that_holds_the_source_back_spills(void **state)
     eng_pipeline_destroy(p);
 }
 
+/* Events of transactions committing at lsns[i], two events each, ids from first. */
+static struct eng_batch *make_txn_batch(int64_t first, const uint64_t *lsns, uint32_t ntx)
+{
+    struct eng_batch *b = eng_batch_create(2 * ntx);
+    for (uint32_t t = 0; t < ntx; t++) {
+        for (uint32_t i = 0; i < 2; i++) {
+            struct eng_event *e = eng_batch_push(b);
+            e->event_id = first++;
+            e->txn_lsn = lsns[t];
+            e->txn_seq = i;
+        }
+    }
+    b->position = lsns[ntx - 1] + 8;
+    return b;
+}
+
+static char *read_text(const char *path)
+{
+    static char text[1024];
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    return text;
+}
+
+/* Runs one pipeline over a fresh fake sink that tracks progress in path, submits the
+ * transactions, and returns how many events the sink was given. */
+static uint64_t run_with_progress(const char *path, const char *identity, uint64_t max_lsn,
+                                  const uint64_t *lsns, uint32_t ntx)
+{
+    struct fake_sink *f = fake_create(&fake_ops, false);
+    struct eng_pipeline *p = start(&f, 1, NULL);
+    eng_pipeline_track_progress(p, path, identity, max_lsn);
+    assert_int_equal(eng_pipeline_submit(p, make_txn_batch(1, lsns, ntx), 1000000), 0);
+    assert_true(eng_pipeline_wait_idle(p, 5000000));
+    assert_int_equal(eng_pipeline_durable_position(p), lsns[ntx - 1] + 8);
+    uint64_t written = f->written;
+    assert_true(f->in_order);
+    eng_pipeline_destroy(p);
+    return written;
+}
+
+static void test_progress_spares_a_sink_what_it_has(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/engage-progress-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path);
+    const uint64_t lsns[] = {0x100, 0x200, 0x300};
+
+    /* No file yet: everything is written; the file then names the last event. */
+    assert_int_equal(run_with_progress(path, "sys slot", 0x1000, lsns, 2), 4);
+    assert_string_equal(read_text(path), "engage-sink-progress 1\nidentity sys slot\n"
+                                         "sink fake 200 1\n");
+    /* Redelivered from the start with one more transaction: only the new one is written. */
+    assert_int_equal(run_with_progress(path, "sys slot", 0x1000, lsns, 3), 2);
+    assert_string_equal(read_text(path), "engage-sink-progress 1\nidentity sys slot\n"
+                                         "sink fake 300 1\n");
+    /* Another server or slot, or a position the server has not reached: not trusted. */
+    assert_int_equal(run_with_progress(path, "other slot", 0x1000, lsns, 3), 6);
+    assert_int_equal(run_with_progress(path, "other slot", 0x2ff, lsns, 3), 6);
+    assert_int_equal(run_with_progress(path, "other slot", 0, lsns, 3), 6); /* a new slot */
+    unlink(path);
+}
+
+static void test_a_large_batch_goes_in_parts(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/engage-progress-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    struct fake_sink *f = fake_create(&fake_ops, false);
+    f->base.merge_max_events = 4;
+    f->fail_next = 1; /* the first part is written twice */
+    struct eng_pipeline_options opt = {.backoff_base_us = 1000, .backoff_cap_us = 2000};
+    struct eng_pipeline *p = start(&f, 1, &opt);
+    eng_pipeline_track_progress(p, path, "sys slot", 0);
+    const uint64_t lsns[] = {0x100, 0x200, 0x300, 0x400, 0x500};
+    assert_int_equal(eng_pipeline_submit(p, make_txn_batch(1, lsns, 5), 1000000), 0);
+    assert_true(eng_pipeline_wait_idle(p, 5000000));
+    assert_int_equal(f->written, 10);
+    assert_int_equal(f->writes, 3); /* 4 + 4 + 2 */
+    assert_int_equal(f->max_write_events, 4);
+    assert_true(f->in_order);
+    assert_string_equal(read_text(path), "engage-sink-progress 1\nidentity sys slot\n"
+                                         "sink fake 500 1\n");
+    eng_pipeline_destroy(p);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -330,6 +427,8 @@ int main(void)
         cmocka_unit_test(test_queued_batches_merge_up_to_the_sink_cap),
         cmocka_unit_test(test_failed_writes_are_retried),
         cmocka_unit_test(test_a_sink_that_holds_the_source_back_spills),
+        cmocka_unit_test(test_progress_spares_a_sink_what_it_has),
+        cmocka_unit_test(test_a_large_batch_goes_in_parts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
