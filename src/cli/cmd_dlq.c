@@ -29,6 +29,7 @@
 #include "../sink/http.h"
 #include "commands.h"
 #include "options.h"
+#include "sinks.h"
 
 #define SCRATCH_TABLE  "pg_temp.engage_dlq_replay"
 #define ROUND_EVENTS   1000
@@ -458,7 +459,6 @@ static int clear_scratch(struct eng_dlq *scratch)
 static int cmd_replay(const struct dlq_args *a, const struct eng_options *o, struct eng_dlq *q)
 {
     struct eng_error err;
-    int64_t batch = 100, timeout = 5000, attempts = 8, budget = 60000, inflight = 4;
     if (a->all || a->json) {
         fprintf(stderr, "engage dlq replay: --all and --json are list options\n");
         return 2;
@@ -474,24 +474,13 @@ static int cmd_replay(const struct dlq_args *a, const struct eng_options *o, str
         fprintf(stderr, "engage dlq replay: --http URL (or ENGAGE_HTTP) is required\n");
         return 2;
     }
-    if (!eng_opt_int(o, OPT_HTTP_BATCH, 1, 10000, &batch) ||
-        !eng_opt_int(o, OPT_HTTP_TIMEOUT_MS, 1, 3600000, &timeout) ||
-        !eng_opt_int(o, OPT_HTTP_MAX_ATTEMPTS, 1, 1000, &attempts) ||
-        !eng_opt_int(o, OPT_HTTP_RETRY_BUDGET_MS, 1, 86400000, &budget) ||
-        !eng_opt_int(o, OPT_HTTP_INFLIGHT, 1, 256, &inflight))
+    struct eng_http_options hopt;
+    if (!eng_cli_http_options(o, &hopt))
         return 2;
 
     /* The sink parks what still fails in the scratch table, a temporary table of its own
      * session; the rows are then re-parked on themselves in the real table. */
     struct eng_dlq *scratch = eng_dlq_create(eng_opt(o, OPT_PG), SCRATCH_TABLE);
-    struct eng_http_options hopt;
-    eng_http_options_default(&hopt);
-    hopt.batch_size = (uint32_t)batch;
-    hopt.timeout_ms = timeout;
-    hopt.max_attempts = (uint32_t)attempts;
-    hopt.retry_budget_ms = budget;
-    hopt.max_in_flight = (uint32_t)inflight;
-    hopt.token_file = eng_opt(o, OPT_HTTP_TOKEN_FILE);
     hopt.dlq = scratch;
     struct eng_sink *sink = eng_http_sink_create(eng_opt(o, OPT_HTTP), &hopt, &err);
     if (sink == NULL) {
@@ -504,14 +493,14 @@ static int cmd_replay(const struct dlq_args *a, const struct eng_options *o, str
     bool *ids_seen = a->nids ? eng_calloc(a->nids, sizeof(bool)) : NULL;
     /* Cut rounds at multiples of the request size, so requests fall where the sink cut them. */
     uint32_t cap =
-        (uint32_t)batch * (ROUND_EVENTS / (uint32_t)batch > 0 ? ROUND_EVENTS / (uint32_t)batch : 1);
+        hopt.batch_size * (ROUND_EVENTS / hopt.batch_size > 0 ? ROUND_EVENTS / hopt.batch_size : 1);
     int64_t after = 0, left = a->limit;
     int status = 0;
     bool opened = false, complete = false;
     for (uint64_t round_no = 1;; round_no++) {
         struct round rr = {.a = a,
                            .cap = cap,
-                           .request_size = (uint32_t)batch,
+                           .request_size = hopt.batch_size,
                            .batch = eng_batch_create(cap),
                            .rows = eng_calloc(cap, sizeof(struct round_row)),
                            .ids_seen = ids_seen};

@@ -7,13 +7,10 @@
 #include "../core/log.h"
 #include "../pipeline/dlq.h"
 #include "../pipeline/pipeline.h"
-#include "../sink/clickhouse.h"
-#include "../sink/http.h"
-#include "../sink/redis.h"
-#include "../sink/stdout.h"
 #include "../source/pg.h"
 #include "commands.h"
 #include "options.h"
+#include "sinks.h"
 
 static const char usage[] =
     "usage: engage run --pg CONNINFO [--clickhouse URL] [--redis URL] [--http URL] [OPTIONS]\n"
@@ -66,17 +63,11 @@ int eng_cmd_run(int argc, char **argv)
 {
     struct eng_options o;
     struct eng_error err;
-    struct eng_sink *sinks[8];
-    size_t nsinks = 0;
-    struct eng_pipeline *pipeline = NULL;
+    struct eng_cli_sinks cs = {0};
     struct eng_admin *admin = NULL;
     struct eng_dlq *dlq = NULL;
     int status = 1;
-    struct eng_dlq *http_dlq = NULL;
-    int64_t batch_events = 10000, batch_ms = 50, depth = 1024, queue_mb = 128, ch_interval_ms = 200,
-            seen_ttl = 0;
-    int64_t http_batch = 100, http_timeout = 5000, http_attempts = 8, http_budget = 60000;
-    int64_t http_inflight = 4;
+    int64_t batch_events = 10000, batch_ms = 50;
 
     eng_error_clear(&err);
     int prc = eng_options_parse(&o, argc, argv, usage);
@@ -84,24 +75,12 @@ int eng_cmd_run(int argc, char **argv)
         eng_options_free(&o);
         return prc > 0 ? 0 : 2;
     }
-    enum eng_log_level level;
-    if (!eng_log_parse_level(eng_opt(&o, OPT_LOG_LEVEL), &level)) {
-        fprintf(stderr, "engage: unknown log level \"%s\"\n", eng_opt(&o, OPT_LOG_LEVEL));
+    if (!eng_cli_log_level(&o)) {
         status = 2;
         goto out;
     }
-    eng_log_set_level(level);
     if (!eng_opt_int(&o, OPT_BATCH_EVENTS, 1, 1000000, &batch_events) ||
-        !eng_opt_int(&o, OPT_BATCH_MS, 1, 60000, &batch_ms) ||
-        !eng_opt_int(&o, OPT_QUEUE_DEPTH, 1, 1 << 20, &depth) ||
-        !eng_opt_int(&o, OPT_QUEUE_MB, 1, 1 << 20, &queue_mb) ||
-        !eng_opt_int(&o, OPT_CLICKHOUSE_INTERVAL_MS, 0, 60000, &ch_interval_ms) ||
-        !eng_opt_int(&o, OPT_SEEN_TTL, 0, UINT32_MAX, &seen_ttl) ||
-        !eng_opt_int(&o, OPT_HTTP_BATCH, 1, 10000, &http_batch) ||
-        !eng_opt_int(&o, OPT_HTTP_TIMEOUT_MS, 1, 3600000, &http_timeout) ||
-        !eng_opt_int(&o, OPT_HTTP_MAX_ATTEMPTS, 1, 1000, &http_attempts) ||
-        !eng_opt_int(&o, OPT_HTTP_RETRY_BUDGET_MS, 1, 86400000, &http_budget) ||
-        !eng_opt_int(&o, OPT_HTTP_INFLIGHT, 1, 256, &http_inflight)) {
+        !eng_opt_int(&o, OPT_BATCH_MS, 1, 60000, &batch_ms)) {
         status = 2;
         goto out;
     }
@@ -116,85 +95,24 @@ int eng_cmd_run(int argc, char **argv)
         status = 2;
         goto out;
     }
-
-    if (eng_opt_sink_enabled(&o, "clickhouse")) {
-        if (eng_opt(&o, OPT_CLICKHOUSE) == NULL) {
-            fprintf(stderr, "engage: the clickhouse sink needs --clickhouse URL\n");
-            status = 2;
-            goto out;
-        }
-        sinks[nsinks] = eng_clickhouse_sink_create(eng_opt(&o, OPT_CLICKHOUSE), &err);
-        if (sinks[nsinks] == NULL)
-            goto fail;
-        sinks[nsinks]->min_write_interval_us = ch_interval_ms * 1000;
-        nsinks++;
-    }
-    if (eng_opt_sink_enabled(&o, "redis")) {
-        if (eng_opt(&o, OPT_REDIS) == NULL) {
-            fprintf(stderr, "engage: the redis sink needs --redis URL\n");
-            status = 2;
-            goto out;
-        }
-        struct eng_redis_options ropt;
-        eng_redis_options_init(&ropt);
-        ropt.seen_ttl_s = (uint32_t)seen_ttl;
-        sinks[nsinks] = eng_redis_sink_create(eng_opt(&o, OPT_REDIS), &ropt, &err);
-        if (sinks[nsinks] == NULL)
-            goto fail;
-        nsinks++;
-    }
-    if (eng_opt_sink_enabled(&o, "http")) {
-        if (eng_opt(&o, OPT_HTTP) == NULL) {
-            fprintf(stderr, "engage: the http sink needs --http URL\n");
-            status = 2;
-            goto out;
-        }
-        struct eng_http_options hopt;
-        eng_http_options_default(&hopt);
-        hopt.batch_size = (uint32_t)http_batch;
-        hopt.timeout_ms = http_timeout;
-        hopt.max_attempts = (uint32_t)http_attempts;
-        hopt.retry_budget_ms = http_budget;
-        hopt.max_in_flight = (uint32_t)http_inflight;
-        hopt.token_file = eng_opt(&o, OPT_HTTP_TOKEN_FILE);
-        /* The sink thread parks through a dlq of its own (one connection per thread). */
-        http_dlq = eng_dlq_create(eng_opt(&o, OPT_PG), eng_opt(&o, OPT_DLQ_TABLE));
-        hopt.dlq = http_dlq;
-        sinks[nsinks] = eng_http_sink_create(eng_opt(&o, OPT_HTTP), &hopt, &err);
-        if (sinks[nsinks] == NULL)
-            goto fail;
-        nsinks++;
-    }
-    if (eng_opt_sink_enabled(&o, "stdout"))
-        sinks[nsinks++] = eng_stdout_sink_create(1);
-    if (nsinks == 0) {
-        fprintf(stderr, "engage: no sink configured: give --clickhouse, --redis or --http\n");
+    int crc = eng_cli_sinks_create(&o, true, &cs, &err);
+    if (crc == 2) {
         status = 2;
         goto out;
     }
-
-    struct eng_pipeline_options popt = {.queue_depth = (uint32_t)depth,
-                                        .queue_bytes = (size_t)queue_mb << 20};
-    pipeline = eng_pipeline_create(sinks, nsinks, &popt, &err);
-    nsinks = 0; /* now owned by the pipeline */
-    if (pipeline == NULL)
+    if (crc != 0)
         goto fail;
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    eng_cli_catch_stop_signals(on_signal);
 
     if (strcmp(eng_opt(&o, OPT_ADMIN_ADDR), "off") != 0) {
-        struct eng_admin_hooks hooks = {.ready = ready_hook, .ctx = pipeline};
+        struct eng_admin_hooks hooks = {.ready = ready_hook, .ctx = cs.pipeline};
         admin = eng_admin_start(eng_opt(&o, OPT_ADMIN_ADDR), hooks, &err);
         if (admin == NULL)
             goto fail;
     }
     dlq = eng_dlq_create(eng_opt(&o, OPT_PG), eng_opt(&o, OPT_DLQ_TABLE));
-    if (eng_pipeline_start(pipeline, &err) != 0)
+    if (eng_pipeline_start(cs.pipeline, &err) != 0)
         goto fail;
 
     struct eng_pg_source_options sopt = {
@@ -207,8 +125,8 @@ int eng_cmd_run(int argc, char **argv)
         .status_interval_us = 10000000,
         .dlq = dlq,
     };
-    eng_info("msg=\"starting\" sinks=%s", eng_opt(&o, OPT_SINKS) ? eng_opt(&o, OPT_SINKS) : "auto");
-    if (eng_pg_source_run(&sopt, pipeline, &stop_requested, &err) != 0)
+    eng_info("msg=\"starting\" sinks=%s", cs.names);
+    if (eng_pg_source_run(&sopt, cs.pipeline, &stop_requested, &err) != 0)
         goto fail;
     eng_info("msg=\"stopped\"");
     status = 0;
@@ -217,12 +135,9 @@ fail:
     eng_error("msg=\"%s\"", err.msg);
     status = 1;
 out:
-    for (size_t i = 0; i < nsinks; i++)
-        eng_sink_destroy(sinks[i]);
     eng_admin_stop(admin); /* first: /readyz reads the pipeline */
-    eng_pipeline_destroy(pipeline);
+    eng_cli_sinks_destroy(&cs);
     eng_dlq_destroy(dlq);
-    eng_dlq_destroy(http_dlq);
     eng_options_free(&o);
     return status;
 }

@@ -11,6 +11,7 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  run        PostgreSQL logical replication -> sinks (the default)\n"
+    "  backfill   a time range of engagement_events -> sinks (--start T --end T)\n"
     "  dlq        list and replay the dead-letter table (dlq list, dlq replay)\n"
     "  mock-api   a stand-in for the external HTTP API, for tests and demos\n"
     "\n"
@@ -23,6 +24,7 @@ struct command {
 
 static const struct command commands[] = {
     {"run", eng_cmd_run},
+    {"backfill", eng_cmd_backfill},
     {"dlq", eng_cmd_dlq},
     {"mock-api", eng_cmd_mock_api},
 };

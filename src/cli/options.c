@@ -42,6 +42,8 @@ static const struct opt_def defs[OPT__COUNT] = {
     [OPT_DLQ_TABLE] = {"dlq-table", "ENGAGE_DLQ_TABLE", "engage_dlq"},
     [OPT_SEEN_TTL] = {"seen-ttl", "ENGAGE_SEEN_TTL", "0"},
     [OPT_CONFIG] = {"config", "ENGAGE_CONFIG", NULL},
+    [OPT_START] = {"start", "ENGAGE_START", NULL},
+    [OPT_END] = {"end", "ENGAGE_END", NULL},
 };
 
 const char *eng_opt(const struct eng_options *o, enum eng_opt_id id)

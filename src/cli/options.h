@@ -35,6 +35,8 @@ enum eng_opt_id {
     OPT_DLQ_TABLE,
     OPT_SEEN_TTL,
     OPT_CONFIG,
+    OPT_START,
+    OPT_END,
     OPT__COUNT
 };
 

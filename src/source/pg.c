@@ -22,6 +22,7 @@
 #include "../decode/pgoutput.h"
 #include "../enrich/enrich.h"
 #include "pg.h"
+#include "pgconn.h"
 #include "state.h"
 
 enum rel_role { REL_OTHER, REL_EVENTS, REL_CONTENT };
@@ -159,54 +160,12 @@ static void apply_change(struct eng_content_cache *c, const struct content_chang
     }
 }
 
-static int pq_fail(struct eng_error *err, PGconn *c, const char *what)
-{
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s", c ? PQerrorMessage(c) : "no connection");
-    msg[strcspn(msg, "\n")] = '\0';
-    return eng_error_set(err, ENG_EIO, true, "%s: %s", what, msg);
-}
-
-/* Runs a command that returns no rows or rows; returns the result or NULL with err set. */
-static PGresult *exec_ok(PGconn *c, const char *sql, int nparams, const char *const *params,
-                         struct eng_error *err, const char *what)
-{
-    PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-        return r;
-    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-    bool retriable = PQstatus(c) != CONNECTION_OK || (state && strncmp(state, "08", 2) == 0) ||
-                     (state && strncmp(state, "57P", 3) == 0);
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
-    msg[strcspn(msg, "\n")] = '\0';
-    eng_error_set(err, retriable ? ENG_EIO : ENG_EINVAL, retriable, "%s: %s", what, msg);
-    PQclear(r);
-    return NULL;
-}
-
 /* ---- set-up ---- */
-
-static PGconn *connect_pg(const char *conninfo, bool replication, struct eng_error *err)
-{
-    const char *keys[] = {"application_name", "dbname", replication ? "replication" : NULL, NULL};
-    const char *vals[] = {"engage", conninfo, "database", NULL};
-    PGconn *c = PQconnectdbParams(keys, vals, 1);
-    if (PQstatus(c) != CONNECTION_OK) {
-        pq_fail(err, c,
-                replication ? "could not open replication connection"
-                            : "could not connect to PostgreSQL");
-        PQfinish(c);
-        return NULL;
-    }
-    return c;
-}
 
 static int check_server(struct pgsrc *s, struct eng_error *err)
 {
-    PGresult *r = exec_ok(s->conn, "SELECT current_setting('wal_level')", 0, NULL, err,
-                          "could not read wal_level");
+    PGresult *r = eng_pg_exec(s->conn, "SELECT current_setting('wal_level')", 0, NULL, err,
+                              "could not read wal_level");
     if (r == NULL)
         return err->code;
     bool logical = strcmp(PQgetvalue(r, 0, 0), "logical") == 0;
@@ -222,18 +181,18 @@ static int ensure_publication(struct pgsrc *s, struct eng_error *err)
 {
     const char *pub = s->opt->publication;
     const char *params[] = {pub};
-    PGresult *r = exec_ok(s->conn,
-                          "SELECT tablename FROM pg_publication_tables WHERE pubname = $1 AND "
-                          "tablename IN ('engagement_events', 'content')",
-                          1, params, err, "could not read publication");
+    PGresult *r = eng_pg_exec(s->conn,
+                              "SELECT tablename FROM pg_publication_tables WHERE pubname = $1 AND "
+                              "tablename IN ('engagement_events', 'content')",
+                              1, params, err, "could not read publication");
     if (r == NULL)
         return err->code;
     int have = PQntuples(r);
     PQclear(r);
     if (have == 2)
         return 0;
-    r = exec_ok(s->conn, "SELECT 1 FROM pg_publication WHERE pubname = $1", 1, params, err,
-                "could not read publication");
+    r = eng_pg_exec(s->conn, "SELECT 1 FROM pg_publication WHERE pubname = $1", 1, params, err,
+                    "could not read publication");
     if (r == NULL)
         return err->code;
     bool exists = PQntuples(r) > 0;
@@ -245,7 +204,7 @@ static int ensure_publication(struct pgsrc *s, struct eng_error *err)
                              pub, pub);
     char sql[256];
     snprintf(sql, sizeof(sql), "CREATE PUBLICATION %s FOR TABLE engagement_events, content", pub);
-    r = exec_ok(s->conn, sql, 0, NULL, err, "could not create publication");
+    r = eng_pg_exec(s->conn, sql, 0, NULL, err, "could not create publication");
     if (r == NULL)
         return err->code;
     PQclear(r);
@@ -253,60 +212,12 @@ static int ensure_publication(struct pgsrc *s, struct eng_error *err)
     return 0;
 }
 
-static int load_content_table(PGconn *c, const char *snapshot, struct eng_content_cache *cache,
-                              struct eng_error *err)
-{
-    PGresult *r = exec_ok(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, err,
-                          "could not begin snapshot transaction");
-    if (r == NULL)
-        return err->code;
-    PQclear(r);
-    if (snapshot != NULL) {
-        char sql[128];
-        snprintf(sql, sizeof(sql), "SET TRANSACTION SNAPSHOT '%s'", snapshot);
-        r = exec_ok(c, sql, 0, NULL, err, "could not use the slot's snapshot");
-        if (r == NULL)
-            goto fail;
-        PQclear(r);
-    }
-    r = exec_ok(c, "SELECT content_id, content_type, length_seconds FROM content", 0, NULL, err,
-                "could not read content");
-    if (r == NULL)
-        goto fail;
-    eng_content_cache_clear(cache);
-    for (int i = 0; i < PQntuples(r); i++) {
-        struct eng_content row = {0};
-        const char *id = PQgetvalue(r, i, 0);
-        if (PQgetisnull(r, i, 0) || !eng_parse_i32(id, strlen(id), &row.content_id))
-            continue;
-        row.type_null = PQgetisnull(r, i, 1);
-        row.content_type = PQgetvalue(r, i, 1);
-        row.type_len = (uint32_t)PQgetlength(r, i, 1);
-        row.length_null = PQgetisnull(r, i, 2);
-        if (!row.length_null) {
-            const char *l = PQgetvalue(r, i, 2);
-            if (!eng_parse_i32(l, strlen(l), &row.length_seconds))
-                row.length_null = true;
-        }
-        eng_content_cache_put(cache, &row);
-    }
-    PQclear(r);
-    r = exec_ok(c, "COMMIT", 0, NULL, err, "could not end snapshot transaction");
-    if (r == NULL)
-        return err->code;
-    PQclear(r);
-    return 0;
-fail:
-    PQclear(PQexec(c, "ROLLBACK"));
-    return err->code;
-}
-
 static int identify_system(struct pgsrc *s, struct eng_error *err)
 {
     PGresult *r = PQexec(s->repl, "IDENTIFY_SYSTEM");
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) < 3) {
         PQclear(r);
-        return pq_fail(err, s->repl, "IDENTIFY_SYSTEM failed");
+        return eng_pg_fail(err, s->repl, "IDENTIFY_SYSTEM failed");
     }
     char sysid[32];
     snprintf(sysid, sizeof(sysid), "%s", PQgetvalue(r, 0, 0));
@@ -342,10 +253,10 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
 {
     const char *slot = s->opt->slot;
     const char *params[] = {slot};
-    PGresult *r = exec_ok(s->conn,
-                          "SELECT plugin, database = current_database(), confirmed_flush_lsn, "
-                          "wal_status FROM pg_replication_slots WHERE slot_name = $1",
-                          1, params, err, "could not read replication slots");
+    PGresult *r = eng_pg_exec(s->conn,
+                              "SELECT plugin, database = current_database(), confirmed_flush_lsn, "
+                              "wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                              1, params, err, "could not read replication slots");
     if (r == NULL)
         return err->code;
     bool exists = PQntuples(r) == 1;
@@ -406,7 +317,7 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
                      "so events replayed from the slot may be enriched with newer content\" "
                      "slot=%s dir=%s",
                      slot, s->opt->state_dir);
-            if (load_content_table(s->conn, NULL, s->durable, err) != 0)
+            if (eng_pg_load_content(s->conn, NULL, s->durable, err) != 0)
                 return err->code;
             s->confirmed = confirmed_flush;
             if (save_state(s, confirmed_flush, err) != 0)
@@ -427,7 +338,7 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
         r = PQexec(s->repl, sql);
         if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
             PQclear(r);
-            return pq_fail(err, s->repl, "could not create replication slot");
+            return eng_pg_fail(err, s->repl, "could not create replication slot");
         }
         uint64_t consistent = 0;
         eng_lsn_parse(PQgetvalue(r, 0, 1), &consistent);
@@ -435,7 +346,7 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
         snprintf(snapshot, sizeof(snapshot), "%s", PQgetvalue(r, 0, 2));
         PQclear(r);
         /* The snapshot stays valid while the replication connection runs no other command. */
-        if (load_content_table(s->conn, snapshot, s->durable, err) != 0)
+        if (eng_pg_load_content(s->conn, snapshot, s->durable, err) != 0)
             return err->code;
         if (save_state(s, consistent, err) != 0)
             return err->code;
@@ -888,9 +799,9 @@ static int stream(struct pgsrc *s, struct eng_error *err)
                 wait = left < 0 ? 0 : left < wait ? left : wait;
             }
             if (wait > 0 && wait_readable(s->repl, wait) != 0)
-                return pq_fail(err, s->repl, "replication connection failed");
+                return eng_pg_fail(err, s->repl, "replication connection failed");
             if (PQconsumeInput(s->repl) == 0)
-                return pq_fail(err, s->repl, "replication connection failed");
+                return eng_pg_fail(err, s->repl, "replication connection failed");
             if (s->batch_deadline != 0 && eng_clock_mono_us() >= s->batch_deadline &&
                 batch_waiting(s)) {
                 if (flush_batch(s) != 0)
@@ -907,7 +818,7 @@ static int stream(struct pgsrc *s, struct eng_error *err)
             return eng_error_set(err, ENG_EIO, true, "replication stream ended: %s", msg);
         }
         if (n < 0)
-            return pq_fail(err, s->repl, "replication connection failed");
+            return eng_pg_fail(err, s->repl, "replication connection failed");
         int rc = on_copy_data(s, buf, n, err);
         PQfreemem(buf);
         if (rc != 0)
@@ -928,10 +839,10 @@ static int stream(struct pgsrc *s, struct eng_error *err)
 static int session(struct pgsrc *s, struct eng_error *err)
 {
     uint64_t start = 0;
-    s->conn = connect_pg(s->opt->conninfo, false, err);
+    s->conn = eng_pg_connect(s->opt->conninfo, false, err);
     if (s->conn == NULL)
         return err->code;
-    s->repl = connect_pg(s->opt->conninfo, true, err);
+    s->repl = eng_pg_connect(s->opt->conninfo, true, err);
     if (s->repl == NULL)
         return err->code;
     if (check_server(s, err) != 0 || identify_system(s, err) != 0 ||

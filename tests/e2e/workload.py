@@ -173,14 +173,15 @@ class Workload:
         finally:
             conn.close()
 
-    def run(self, total, sessions=4, pace=0.0, background=False):
+    def run(self, total, sessions=4, pace=0.0, background=False, update_content=True):
         """Insert `total` events from `sessions` concurrent sessions while a
-        further session updates content rows. pace: mean seconds between a
-        session's transactions (0 = as fast as possible). With background,
-        returns a join() callable instead of waiting."""
+        further session updates content rows (unless update_content is false).
+        pace: mean seconds between a session's transactions (0 = as fast as
+        possible). With background, returns a join() callable instead of waiting."""
         stop = threading.Event()
         updater = threading.Thread(target=self._updater, args=(stop, self.rng.random()))
-        updater.start()
+        if update_content:
+            updater.start()
         quotas = [total // sessions + (1 if i < total % sessions else 0) for i in range(sessions)]
         threads = [threading.Thread(target=self._session, args=(self.rng.random(), q, pace)) for q in quotas]
         for t in threads:
@@ -190,7 +191,8 @@ class Workload:
             for t in threads:
                 t.join()
             stop.set()
-            updater.join()
+            if update_content:
+                updater.join()
             if self.errors:
                 raise self.errors[0]
             assert len(self.expected) == total, (len(self.expected), total)

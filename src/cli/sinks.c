@@ -1,0 +1,152 @@
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../core/log.h"
+
+#include "../sink/clickhouse.h"
+#include "../sink/http.h"
+#include "../sink/redis.h"
+#include "../sink/stdout.h"
+#include "sinks.h"
+
+/* The sink's URL, or NULL after printing why it is missing. */
+static const char *sink_url(const struct eng_options *o, const char *name, enum eng_opt_id id)
+{
+    const char *url = eng_opt(o, id);
+    if (url == NULL)
+        fprintf(stderr, "engage: the %s sink needs --%s URL\n", name, name);
+    return url;
+}
+
+static void add_name(struct eng_cli_sinks *cs, const char *name)
+{
+    size_t used = strlen(cs->names);
+    snprintf(cs->names + used, sizeof(cs->names) - used, "%s%s", used ? "," : "", name);
+}
+
+bool eng_cli_http_options(const struct eng_options *o, struct eng_http_options *out)
+{
+    int64_t batch = 100, timeout = 5000, attempts = 8, budget = 60000, inflight = 4;
+    if (!eng_opt_int(o, OPT_HTTP_BATCH, 1, 10000, &batch) ||
+        !eng_opt_int(o, OPT_HTTP_TIMEOUT_MS, 1, 3600000, &timeout) ||
+        !eng_opt_int(o, OPT_HTTP_MAX_ATTEMPTS, 1, 1000, &attempts) ||
+        !eng_opt_int(o, OPT_HTTP_RETRY_BUDGET_MS, 1, 86400000, &budget) ||
+        !eng_opt_int(o, OPT_HTTP_INFLIGHT, 1, 256, &inflight))
+        return false;
+    eng_http_options_default(out);
+    out->batch_size = (uint32_t)batch;
+    out->timeout_ms = timeout;
+    out->max_attempts = (uint32_t)attempts;
+    out->retry_budget_ms = budget;
+    out->max_in_flight = (uint32_t)inflight;
+    out->token_file = eng_opt(o, OPT_HTTP_TOKEN_FILE);
+    return true;
+}
+
+bool eng_cli_log_level(const struct eng_options *o)
+{
+    enum eng_log_level level;
+    if (!eng_log_parse_level(eng_opt(o, OPT_LOG_LEVEL), &level)) {
+        fprintf(stderr, "engage: unknown log level \"%s\"\n", eng_opt(o, OPT_LOG_LEVEL));
+        return false;
+    }
+    eng_log_set_level(level);
+    return true;
+}
+
+void eng_cli_catch_stop_signals(void (*handler)(int))
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = handler;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default,
+                         struct eng_cli_sinks *out, struct eng_error *err)
+{
+    struct eng_sink *sinks[8];
+    size_t nsinks = 0;
+    int status = 1;
+    int64_t depth = 1024, queue_mb = 128, ch_interval_ms = 200, seen_ttl = 0;
+    struct eng_http_options hopt;
+    memset(out, 0, sizeof(*out));
+    if (!eng_opt_int(o, OPT_QUEUE_DEPTH, 1, 1 << 20, &depth) ||
+        !eng_opt_int(o, OPT_QUEUE_MB, 1, 1 << 20, &queue_mb) ||
+        !eng_opt_int(o, OPT_CLICKHOUSE_INTERVAL_MS, 0, 60000, &ch_interval_ms) ||
+        !eng_opt_int(o, OPT_SEEN_TTL, 0, UINT32_MAX, &seen_ttl) || !eng_cli_http_options(o, &hopt))
+        return 2;
+
+    if (eng_opt_sink_enabled(o, "clickhouse")) {
+        const char *url = sink_url(o, "clickhouse", OPT_CLICKHOUSE);
+        if (url == NULL)
+            goto usage;
+        sinks[nsinks] = eng_clickhouse_sink_create(url, err);
+        if (sinks[nsinks] == NULL)
+            goto fail;
+        sinks[nsinks++]->min_write_interval_us = ch_interval_ms * 1000;
+        add_name(out, "clickhouse");
+    }
+    if (eng_opt_sink_enabled(o, "redis")) {
+        const char *url = sink_url(o, "redis", OPT_REDIS);
+        if (url == NULL)
+            goto usage;
+        struct eng_redis_options ropt;
+        eng_redis_options_init(&ropt);
+        ropt.seen_ttl_s = (uint32_t)seen_ttl;
+        sinks[nsinks] = eng_redis_sink_create(url, &ropt, err);
+        if (sinks[nsinks] == NULL)
+            goto fail;
+        nsinks++;
+        add_name(out, "redis");
+    }
+    if (eng_opt_sink_enabled(o, "http") && (http_by_default || eng_opt(o, OPT_SINKS) != NULL)) {
+        const char *url = sink_url(o, "http", OPT_HTTP);
+        if (url == NULL)
+            goto usage;
+        /* The sink thread parks through a dlq of its own (one connection per thread). */
+        out->http_dlq = eng_dlq_create(eng_opt(o, OPT_PG), eng_opt(o, OPT_DLQ_TABLE));
+        hopt.dlq = out->http_dlq;
+        sinks[nsinks] = eng_http_sink_create(url, &hopt, err);
+        if (sinks[nsinks] == NULL)
+            goto fail;
+        nsinks++;
+        add_name(out, "http");
+    }
+    if (eng_opt_sink_enabled(o, "stdout")) {
+        sinks[nsinks++] = eng_stdout_sink_create(1);
+        add_name(out, "stdout");
+    }
+    if (nsinks == 0) {
+        fprintf(stderr, "engage: no sink configured: give --clickhouse, --redis or --http\n");
+        goto usage;
+    }
+
+    struct eng_pipeline_options popt = {.queue_depth = (uint32_t)depth,
+                                        .queue_bytes = (size_t)queue_mb << 20};
+    out->pipeline = eng_pipeline_create(sinks, nsinks, &popt, err);
+    nsinks = 0; /* now owned by the pipeline */
+    if (out->pipeline == NULL)
+        goto fail;
+    return 0;
+usage:
+    status = 2;
+fail:
+    for (size_t i = 0; i < nsinks; i++)
+        eng_sink_destroy(sinks[i]);
+    eng_dlq_destroy(out->http_dlq);
+    out->http_dlq = NULL;
+    return status;
+}
+
+void eng_cli_sinks_destroy(struct eng_cli_sinks *cs)
+{
+    eng_pipeline_destroy(cs->pipeline);
+    cs->pipeline = NULL;
+    eng_dlq_destroy(cs->http_dlq);
+    cs->http_dlq = NULL;
+}

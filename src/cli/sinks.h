@@ -1,0 +1,41 @@
+/* engage: the sinks and the pipeline that `run` and `backfill` build from the shared
+ * options. Ownership: struct eng_cli_sinks owns the pipeline (and through it the sinks) and
+ * the HTTP sink's dead-letter connection; eng_cli_sinks_destroy releases them. */
+#ifndef ENG_CLI_SINKS_H
+#define ENG_CLI_SINKS_H
+
+#include <stdbool.h>
+
+#include "../core/error.h"
+#include "../pipeline/dlq.h"
+#include "../pipeline/pipeline.h"
+#include "../sink/http.h"
+#include "options.h"
+
+struct eng_cli_sinks {
+    struct eng_pipeline *pipeline;
+    struct eng_dlq *http_dlq;
+    char names[64]; /* "clickhouse,redis": for the log */
+};
+
+/* Creates every sink the options enable (a sink listed in --sinks, or, without --sinks, every
+ * sink with a URL; the HTTP sink without --sinks only when http_by_default) and a pipeline
+ * over them, not started. Returns 0; 2 after printing a usage error; 1 with err set. */
+int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default,
+                         struct eng_cli_sinks *out, struct eng_error *err) ENG_MUSTCHECK;
+
+/* Fills the HTTP sink's options from --http-batch, --http-timeout-ms, --http-max-attempts,
+ * --http-retry-budget-ms, --http-inflight and --http-token-file (dlq left NULL). Returns
+ * false after printing a usage error. */
+bool eng_cli_http_options(const struct eng_options *o, struct eng_http_options *out);
+
+/* Sets the log level from --log-level; false after printing a usage error. */
+bool eng_cli_log_level(const struct eng_options *o);
+
+/* Calls handler on SIGTERM and SIGINT, and ignores SIGPIPE. */
+void eng_cli_catch_stop_signals(void (*handler)(int));
+
+/* Stops and frees the pipeline, its sinks and the dead-letter connection. */
+void eng_cli_sinks_destroy(struct eng_cli_sinks *cs);
+
+#endif

@@ -1,0 +1,509 @@
+/* Backfill. Pages come from keyset pagination in (event_ts, event_id) order:
+ *
+ *   WHERE event_ts >= $start AND event_ts < $end AND (event_ts, event_id) > ($ts, $id)
+ *   ORDER BY event_ts, event_id LIMIT $n
+ *
+ * so a page query costs the same wherever it is in the range (given an index on
+ * (event_ts, event_id); without one each page sorts the range). The key of a page's last
+ * row is kept as PostgreSQL's own text, so it is handed back exactly.
+ *
+ * Each page is one batch whose position is its page number. A page's key becomes the
+ * resume point once every sink made the page durable (the pipeline's durable position),
+ * written to STATE_DIR/backfill-<hash of the range>.state; so a stopped run resumes after
+ * the last durable page and redelivers at most what was in flight, which the sinks absorb
+ * (ClickHouse collapses twins, Redis's seen-set, the API's dedupe by event_id).
+ *
+ * Enrichment uses the content table as it is when the backfill starts: the history of a
+ * content row is not kept anywhere, so an event is enriched as of now, not as of its
+ * commit (docs/backfill.md). */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../core/backoff.h"
+#include "../core/buf.h"
+#include "../core/clock.h"
+#include "../core/log.h"
+#include "../core/pgtext.h"
+#include "../enrich/enrich.h"
+#include "backfill.h"
+#include "pgconn.h"
+
+#define KEY_TEXT_MAX 64 /* a timestamp's or a bigint's text */
+
+/* A position in the range: the last row of a page. */
+struct page_key {
+    char ts[KEY_TEXT_MAX];
+    char id[KEY_TEXT_MAX];
+};
+
+/* A submitted page not yet durable everywhere. */
+struct pending_page {
+    uint64_t page;
+    struct page_key key;
+};
+
+struct backfill {
+    const struct eng_backfill_options *opt;
+    struct eng_pipeline *p;
+    volatile sig_atomic_t *stop;
+    struct eng_backfill_stats *stats;
+    PGconn *conn;
+    struct eng_content_cache *cache;
+    char start[KEY_TEXT_MAX], end[KEY_TEXT_MAX]; /* as PostgreSQL normalizes them */
+    char state_path[4096];
+    struct page_key after; /* the last row submitted */
+    bool have_after;
+    uint64_t pages;        /* submitted */
+    uint64_t durable_page; /* saved as the resume point */
+    struct pending_page *pending;
+    size_t npending, cap_pending;
+    int64_t started_us, last_progress_us;
+};
+
+static int connect_and_prepare(struct backfill *b, struct eng_error *err)
+{
+    PQfinish(b->conn);
+    b->conn = eng_pg_connect(b->opt->conninfo, false, err);
+    if (b->conn == NULL)
+        return err->code;
+    /* Timestamps come back as 'YYYY-MM-DD HH:MM:SS[.ffffff]', whatever the server's default. */
+    PGresult *r =
+        eng_pg_exec(b->conn, "SET DateStyle = ISO", 0, NULL, err, "could not set DateStyle");
+    if (r == NULL)
+        return err->code;
+    PQclear(r);
+    return 0;
+}
+
+/* Normalizes the range through PostgreSQL (so any timestamp text it reads works, and the
+ * resume file names the range the same way however it was typed). */
+static int read_range(struct backfill *b, struct eng_error *err)
+{
+    const char *params[] = {b->opt->start, b->opt->end};
+    PGresult *r = eng_pg_exec(b->conn,
+                              "SELECT $1::timestamp::text, $2::timestamp::text, "
+                              "$1::timestamp < $2::timestamp",
+                              2, params, err, "could not read --start and --end as timestamps");
+    if (r == NULL)
+        return err->code;
+    snprintf(b->start, sizeof(b->start), "%s", PQgetvalue(r, 0, 0));
+    snprintf(b->end, sizeof(b->end), "%s", PQgetvalue(r, 0, 1));
+    bool ordered = strcmp(PQgetvalue(r, 0, 2), "t") == 0;
+    PQclear(r);
+    if (!ordered)
+        return eng_error_set(err, ENG_EINVAL, false,
+                             "the range is empty: --start %s is not before --end %s", b->start,
+                             b->end);
+    return 0;
+}
+
+static uint64_t fnv1a(const char *s, uint64_t h)
+{
+    for (; *s != '\0'; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
+/* Reads the resume file if it is for this range. */
+static void load_resume(struct backfill *b)
+{
+    FILE *f = fopen(b->state_path, "r");
+    if (f == NULL)
+        return;
+    char line[2][256];
+    bool ok = true;
+    for (int i = 0; i < 2 && ok; i++) {
+        ok = fgets(line[i], sizeof(line[i]), f) != NULL;
+        if (ok)
+            line[i][strcspn(line[i], "\n")] = '\0';
+    }
+    fclose(f);
+    char want[200];
+    snprintf(want, sizeof(want), "engage-backfill 1 %s|%s", b->start, b->end);
+    char *tab = ok ? strchr(line[1], '\t') : NULL;
+    if (!ok || strcmp(line[0], want) != 0 || strncmp(line[1], "after ", 6) != 0 || tab == NULL) {
+        eng_warn("msg=\"backfill resume file ignored: not for this range\" path=\"%s\"",
+                 b->state_path);
+        return;
+    }
+    *tab = '\0';
+    const char *ts = line[1] + 6, *idtext = tab + 1;
+    int64_t id;
+    if (ts[0] == '\0' || strlen(ts) >= KEY_TEXT_MAX || strlen(idtext) >= KEY_TEXT_MAX ||
+        !eng_parse_i64(idtext, strlen(idtext), &id)) {
+        eng_warn("msg=\"backfill resume file ignored: corrupt\" path=\"%s\"", b->state_path);
+        return;
+    }
+    memcpy(b->after.ts, ts, strlen(ts) + 1); /* lengths checked above */
+    memcpy(b->after.id, idtext, strlen(idtext) + 1);
+    b->have_after = true;
+    b->stats->resumed = true;
+}
+
+/* Writes the resume point (temporary file and rename: a crash leaves the old or the new). */
+static void save_resume(struct backfill *b, const struct page_key *key)
+{
+    if (b->opt->state_dir == NULL)
+        return;
+    char tmp[4200];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", b->state_path);
+    FILE *f = fopen(tmp, "w");
+    bool ok = f != NULL;
+    if (ok) {
+        fprintf(f, "engage-backfill 1 %s|%s\nafter %s\t%s\n", b->start, b->end, key->ts, key->id);
+        ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+        ok = fclose(f) == 0 && ok;
+    }
+    if (ok && rename(tmp, b->state_path) != 0)
+        ok = false;
+    if (!ok) {
+        eng_warn("msg=\"could not save the backfill resume point\" path=\"%s\" error=\"%s\"",
+                 b->state_path, strerror(errno));
+        unlink(tmp);
+    }
+}
+
+/* Moves the resume point to the last page every sink has made durable. */
+static void checkpoint(struct backfill *b)
+{
+    uint64_t durable = eng_pipeline_durable_position(b->p);
+    if (durable <= b->durable_page)
+        return;
+    size_t k = 0;
+    while (k < b->npending && b->pending[k].page <= durable)
+        k++;
+    if (k == 0)
+        return;
+    save_resume(b, &b->pending[k - 1].key);
+    b->durable_page = b->pending[k - 1].page;
+    memmove(b->pending, b->pending + k, (b->npending - k) * sizeof(*b->pending));
+    b->npending -= k;
+}
+
+static void show_progress(struct backfill *b, bool last)
+{
+    if (!b->opt->progress)
+        return;
+    int64_t now = eng_clock_mono_us();
+    if (!last && now - b->last_progress_us < 200000)
+        return;
+    b->last_progress_us = now;
+    double secs = (double)(now - b->started_us) / 1e6;
+    uint64_t done = b->stats->events;
+    double pct = b->stats->total ? 100.0 * (double)done / (double)b->stats->total : 100.0;
+    fprintf(stderr, "\rbackfill: %5.1f%%  %" PRIu64 " of %" PRIu64 " events  %.0f/s   ",
+            pct > 100.0 ? 100.0 : pct, done, b->stats->total, secs > 0 ? (double)done / secs : 0.0);
+    if (last)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+/* The row as a JSON object of column texts, for the dead-letter queue. */
+static void row_json(const PGresult *r, int row, struct eng_buf *out)
+{
+    eng_buf_putc(out, '{');
+    for (int c = 0; c < PQnfields(r); c++) {
+        if (c > 0)
+            eng_buf_putc(out, ',');
+        const char *name = PQfname(r, c);
+        eng_buf_put_json_str(out, name, strlen(name));
+        eng_buf_putc(out, ':');
+        if (PQgetisnull(r, row, c))
+            eng_buf_puts(out, "null");
+        else
+            eng_buf_put_json_str(out, PQgetvalue(r, row, c), (size_t)PQgetlength(r, row, c));
+    }
+    eng_buf_putc(out, '}');
+}
+
+static int park_row(struct backfill *b, const PGresult *r, int row, const char *reason,
+                    struct eng_error *err)
+{
+    struct eng_buf payload = {0};
+    row_json(r, row, &payload);
+    int64_t id = -1;
+    if (!PQgetisnull(r, row, ENG_COL_EVENT_ID))
+        eng_parse_i64(PQgetvalue(r, row, ENG_COL_EVENT_ID),
+                      (size_t)PQgetlength(r, row, ENG_COL_EVENT_ID), &id);
+    struct eng_dlq_item item = {
+        .origin = "backfill",
+        .position = "backfill",
+        .event_id = id,
+        .reason = reason,
+        .payload = payload.data,
+        .payload_len = payload.len,
+    };
+    eng_warn("msg=\"bad row parked in the dead-letter queue\" event_id=%lld reason=\"%s\"",
+             (long long)id, reason);
+    int rc = eng_dlq_park(b->opt->dlq, &item, 1, err);
+    eng_buf_free(&payload);
+    if (rc == 0)
+        b->stats->parked++;
+    return rc;
+}
+
+/* Queries the next page. Returns the result (0 rows at the end) or NULL with err set. */
+static PGresult *query_page(struct backfill *b, struct eng_error *err)
+{
+    char limit[16];
+    snprintf(limit, sizeof(limit), "%u", b->opt->page_events);
+    if (!b->have_after) {
+        const char *params[] = {b->start, b->end, limit};
+        return eng_pg_exec(b->conn,
+                           "SELECT event_id, content_id, user_id, event_type, event_ts, "
+                           "duration_ms, device FROM engagement_events WHERE event_ts >= "
+                           "$1::timestamp AND event_ts < $2::timestamp ORDER BY event_ts, "
+                           "event_id LIMIT $3::int",
+                           3, params, err, "could not read engagement_events");
+    }
+    const char *params[] = {b->start, b->end, b->after.ts, b->after.id, limit};
+    return eng_pg_exec(b->conn,
+                       "SELECT event_id, content_id, user_id, event_type, event_ts, duration_ms, "
+                       "device FROM engagement_events WHERE event_ts >= $1::timestamp AND "
+                       "event_ts < $2::timestamp AND (event_ts, event_id) > ($3::timestamp, "
+                       "$4::bigint) ORDER BY event_ts, event_id LIMIT $5::int",
+                       5, params, err, "could not read engagement_events");
+}
+
+/* Turns a page's rows into a batch of enriched events; rows that are not events are parked. */
+static int page_batch(struct backfill *b, const PGresult *r, struct eng_batch **out,
+                      struct eng_error *err)
+{
+    int n = PQntuples(r);
+    struct eng_batch *batch = eng_batch_create((uint32_t)n);
+    for (int i = 0; i < n; i++) {
+        struct eng_text cols[ENG_COL__COUNT];
+        for (int c = 0; c < ENG_COL__COUNT; c++) {
+            cols[c].null = PQgetisnull(r, i, c);
+            cols[c].data = PQgetvalue(r, i, c);
+            cols[c].len = (uint32_t)PQgetlength(r, i, c);
+        }
+        struct eng_event *e = eng_batch_push(batch);
+        struct eng_error perr;
+        eng_error_clear(&perr);
+        if (eng_event_from_text(batch, e, cols, &perr) != 0) {
+            eng_batch_pop(batch);
+            if (park_row(b, r, i, perr.msg, err) != 0) {
+                eng_batch_release(batch);
+                return err->code;
+            }
+            continue;
+        }
+        if (!eng_enrich(batch, e, b->cache))
+            b->stats->misses++;
+    }
+    *out = batch;
+    return 0;
+}
+
+static void sleep_us(int64_t us)
+{
+    struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* Sleeps the backoff's next delay (waking for a stop) and reconnects. */
+static void reconnect_later(struct backfill *b, struct eng_backoff *bo, const char *why)
+{
+    int64_t delay = eng_backoff_next(bo);
+    eng_warn("msg=\"backfill query failed, will retry\" retry_in_ms=%lld error=\"%s\"",
+             (long long)(delay / 1000), why);
+    for (int64_t slept = 0; slept < delay && !*b->stop; slept += 50000)
+        sleep_us(delay - slept < 50000 ? delay - slept : 50000);
+    struct eng_error err;
+    eng_error_clear(&err);
+    if (!*b->stop && connect_and_prepare(b, &err) != 0)
+        eng_warn("msg=\"backfill reconnect failed\" error=\"%s\"", err.msg);
+}
+
+/* Keyset pages need an index that leads with (event_ts, event_id); without one every page
+ * sorts the rest of the range. Says so once, with the statement that fixes it. */
+static void warn_without_index(struct backfill *b)
+{
+    struct eng_error err;
+    PGresult *r = eng_pg_exec(b->conn,
+                              "SELECT 1 FROM pg_index i "
+                              "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = "
+                              "i.indkey[0] "
+                              "JOIN pg_attribute b ON b.attrelid = i.indrelid AND b.attnum = "
+                              "i.indkey[1] "
+                              "WHERE i.indrelid = 'engagement_events'::regclass "
+                              "AND a.attname = 'event_ts' AND b.attname = 'event_id'",
+                              0, NULL, &err, "could not read the table's indexes");
+    if (r == NULL)
+        return;
+    if (PQntuples(r) == 0)
+        eng_warn("msg=\"engagement_events has no index on (event_ts, event_id): each page sorts "
+                 "the rest of the range (runbook: CREATE INDEX CONCURRENTLY ON "
+                 "engagement_events (event_ts, event_id))\"");
+    PQclear(r);
+}
+
+static int count_range(struct backfill *b, struct eng_error *err)
+{
+    PGresult *r;
+    if (b->have_after) {
+        const char *params[] = {b->start, b->end, b->after.ts, b->after.id};
+        r = eng_pg_exec(b->conn,
+                        "SELECT count(*) FROM engagement_events WHERE event_ts >= $1::timestamp "
+                        "AND event_ts < $2::timestamp AND (event_ts, event_id) > "
+                        "($3::timestamp, $4::bigint)",
+                        4, params, err, "could not count the range");
+    } else {
+        const char *params[] = {b->start, b->end};
+        r = eng_pg_exec(b->conn,
+                        "SELECT count(*) FROM engagement_events WHERE event_ts >= $1::timestamp "
+                        "AND event_ts < $2::timestamp",
+                        2, params, err, "could not count the range");
+    }
+    if (r == NULL)
+        return err->code;
+    int64_t total = 0;
+    const char *v = PQgetvalue(r, 0, 0);
+    (void)eng_parse_i64(v, strlen(v), &total);
+    b->stats->total = total > 0 ? (uint64_t)total : 0;
+    PQclear(r);
+    return 0;
+}
+
+/* Submits the page, keeping the resume point moving while the sinks push back. */
+static int submit_page(struct backfill *b, struct eng_batch *batch, const struct page_key *key)
+{
+    uint32_t n = batch->n;
+    batch->position = b->pages + 1;
+    for (;;) {
+        int rc = eng_pipeline_submit(b->p, batch, 100000);
+        if (rc == 0)
+            break;
+        if (rc == ENG_ESTOPPED || *b->stop) {
+            eng_batch_release(batch);
+            return ENG_ESTOPPED;
+        }
+        checkpoint(b);
+        show_progress(b, false);
+    }
+    b->pages++;
+    if (b->npending == b->cap_pending) {
+        b->cap_pending = b->cap_pending ? 2 * b->cap_pending : 64;
+        b->pending = eng_realloc(b->pending, b->cap_pending * sizeof(*b->pending));
+    }
+    b->pending[b->npending].page = b->pages;
+    b->pending[b->npending].key = *key;
+    b->npending++;
+    b->after = *key;
+    b->have_after = true;
+    b->stats->events += n;
+    checkpoint(b);
+    show_progress(b, false);
+    return 0;
+}
+
+/* Waits until every submitted page is durable; after a stop, for at most 5 s. */
+static bool drain(struct backfill *b)
+{
+    int64_t deadline = 0;
+    while (!eng_pipeline_wait_idle(b->p, 200000)) {
+        checkpoint(b);
+        show_progress(b, false);
+        if (*b->stop && deadline == 0)
+            deadline = eng_clock_mono_us() + 5000000;
+        if (deadline != 0 && eng_clock_mono_us() > deadline)
+            return false;
+    }
+    checkpoint(b);
+    return true;
+}
+
+int eng_backfill_run(const struct eng_backfill_options *opt, struct eng_pipeline *p,
+                     volatile sig_atomic_t *stop, struct eng_backfill_stats *stats,
+                     struct eng_error *err)
+{
+    struct backfill b = {.opt = opt, .p = p, .stop = stop, .stats = stats};
+    struct eng_backoff bo;
+    memset(stats, 0, sizeof(*stats));
+    eng_backoff_init(&bo, 200000, 10000000, (uint64_t)eng_clock_mono_us());
+    b.cache = eng_content_cache_create();
+    int rc = connect_and_prepare(&b, err);
+    if (rc == 0)
+        rc = read_range(&b, err);
+    if (rc == 0)
+        rc = eng_pg_load_content(b.conn, NULL, b.cache, err);
+    if (rc != 0)
+        goto out;
+    if (opt->state_dir != NULL) {
+        if (mkdir(opt->state_dir, 0700) != 0 && errno != EEXIST) {
+            rc = eng_error_set(err, ENG_EIO, false, "could not create state directory \"%s\": %s",
+                               opt->state_dir, strerror(errno));
+            goto out;
+        }
+        char range[2 * KEY_TEXT_MAX + 2];
+        snprintf(range, sizeof(range), "%s|%s", b.start, b.end);
+        snprintf(b.state_path, sizeof(b.state_path), "%s/backfill-%016" PRIx64 ".state",
+                 opt->state_dir, fnv1a(range, 0xcbf29ce484222325ull));
+        load_resume(&b);
+    }
+    warn_without_index(&b);
+    rc = count_range(&b, err);
+    if (rc != 0)
+        goto out;
+    eng_info("msg=\"backfill starting\" start=\"%s\" end=\"%s\" events=%" PRIu64 " resumed=%s%s%s",
+             b.start, b.end, stats->total, stats->resumed ? "yes" : "no",
+             stats->resumed ? " after_ts=" : "", stats->resumed ? b.after.ts : "");
+    b.started_us = eng_clock_mono_us();
+
+    bool complete = false;
+    while (!*stop) {
+        PGresult *r = query_page(&b, err);
+        if (r == NULL) {
+            if (!err->retriable)
+                goto out_rc;
+            reconnect_later(&b, &bo, err->msg);
+            continue;
+        }
+        eng_backoff_reset(&bo);
+        int n = PQntuples(r);
+        if (n == 0) {
+            PQclear(r);
+            complete = true;
+            break;
+        }
+        struct page_key key;
+        snprintf(key.ts, sizeof(key.ts), "%s", PQgetvalue(r, n - 1, ENG_COL_EVENT_TS));
+        snprintf(key.id, sizeof(key.id), "%s", PQgetvalue(r, n - 1, ENG_COL_EVENT_ID));
+        struct eng_batch *batch = NULL;
+        rc = page_batch(&b, r, &batch, err);
+        PQclear(r);
+        if (rc != 0)
+            goto out;
+        if (submit_page(&b, batch, &key) != 0)
+            break;
+        if ((uint32_t)n < opt->page_events) {
+            complete = true;
+            break;
+        }
+    }
+    bool durable = drain(&b);
+    show_progress(&b, true);
+    if (complete && durable) {
+        if (opt->state_dir != NULL)
+            unlink(b.state_path); /* done: a second run starts over */
+        rc = 0;
+    } else {
+        rc = eng_error_set(err, ENG_ESTOPPED, false,
+                           "backfill stopped; run the same command again to resume");
+    }
+    goto out;
+out_rc:
+    rc = err->code;
+out:
+    PQfinish(b.conn);
+    eng_content_cache_destroy(b.cache);
+    free(b.pending);
+    return rc;
+}

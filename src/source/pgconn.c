@@ -1,0 +1,94 @@
+#include <stdio.h>
+#include <string.h>
+
+#include "../core/pgtext.h"
+#include "pgconn.h"
+
+int eng_pg_fail(struct eng_error *err, PGconn *c, const char *what)
+{
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s", c ? PQerrorMessage(c) : "no connection");
+    msg[strcspn(msg, "\n")] = '\0';
+    return eng_error_set(err, ENG_EIO, true, "%s: %s", what, msg);
+}
+
+PGresult *eng_pg_exec(PGconn *c, const char *sql, int nparams, const char *const *params,
+                      struct eng_error *err, const char *what)
+{
+    PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return r;
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    bool retriable = PQstatus(c) != CONNECTION_OK || (state && strncmp(state, "08", 2) == 0) ||
+                     (state && strncmp(state, "57P", 3) == 0);
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    msg[strcspn(msg, "\n")] = '\0';
+    eng_error_set(err, retriable ? ENG_EIO : ENG_EINVAL, retriable, "%s: %s", what, msg);
+    PQclear(r);
+    return NULL;
+}
+
+PGconn *eng_pg_connect(const char *conninfo, bool replication, struct eng_error *err)
+{
+    const char *keys[] = {"application_name", "dbname", replication ? "replication" : NULL, NULL};
+    const char *vals[] = {"engage", conninfo, "database", NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    if (PQstatus(c) != CONNECTION_OK) {
+        eng_pg_fail(err, c,
+                    replication ? "could not open replication connection"
+                                : "could not connect to PostgreSQL");
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+int eng_pg_load_content(PGconn *c, const char *snapshot, struct eng_content_cache *cache,
+                        struct eng_error *err)
+{
+    PGresult *r = eng_pg_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, err,
+                              "could not begin snapshot transaction");
+    if (r == NULL)
+        return err->code;
+    PQclear(r);
+    if (snapshot != NULL) {
+        char sql[128];
+        snprintf(sql, sizeof(sql), "SET TRANSACTION SNAPSHOT '%s'", snapshot);
+        r = eng_pg_exec(c, sql, 0, NULL, err, "could not use the slot's snapshot");
+        if (r == NULL)
+            goto fail;
+        PQclear(r);
+    }
+    r = eng_pg_exec(c, "SELECT content_id, content_type, length_seconds FROM content", 0, NULL, err,
+                    "could not read content");
+    if (r == NULL)
+        goto fail;
+    eng_content_cache_clear(cache);
+    for (int i = 0; i < PQntuples(r); i++) {
+        struct eng_content row = {0};
+        const char *id = PQgetvalue(r, i, 0);
+        if (PQgetisnull(r, i, 0) || !eng_parse_i32(id, strlen(id), &row.content_id))
+            continue;
+        row.type_null = PQgetisnull(r, i, 1);
+        row.content_type = PQgetvalue(r, i, 1);
+        row.type_len = (uint32_t)PQgetlength(r, i, 1);
+        row.length_null = PQgetisnull(r, i, 2);
+        if (!row.length_null) {
+            const char *l = PQgetvalue(r, i, 2);
+            if (!eng_parse_i32(l, strlen(l), &row.length_seconds))
+                row.length_null = true;
+        }
+        eng_content_cache_put(cache, &row);
+    }
+    PQclear(r);
+    r = eng_pg_exec(c, "COMMIT", 0, NULL, err, "could not end snapshot transaction");
+    if (r == NULL)
+        return err->code;
+    PQclear(r);
+    return 0;
+fail:
+    PQclear(PQexec(c, "ROLLBACK"));
+    return err->code;
+}
