@@ -7,5 +7,7 @@ int eng_cmd_run(int argc, char **argv);
 int eng_cmd_mock_api(int argc, char **argv);
 int eng_cmd_dlq(int argc, char **argv);
 int eng_cmd_backfill(int argc, char **argv);
+int eng_cmd_status(int argc, char **argv);
+int eng_cmd_top(int argc, char **argv);
 
 #endif

@@ -13,6 +13,8 @@ static const char usage[] =
     "  run        PostgreSQL logical replication -> sinks (the default)\n"
     "  backfill   a time range of engagement_events -> sinks (--start T --end T)\n"
     "  dlq        list and replay the dead-letter table (dlq list, dlq replay)\n"
+    "  status     the slot's lag, whether engage is ready, the dead letters\n"
+    "  top        the top content of the last 10 minutes, from Redis\n"
     "  mock-api   a stand-in for the external HTTP API, for tests and demos\n"
     "\n"
     "`engage COMMAND --help` describes each command's options.\n";
@@ -23,10 +25,8 @@ struct command {
 };
 
 static const struct command commands[] = {
-    {"run", eng_cmd_run},
-    {"backfill", eng_cmd_backfill},
-    {"dlq", eng_cmd_dlq},
-    {"mock-api", eng_cmd_mock_api},
+    {"run", eng_cmd_run},       {"backfill", eng_cmd_backfill}, {"dlq", eng_cmd_dlq},
+    {"status", eng_cmd_status}, {"top", eng_cmd_top},           {"mock-api", eng_cmd_mock_api},
 };
 
 int main(int argc, char **argv)

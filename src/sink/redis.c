@@ -412,20 +412,6 @@ static int command(struct redis_sink *r, int argc, const char **argv, const size
     return 0;
 }
 
-static int simple_command(struct redis_sink *r, const char *what, struct eng_error *err, int argc,
-                          const char **argv)
-{
-    size_t len[4];
-    for (int i = 0; i < argc; i++)
-        len[i] = strlen(argv[i]);
-    redisReply *reply;
-    int rc = command(r, argc, argv, len, what, &reply, err);
-    if (rc == 0 && reply->type == REDIS_REPLY_ERROR)
-        rc = eng_error_set(err, ENG_EPROTO, false, "redis %s failed: %s", what, reply->str);
-    freeReplyObject(reply);
-    return rc;
-}
-
 static int load_script(struct redis_sink *r, struct eng_error *err)
 {
     const char *argv[] = {"SCRIPT", "LOAD", apply_script};
@@ -444,54 +430,74 @@ static int load_script(struct redis_sink *r, struct eng_error *err)
     return rc;
 }
 
+/* Runs a command whose reply only says OK or an error, on a context of its own. */
+static int setup_command(redisContext *c, const struct eng_redis_url *u, int argc,
+                         const char **argv, struct eng_error *err)
+{
+    redisReply *reply = redisCommandArgv(c, argc, argv, NULL);
+    if (reply == NULL)
+        return eng_error_set(err, ENG_EIO, true, "redis %s failed on \"%s:%d\": %s", argv[0],
+                             u->host, u->port, c->errstr);
+    int rc = 0;
+    if (reply->type == REDIS_REPLY_ERROR)
+        rc = eng_error_set(err, ENG_EIO, reply_error_retriable(reply->str), "redis %s failed: %s",
+                           argv[0], reply->str);
+    freeReplyObject(reply);
+    return rc;
+}
+
+redisContext *eng_redis_connect(const struct eng_redis_url *u, uint32_t connect_timeout_ms,
+                                uint32_t command_timeout_ms, struct eng_error *err)
+{
+    redisContext *c = redisConnectWithTimeout(u->host, u->port, ms_to_tv(connect_timeout_ms));
+    if (c == NULL)
+        eng_die("out of memory allocating a redis context");
+    if (c->err != 0) {
+        eng_error_set(err, ENG_EIO, true, "could not connect to redis at \"%s:%d\": %s", u->host,
+                      u->port, c->errstr);
+        goto fail;
+    }
+    if (redisSetTimeout(c, ms_to_tv(command_timeout_ms)) != REDIS_OK ||
+        redisEnableKeepAlive(c) != REDIS_OK) {
+        eng_error_set(err, ENG_EIO, true, "could not configure the redis connection: %s",
+                      c->errstr);
+        goto fail;
+    }
+    if (u->password != NULL) {
+        const char *argv[3] = {"AUTH"};
+        int argc = 1;
+        if (u->user != NULL)
+            argv[argc++] = u->user;
+        argv[argc++] = u->password;
+        if (setup_command(c, u, argc, argv, err) != 0)
+            goto fail;
+    }
+    if (u->db != 0) {
+        char db[16];
+        put_i64(db, u->db);
+        const char *argv[] = {"SELECT", db};
+        if (setup_command(c, u, 2, argv, err) != 0)
+            goto fail;
+    }
+    return c;
+fail:
+    redisFree(c);
+    return NULL;
+}
+
 static int redis_open(struct eng_sink *s, struct eng_error *err)
 {
     struct redis_sink *r = (struct redis_sink *)s;
-    int rc;
-
     drop_connection(r);
-    r->ctx = redisConnectWithTimeout(r->url.host, r->url.port, ms_to_tv(r->opt.connect_timeout_ms));
-    if (r->ctx == NULL)
-        eng_die("out of memory allocating a redis context");
-    if (r->ctx->err != 0) {
-        rc = eng_error_set(err, ENG_EIO, true, "could not connect to redis at \"%s:%d\": %s",
-                           r->url.host, r->url.port, r->ctx->errstr);
-        goto fail;
+    r->ctx = eng_redis_connect(&r->url, r->opt.connect_timeout_ms, r->opt.command_timeout_ms, err);
+    int rc = r->ctx == NULL ? err->code : load_script(r, err);
+    if (rc != 0) {
+        drop_connection(r);
+        eng_counter_add(r->m_errors, 1);
+        return rc;
     }
-    if (redisSetTimeout(r->ctx, ms_to_tv(r->opt.command_timeout_ms)) != REDIS_OK ||
-        redisEnableKeepAlive(r->ctx) != REDIS_OK) {
-        rc = eng_error_set(err, ENG_EIO, true, "could not configure the redis connection: %s",
-                           r->ctx->errstr);
-        goto fail;
-    }
-    if (r->url.password != NULL) {
-        const char *argv[3] = {"AUTH"};
-        int argc = 1;
-        if (r->url.user != NULL)
-            argv[argc++] = r->url.user;
-        argv[argc++] = r->url.password;
-        rc = simple_command(r, "auth", err, argc, argv);
-        if (rc != 0)
-            goto fail;
-    }
-    if (r->url.db != 0) {
-        char db[16];
-        put_i64(db, r->url.db);
-        const char *argv[] = {"SELECT", db};
-        rc = simple_command(r, "select", err, 2, argv);
-        if (rc != 0)
-            goto fail;
-    }
-    rc = load_script(r, err);
-    if (rc != 0)
-        goto fail;
     eng_info("redis sink connected host=%s port=%d db=%d", r->url.host, r->url.port, r->url.db);
     return 0;
-
-fail:
-    drop_connection(r);
-    eng_counter_add(r->m_errors, 1);
-    return rc;
 }
 
 static void redis_close(struct eng_sink *s)

@@ -61,6 +61,14 @@ int eng_redis_url_parse(const char *url, struct eng_redis_url *out,
 /* Frees the strings of u and zeroes it; NULL and an empty struct are fine. */
 void eng_redis_url_free(struct eng_redis_url *u);
 
+struct redisContext;
+
+/* Connects to u (AUTH and SELECT as the URL says). Returns the connection (the caller frees
+ * it with redisFree) or NULL with err set. Any thread; for the sink and for one-off readers
+ * such as `engage top`. */
+struct redisContext *eng_redis_connect(const struct eng_redis_url *u, uint32_t connect_timeout_ms,
+                                       uint32_t command_timeout_ms, struct eng_error *err);
+
 /* Creates a Redis sink for url with opt (NULL: defaults). Does not connect: the pipeline
  * calls open on the sink's thread. Returns NULL with err set (not retriable) on a bad URL or
  * bad options. Registers the metrics engage_sink_{events,batches,errors}_total{sink="redis"}

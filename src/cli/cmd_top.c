@@ -1,0 +1,115 @@
+/* engage top: the top content of the last 10 minutes (Redis's top:content:10m), once, or
+ * refreshed every second while stdout is a terminal. */
+#include <hiredis/hiredis.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../sink/redis.h"
+#include "commands.h"
+#include "options.h"
+#include "sinks.h"
+
+#define TOP_N 10
+
+static const char usage[] =
+    "usage: engage top --redis URL\n"
+    "\n"
+    "Shows the top content of the last 10 minutes from Redis (top:content:10m, which engage run\n"
+    "rebuilds after every batch): rank, content_id, events. On a terminal it refreshes every\n"
+    "second until interrupted; otherwise it prints once.\n"
+    "\n"
+    "  --redis URL            redis://[:pass@]host:port[/db]             (ENGAGE_REDIS)\n";
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+/* Prints the table; returns false when Redis could not be read. */
+static bool show(redisContext *c, bool clear)
+{
+    redisReply *top = redisCommand(c, "ZREVRANGE top:content:10m 0 %d WITHSCORES", TOP_N - 1);
+    redisReply *end = top != NULL ? redisCommand(c, "GET engage:top:end") : NULL;
+    bool ok = top != NULL && end != NULL && top->type == REDIS_REPLY_ARRAY;
+    if (!ok) {
+        fprintf(stderr, "engage top: could not read top:content:10m: %s\n",
+                top == NULL || end == NULL       ? c->errstr
+                : top->type == REDIS_REPLY_ERROR ? top->str
+                                                 : "unexpected reply");
+        goto out;
+    }
+    if (clear)
+        fputs("\033[H\033[2J", stdout);
+    if (end->type == REDIS_REPLY_STRING && end->len == 12)
+        printf("top content, the 10 minutes to %.4s-%.2s-%.2s %.2s:%.2s UTC\n", end->str,
+               end->str + 4, end->str + 6, end->str + 8, end->str + 10);
+    else
+        printf("top content, the last 10 minutes\n");
+    printf("%4s  %12s  %10s\n", "rank", "content_id", "events");
+    for (size_t i = 0; i + 1 < top->elements; i += 2) {
+        const redisReply *member = top->element[i], *score = top->element[i + 1];
+        printf("%4zu  %12.*s  %10.*s\n", i / 2 + 1, (int)member->len, member->str, (int)score->len,
+               score->str);
+    }
+    if (top->elements == 0)
+        printf("(no events in the window)\n");
+    fflush(stdout);
+out:
+    if (top != NULL)
+        freeReplyObject(top);
+    if (end != NULL)
+        freeReplyObject(end);
+    return ok;
+}
+
+int eng_cmd_top(int argc, char **argv)
+{
+    struct eng_options o;
+    int prc = eng_options_parse(&o, argc, argv, usage);
+    if (prc != 0) {
+        eng_options_free(&o);
+        return prc > 0 ? 0 : 2;
+    }
+    int status = 2;
+    struct eng_redis_url url = {0};
+    struct eng_error err;
+    eng_error_clear(&err);
+    redisContext *c = NULL;
+    if (eng_opt(&o, OPT_REDIS) == NULL) {
+        fprintf(stderr, "engage top: --redis (or ENGAGE_REDIS) is required\n\n%s", usage);
+        goto out;
+    }
+    if (eng_redis_url_parse(eng_opt(&o, OPT_REDIS), &url, &err) != 0) {
+        fprintf(stderr, "engage top: %s\n", err.msg);
+        goto out;
+    }
+    status = 1;
+    c = eng_redis_connect(&url, 2000, 5000, &err);
+    if (c == NULL) {
+        fprintf(stderr, "engage top: %s\n", err.msg);
+        goto out;
+    }
+    bool watch = isatty(STDOUT_FILENO) == 1;
+    eng_cli_catch_stop_signals(on_signal);
+    do {
+        if (!show(c, watch))
+            goto out;
+        for (int i = 0; watch && i < 10 && !stop_requested; i++) {
+            struct timespec ts = {0, 100000000};
+            nanosleep(&ts, NULL);
+        }
+    } while (watch && !stop_requested);
+    status = 0;
+out:
+    if (c != NULL)
+        redisFree(c);
+    eng_redis_url_free(&url);
+    eng_options_free(&o);
+    return status;
+}
