@@ -51,6 +51,10 @@ INSERT INTO content(content_id, content_type, length_seconds, title) VALUES
   (1, 'video', 300, 'The brief''s example'),
   (2, 'article', NULL, 'No length'),
   (3, 'podcast', 1800, 'Long listen');
+-- Two events from yesterday, before engage ever ran: no slot will stream them.
+INSERT INTO engagement_events(content_id, user_id, event_type, event_ts, duration_ms, device) VALUES
+  (3, 500, 'play', now() at time zone 'utc' - interval '1 day', 60000, 'web'),
+  (1, 501, 'play', now() at time zone 'utc' - interval '1 day', 150000, 'tv');
 SQL
 
 echo "== engage run --pg ... --clickhouse ... --redis ... --http ..."
@@ -69,10 +73,17 @@ INSERT INTO engagement_events(content_id, user_id, event_type, event_ts, duratio
   (3, 1002, 'finish', now() at time zone 'utc', 1800000, 'tv'),
   (42, 1003, 'play', now() at time zone 'utc', NULL, 'web');
 SQL
-ch_has_5() { test "$(curl -s "$ENGAGE_CLICKHOUSE" --data-binary 'SELECT count() FROM engagement.events_enriched FINAL')" = 5; }
-wait_until "ClickHouse to hold the 5 events" 30 ch_has_5
+ch_count() { curl -s "$ENGAGE_CLICKHOUSE" --data-binary 'SELECT count() FROM engagement.events_enriched FINAL'; }
+ch_has() { test "$(ch_count)" = "$1"; }
+wait_until "ClickHouse to hold the 5 new events" 30 ch_has 5
 api_has_5() { curl -s "$ENGAGE_HTTP/stats" | grep -q '"unique":5'; }
 wait_until "the API to receive the 5 events" 30 api_has_5
+
+echo "== engage backfill --start '-infinity' --end now: the 2 events from before the slot (the"
+echo "   streamed events in the range are delivered again and change nothing)"
+"$engage" backfill --start '-infinity' --end "$(date -u '+%Y-%m-%d %H:%M:%S')" \
+    --state-dir "$dir/state" 2>&1 | grep -E 'backfill (starting|done)' | sed 's/^/  /'
+wait_until "ClickHouse to hold all 7 events" 30 ch_has 7
 
 echo
 echo "== ClickHouse: SELECT * FROM engagement.events_enriched FINAL"
@@ -90,5 +101,11 @@ curl -s "$ENGAGE_HTTP/stats"; echo
 echo
 echo "== engage /metrics (excerpt)"
 curl -s "http://$ENGAGE_ADMIN_ADDR/metrics" | grep -E '^engage_(source_events|sink_acked_events|enrich_misses)' || true
+echo
+echo "== engage status"
+"$engage" status --state-dir "$dir/state" || true
+echo
+echo "== engage top"
+"$engage" top | cat
 echo
 echo "demo: done (logs in $dir while it runs)"

@@ -35,6 +35,8 @@ static const char usage[] =
     "                         gather meanwhile (default 200; 0: insert at once)\n"
     "  --dlq-table NAME       dead-letter table in PostgreSQL (default engage_dlq)\n"
     "  --seen-ttl SECONDS     expiry of Redis's seen-set chunks (default 0: never)\n"
+    "  --redis-call-events N  events per Redis script call (default 1000; larger is faster\n"
+    "                         when catching up, but holds Redis longer per call)\n"
     "  --http-batch N         events per API request; 1 sends single objects (default 100)\n"
     "  --http-timeout-ms N    per-request timeout (default 5000)\n"
     "  --http-max-attempts N  attempts before an event is parked in the DLQ (default 8)\n"

@@ -41,6 +41,7 @@ static const struct opt_def defs[OPT__COUNT] = {
     [OPT_HTTP_TOKEN_FILE] = {"http-token-file", "ENGAGE_HTTP_TOKEN_FILE", NULL},
     [OPT_DLQ_TABLE] = {"dlq-table", "ENGAGE_DLQ_TABLE", "engage_dlq"},
     [OPT_SEEN_TTL] = {"seen-ttl", "ENGAGE_SEEN_TTL", "0"},
+    [OPT_REDIS_CALL_EVENTS] = {"redis-call-events", "ENGAGE_REDIS_CALL_EVENTS", "1000"},
     [OPT_CONFIG] = {"config", "ENGAGE_CONFIG", NULL},
     [OPT_START] = {"start", "ENGAGE_START", NULL},
     [OPT_END] = {"end", "ENGAGE_END", NULL},

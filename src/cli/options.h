@@ -34,6 +34,7 @@ enum eng_opt_id {
     OPT_HTTP_TOKEN_FILE,
     OPT_DLQ_TABLE,
     OPT_SEEN_TTL,
+    OPT_REDIS_CALL_EVENTS,
     OPT_CONFIG,
     OPT_START,
     OPT_END,

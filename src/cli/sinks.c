@@ -72,13 +72,15 @@ int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default,
     struct eng_sink *sinks[8];
     size_t nsinks = 0;
     int status = 1;
-    int64_t depth = 1024, queue_mb = 128, ch_interval_ms = 200, seen_ttl = 0;
+    int64_t depth = 1024, queue_mb = 128, ch_interval_ms = 200, seen_ttl = 0, call_events = 1000;
     struct eng_http_options hopt;
     memset(out, 0, sizeof(*out));
     if (!eng_opt_int(o, OPT_QUEUE_DEPTH, 1, 1 << 20, &depth) ||
         !eng_opt_int(o, OPT_QUEUE_MB, 1, 1 << 20, &queue_mb) ||
         !eng_opt_int(o, OPT_CLICKHOUSE_INTERVAL_MS, 0, 60000, &ch_interval_ms) ||
-        !eng_opt_int(o, OPT_SEEN_TTL, 0, UINT32_MAX, &seen_ttl) || !eng_cli_http_options(o, &hopt))
+        !eng_opt_int(o, OPT_SEEN_TTL, 0, UINT32_MAX, &seen_ttl) ||
+        !eng_opt_int(o, OPT_REDIS_CALL_EVENTS, 1, 100000, &call_events) ||
+        !eng_cli_http_options(o, &hopt))
         return 2;
 
     if (eng_opt_sink_enabled(o, "clickhouse")) {
@@ -98,6 +100,7 @@ int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default,
         struct eng_redis_options ropt;
         eng_redis_options_init(&ropt);
         ropt.seen_ttl_s = (uint32_t)seen_ttl;
+        ropt.max_events_per_call = (uint32_t)call_events;
         sinks[nsinks] = eng_redis_sink_create(url, &ropt, err);
         if (sinks[nsinks] == NULL)
             goto fail;

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Backfill throughput: N events in the table, read back in (event_ts, event_id)
+order. Measured in one run on one stack, so the figures compare as ratios:
+
+  psql COPY     the same rows in the same order, keyset-free, into /dev/null:
+                the floor set by PostgreSQL reading and sorting the range
+  engage stdout backfill pages + enrich + JSON, written to /dev/null
+  engage clickhouse, redis, both
+                the whole backfill into each sink alone, then both (exit 0: every
+                page durable)
+
+usage: bench/backfill.py [--events N] [--bin build/engage]
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+import lib  # noqa: E402
+
+COLUMNS = "event_id, content_id, user_id, event_type, event_ts, duration_ms, device"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--bin", default=str(lib.REPO_ROOT / "build" / "engage"))
+    args = ap.parse_args()
+    binary = Path(args.bin).resolve()
+    stack_dir = tempfile.mkdtemp(prefix="engage-bench-")
+    work = Path(tempfile.mkdtemp(prefix="engage-bench-work-"))
+    try:
+        stack = lib.Stack.up(stack_dir)
+        uri = lib.pg_create_database(stack.pg_uri, "bench")
+        lib.pg_exec(uri, "INSERT INTO content SELECT g, (ARRAY['video','article','podcast'])[g % 3 + 1], "
+                         "CASE WHEN g % 10 = 0 THEN NULL ELSE 30 + g END, 'title' FROM generate_series(1, 1000) g")
+        lib.ch_reset(stack.clickhouse_url)
+        lib.redis_reset(stack.redis_url)
+        t0 = time.monotonic()
+        lib.pg_exec(uri, "INSERT INTO engagement_events(content_id, user_id, event_type, event_ts, duration_ms, device) "
+                         "SELECT 1 + ((g::bigint * 7919) %% 1100)::int, g %% 100000, (ARRAY['play','pause','finish'])[g %% 3 + 1], "
+                         "timestamp '2026-01-01' + make_interval(secs => (g::bigint * 7) %% 2592000), "
+                         "CASE WHEN g %% 10 = 0 THEN NULL ELSE g %% 600000 END, "
+                         "(ARRAY['web','ios','android','tv'])[g %% 4 + 1] FROM generate_series(1, %s) g",
+                    (args.events,))
+        lib.pg_exec(uri, "VACUUM ANALYZE engagement_events")
+        print(f"backfill: {args.events} events over 30 days of event_ts, written in {time.monotonic() - t0:.1f}s")
+        rng = ("--start", "2026-01-01", "--end", "2026-02-01")
+        results = {}
+
+        def copy_out():
+            t0 = time.monotonic()
+            with open(os.devnull, "wb") as devnull:
+                subprocess.run(["psql", "-q", uri, "-c",
+                                f"COPY (SELECT {COLUMNS} FROM engagement_events WHERE event_ts >= '2026-01-01' "
+                                "AND event_ts < '2026-02-01' ORDER BY event_ts, event_id) TO STDOUT"],
+                               check=True, stdout=devnull)
+            return time.monotonic() - t0
+
+        def backfill(name, sinks, env, *extra):
+            t0 = time.monotonic()
+            with open(os.devnull, "wb") as devnull, open(work / f"{name}.log", "wb") as log:
+                rc = subprocess.run([binary, "backfill", *rng, "--sinks", sinks, "--state-dir", str(work / name),
+                                     "--log-level", "warn", *extra], env={**os.environ, **env}, stdout=devnull,
+                                    stderr=log).returncode
+            assert rc == 0, (work / f"{name}.log").read_text()
+            return time.monotonic() - t0
+
+        # COPY runs first and last (the first run pays for reading the table into the
+        # page cache); the faster of the two is the baseline.
+        results["psql COPY ... ORDER BY -> /dev/null (1st)"] = copy_out()
+        results["engage backfill -> stdout (/dev/null)"] = backfill("stdout", "stdout", {"ENGAGE_PG": uri})
+        sinks_env = {"ENGAGE_PG": uri, "ENGAGE_CLICKHOUSE": stack.clickhouse_url, "ENGAGE_REDIS": stack.redis_url}
+        # Each sink alone into an empty server, then both together into empty servers.
+        results["engage backfill -> ClickHouse"] = backfill("ch", "clickhouse", sinks_env)
+        results["engage backfill -> Redis"] = backfill("redis", "redis", sinks_env)
+        lib.redis_reset(stack.redis_url)
+        results["engage backfill -> Redis, 5000 per call"] = backfill(
+            "redis5k", "redis", sinks_env, "--redis-call-events", "5000")
+        lib.ch_reset(stack.clickhouse_url)
+        lib.redis_reset(stack.redis_url)
+        results["engage backfill -> ClickHouse + Redis"] = backfill("sinks", "clickhouse,redis", sinks_env)
+        final = int(lib.ch_query(stack.clickhouse_url, "SELECT count() FROM engagement.events_enriched FINAL")[0][0])
+        assert final == args.events, final
+        counted = sum(int(v) for v in lib.redis_client(stack.redis_url).mget(
+            [f"content:count:{c}" for c in range(1, 1101)]) if v is not None)
+        assert counted == args.events, counted
+        results["psql COPY ... ORDER BY -> /dev/null (2nd)"] = copy_out()
+
+        print()
+        print(f"{'reader':44} {'seconds':>8} {'events/s':>12} {'vs COPY':>8}")
+        base = min(results["psql COPY ... ORDER BY -> /dev/null (1st)"],
+                   results["psql COPY ... ORDER BY -> /dev/null (2nd)"])
+        print(f"(baseline: the faster COPY run, {base:.2f}s)")
+        for name, secs in results.items():
+            print(f"{name:44} {secs:8.2f} {args.events / secs:12,.0f} {base / secs:7.2f}x")
+        print(f"ClickHouse FINAL count {final}, Redis content:count total {counted}: exact")
+    finally:
+        lib._run_stack("down", stack_dir, timeout=180)
+        shutil.rmtree(stack_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
