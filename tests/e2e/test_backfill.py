@@ -129,3 +129,21 @@ def test_backfill_beside_a_live_run(stack, db, clean_sinks, engage, tmp_path):
     check_clickhouse(stack.clickhouse_url, wl.expected)
     rx.check_redis(stack.redis_url, db.uri, wl.expected)
     assert live.stop() == 0
+
+
+def test_backfill_parks_rows_that_are_not_events(stack, db, clean_sinks, engage, tmp_path):
+    """A row that is not an event (no content_id) is parked with a reason; the rest go on."""
+    lib.pg_exec(db.uri, "INSERT INTO content VALUES (1, 'video', 300, 't')")
+    lib.pg_exec(db.uri, "INSERT INTO engagement_events(content_id, user_id, event_ts, duration_ms) VALUES "
+                        "(1, 1, '2026-01-01 10:00', 7000), (NULL, 2, '2026-01-01 10:01', 1), "
+                        "(1, 3, '2026-01-01 10:02', NULL), (7, 4, '2026-01-01 10:03', 5)")
+    bad_id = db.scalar("SELECT event_id FROM engagement_events WHERE content_id IS NULL")
+    log = finish(engage("backfill", "--start", "2026-01-01", "--end", "2026-01-02", "--state-dir",
+                        str(tmp_path / "bf"), env=stack.engage_env(db.uri)))
+    assert "events=3 parked=1 content_misses=1" in log, log[-2000:]
+    assert "bad row parked in the dead-letter queue" in log
+    rows = db.query("SELECT origin, event_id, reason, payload FROM engage_dlq")
+    assert len(rows) == 1 and rows[0][0] == "backfill" and rows[0][1] == bad_id, rows
+    assert "content_id" in rows[0][2], rows
+    assert ch_count(stack.clickhouse_url) == 3
+    assert lib.redis_client(stack.redis_url).get("content:count:1") == "2"
