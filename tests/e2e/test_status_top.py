@@ -49,6 +49,9 @@ def test_status_follows_the_pipeline(stack, db, clean_sinks, engage, tmp_path):
 
     # A parked row and a stopped engage both need attention.
     assert proc.stop() == 0
+    # (The walsender releases the slot a moment after engage exits.)
+    lib.wait_for(lambda: not db.scalar("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                                       (db.name,)), 30, what="the slot to be released")
     lib.pg_exec(db.uri, "INSERT INTO engagement_events(content_id, user_id) VALUES (NULL, 1)")  # not an event
     r = engage_cli(*status_args)
     f = fields(r.stdout)
