@@ -17,7 +17,7 @@ DEB_PACKAGES=(
     libhiredis-dev redis-server
     libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev libcmocka-dev librdkafka-dev
     clickhouse-server clickhouse-client
-    curl
+    curl valgrind
 )
 
 SUDO=()

@@ -19,6 +19,20 @@ unit_err=$(grep -Eo '^Timeout: +[0-9]+' "$logdir/unit.log" | grep -Eo '[0-9]+' |
 unit_fail=$((unit_fail + unit_err))
 if [ "$unit_ok" = 0 ] && [ "$unit_fail" = 0 ]; then unit_fail=1; fi # meson did not run
 
+# The same unit tests on the release build under valgrind (memcheck: invalid accesses and
+# definite leaks fail a test); make test builds the release build and deps.sh installs
+# valgrind.
+vg_ok=0 vg_fail=0
+if [ -f "$top/build/build.ninja" ] && command -v valgrind >/dev/null; then
+    echo "== unit tests (cmocka, valgrind, release build)"
+    meson test -C "$top/build" --print-errorlogs --timeout-multiplier 10 \
+        --wrap='valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --quiet' \
+        2>&1 | tee "$logdir/valgrind.log"
+    vg_ok=$(grep -Eo '^Ok: +[0-9]+' "$logdir/valgrind.log" | grep -Eo '[0-9]+' || echo 0)
+    vg_fail=$(grep -Eo '^(Fail|Timeout): +[0-9]+' "$logdir/valgrind.log" | awk '{s += $2} END {print s + 0}')
+    if [ "$vg_ok" = 0 ] && [ "$vg_fail" = 0 ]; then vg_fail=1; fi # meson did not run
+fi
+
 echo "== end-to-end tests (pytest, real PostgreSQL, ClickHouse, Redis)"
 python3 -m pytest -v -rfE -p no:cacheprovider --junitxml="$logdir/e2e.xml" tests/e2e 2>&1 \
     | tee "$logdir/e2e.log"
@@ -35,9 +49,10 @@ s = sum(int(s.get("skipped", 0)) for s in suites)
 print(t - f - s, f if t else 1, s)
 PY
 )
-passed=$((unit_ok + e2e_pass))
-failed=$((unit_fail + e2e_fail))
+passed=$((unit_ok + vg_ok + e2e_pass))
+failed=$((unit_fail + vg_fail + e2e_fail))
 echo
-echo "unit: $unit_ok passed, $unit_fail failed; e2e: $e2e_pass passed, $e2e_fail failed, $e2e_skip skipped"
+echo "unit: $unit_ok passed, $unit_fail failed; valgrind: $vg_ok passed, $vg_fail failed;" \
+    "e2e: $e2e_pass passed, $e2e_fail failed, $e2e_skip skipped"
 echo "$passed passed, $failed failed, $e2e_skip skipped"
 [ "$failed" = 0 ]

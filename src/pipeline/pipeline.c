@@ -468,6 +468,11 @@ static void *lane_main(void *arg)
         eng_counter_add(l->m_batches, 1);
         eng_counter_add(l->m_events, events);
 
+        /* The sink's progress is on file before the acknowledgement is visible, so that
+         * whoever waits for the pipeline to be idle also finds the file current. */
+        if (last != NULL && last->txn_lsn != 0 && eng_event_after(last, done_lsn, done_seq))
+            lane_set_done(l, last);
+
         pthread_mutex_lock(&p->lock);
         for (uint32_t j = 0; j < k; j++) {
             l->ring[l->head] = NULL;
@@ -477,18 +482,10 @@ static void *lane_main(void *arg)
         l->bytes -= bytes;
         l->acked_seq = b->seq;
         l->acked_position = b->position;
-        bool progressed =
-            last != NULL && last->txn_lsn != 0 && eng_event_after(last, l->done_lsn, l->done_seq);
-        if (progressed) {
-            l->done_lsn = last->txn_lsn;
-            l->done_seq = last->txn_seq;
-        }
         eng_gauge_set(l->m_queue, l->count);
         pthread_cond_broadcast(&p->not_full);
         pthread_cond_broadcast(&p->acked);
         pthread_mutex_unlock(&p->lock);
-        if (progressed)
-            progress_save(p);
         for (uint32_t j = 0; j < k; j++)
             eng_batch_release(take[j]);
     }
