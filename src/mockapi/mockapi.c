@@ -33,7 +33,7 @@
 #include "../core/log.h"
 #include "mockapi.h"
 
-#define LOG_IDS    5
+#define LOG_IDS    16 /* event ids kept per logged request (the first ones) */
 #define NOT_STORED UINT32_MAX
 #define EMPTY_ID   INT64_MIN
 

@@ -37,6 +37,11 @@ struct sink_lane {
      * it is a redelivery, not written again. From the progress file after a restart. */
     uint64_t done_lsn;
     uint32_t done_seq;
+    /* Events of the write in progress, for a sink that groups events into requests (one with
+     * merge_max_events): kept in the progress file, so that the first write after a restart
+     * is the interrupted one again, cut the same way (the same requests, the same keys). */
+    uint32_t inflight_n;
+    uint32_t replay_n; /* from the file: the first write after the restart has this many */
     bool healthy;
     char last_error[sizeof(((struct eng_error *)0)->msg)];
     /* metrics */
@@ -227,6 +232,31 @@ static uint32_t redelivered_prefix(struct eng_batch *const *bs, uint32_t n, uint
     return skip;
 }
 
+/* Events of q after (lsn, seq): those a sink that has everything up to there still needs. */
+static uint32_t fresh_events(struct eng_batch *q, uint64_t lsn, uint32_t seq)
+{
+    return q->n - redelivered_prefix(&q, 1, lsn, seq);
+}
+
+static uint32_t fresh_queued(const struct eng_pipeline *p, const struct sink_lane *l)
+{
+    uint32_t n = 0;
+    for (uint32_t k = 0; k < l->count; k++)
+        n += fresh_events(l->ring[(l->head + k) % p->depth], l->done_lsn, l->done_seq);
+    return n;
+}
+
+/* The event at index i of bs[0..n) taken as one sequence, or NULL past the end. */
+static const struct eng_event *event_at(struct eng_batch *const *bs, uint32_t n, uint32_t i)
+{
+    for (uint32_t j = 0; j < n; j++) {
+        if (i < bs[j]->n)
+            return &bs[j]->events[i];
+        i -= bs[j]->n;
+    }
+    return NULL;
+}
+
 static const struct eng_event *last_event(struct eng_batch *const *bs, uint32_t n)
 {
     for (uint32_t j = n; j-- > 0;) {
@@ -255,8 +285,8 @@ static void progress_save(struct eng_pipeline *p)
         const struct sink_lane *l = &p->lanes[i];
         if (l->done_lsn == 0)
             continue;
-        snprintf(line, sizeof(line), "sink %s %" PRIX64 " %" PRIu32 "\n", l->sink->ops->name,
-                 l->done_lsn, l->done_seq);
+        snprintf(line, sizeof(line), "sink %s %" PRIX64 " %" PRIu32 " %" PRIu32 "\n",
+                 l->sink->ops->name, l->done_lsn, l->done_seq, l->inflight_n);
         eng_buf_puts(&text, line);
     }
     pthread_mutex_unlock(&p->lock);
@@ -282,9 +312,9 @@ static void progress_save(struct eng_pipeline *p)
     pthread_mutex_unlock(&p->progress_lock);
 }
 
-/* "sink NAME LSN SEQ\n": LSN in hex, SEQ in decimal. */
+/* "sink NAME LSN SEQ INFLIGHT\n": LSN in hex, SEQ and INFLIGHT in decimal. */
 static bool parse_progress_line(const char *line, char *name, size_t namelen, uint64_t *lsn,
-                                uint32_t *seq)
+                                uint32_t *seq, uint32_t *inflight)
 {
     if (strncmp(line, "sink ", 5) != 0)
         return false;
@@ -302,10 +332,15 @@ static bool parse_progress_line(const char *line, char *name, size_t namelen, ui
         return false;
     s = end + 1;
     unsigned long q = strtoul(s, &end, 10);
-    if (end == s || *end != '\n' || errno != 0 || q > UINT32_MAX)
+    if (end == s || *end != ' ' || errno != 0 || q > UINT32_MAX)
+        return false;
+    s = end + 1;
+    unsigned long w = strtoul(s, &end, 10);
+    if (end == s || *end != '\n' || errno != 0 || w > UINT32_MAX)
         return false;
     *lsn = l;
     *seq = (uint32_t)q;
+    *inflight = (uint32_t)w;
     return true;
 }
 
@@ -326,8 +361,8 @@ void eng_pipeline_track_progress(struct eng_pipeline *p, const char *path, const
         while (ours && fgets(line, sizeof(line), f) != NULL) {
             char name[64];
             uint64_t lsn;
-            uint32_t seq;
-            if (!parse_progress_line(line, name, sizeof(name), &lsn, &seq)) {
+            uint32_t seq, inflight;
+            if (!parse_progress_line(line, name, sizeof(name), &lsn, &seq, &inflight)) {
                 eng_warn("msg=\"sink progress file: line ignored\" path=\"%s\"", path);
                 continue;
             }
@@ -341,6 +376,7 @@ void eng_pipeline_track_progress(struct eng_pipeline *p, const char *path, const
                 if (strcmp(p->lanes[i].sink->ops->name, name) == 0) {
                     p->lanes[i].done_lsn = lsn;
                     p->lanes[i].done_seq = seq;
+                    p->lanes[i].replay_n = inflight;
                 }
             }
             pthread_mutex_unlock(&p->lock);
@@ -360,6 +396,15 @@ static void lane_set_done(struct sink_lane *l, const struct eng_event *e)
     pthread_mutex_lock(&l->p->lock);
     l->done_lsn = e->txn_lsn;
     l->done_seq = e->txn_seq;
+    l->inflight_n = 0;
+    pthread_mutex_unlock(&l->p->lock);
+    progress_save(l->p);
+}
+
+static void lane_set_inflight(struct sink_lane *l, uint32_t n)
+{
+    pthread_mutex_lock(&l->p->lock);
+    l->inflight_n = n;
     pthread_mutex_unlock(&l->p->lock);
     progress_save(l->p);
 }
@@ -377,13 +422,24 @@ static bool lane_write(struct sink_lane *l, bool *open, struct eng_backoff *bo,
     if (skip > 0 && skip == events)
         return true;
     uint32_t part = l->sink->merge_max_events;
-    if (spill || part == 0 || take[0]->n == 0 || take[0]->events[0].txn_lsn == 0)
+    const struct eng_event *first = event_at(take, k, skip);
+    bool ordered = !spill && part > 0 && first != NULL && first->txn_lsn != 0;
+    if (!ordered)
         part = UINT32_MAX; /* parts need the source's order to record progress by */
+    /* After a restart the interrupted write comes first, with as many events as it had
+     * (batches without events, such as a transaction that only changed content, wait). */
+    uint32_t cut = part;
+    if (ordered && l->replay_n > 0) {
+        cut = l->replay_n;
+        l->replay_n = 0;
+    }
     for (;;) {
-        bool whole = events - skip <= part;
+        bool whole = events - skip <= cut;
         struct eng_batch *w = k == 1 && skip == 0 && whole
                                   ? take[0]
-                                  : eng_batch_merge(take, k, skip, whole ? UINT32_MAX : part);
+                                  : eng_batch_merge(take, k, skip, whole ? UINT32_MAX : cut);
+        if (ordered)
+            lane_set_inflight(l, w->n);
         bool durable = lane_deliver(l, open, bo, w, spill);
         if (durable && !whole)
             lane_set_done(l, &w->events[w->n - 1]);
@@ -391,7 +447,8 @@ static bool lane_write(struct sink_lane *l, bool *open, struct eng_backoff *bo,
             eng_batch_release(w);
         if (!durable || whole)
             return durable;
-        skip += part;
+        skip += cut;
+        cut = part;
     }
 }
 
@@ -416,6 +473,15 @@ static void *lane_main(void *arg)
             deadline_from_now(&ts, next_write_us - eng_clock_mono_us());
             (void)pthread_cond_timedwait(&l->not_empty, &p->lock, &ts);
         }
+        /* After a restart the interrupted write goes again, whole: give the source a moment
+         * to queue its events again. */
+        int64_t replay_until = eng_clock_mono_us() + 5000000;
+        while (l->replay_n > 0 && !p->stopping && !lane_full(p, l) &&
+               fresh_queued(p, l) < l->replay_n && eng_clock_mono_us() < replay_until) {
+            struct timespec ts;
+            deadline_from_now(&ts, 10000);
+            (void)pthread_cond_timedwait(&l->not_empty, &p->lock, &ts);
+        }
         if (p->stopping) {
             pthread_mutex_unlock(&p->lock);
             break;
@@ -435,13 +501,17 @@ static void *lane_main(void *arg)
             max_events = l->sink->merge_max_events;
         struct eng_batch **take = l->take;
         uint32_t k = 0;
-        size_t events = 0, bytes = 0;
+        size_t events = 0, fresh = 0, bytes = 0;
         while (k < l->count) {
             struct eng_batch *q = l->ring[(l->head + k) % p->depth];
-            if (k > 0 && (events + q->n > max_events || bytes + batch_bytes(q) > MERGE_MAX_BYTES))
+            uint32_t qf = fresh_events(q, l->done_lsn, l->done_seq);
+            /* (The interrupted write is taken whole, however the source cut its batches.) */
+            if (k > 0 && fresh >= l->replay_n &&
+                (fresh + qf > max_events || bytes + batch_bytes(q) > MERGE_MAX_BYTES))
                 break;
             take[k++] = q;
             events += q->n;
+            fresh += qf;
             bytes += batch_bytes(q);
         }
         uint64_t done_lsn = l->done_lsn;

@@ -9,6 +9,8 @@ import subprocess
 import time
 import urllib.request
 
+import pytest
+
 import lib
 from test_pipeline import metrics, run_args, slot_row, wait_streaming
 from workload import Workload, lsn_int
@@ -408,19 +410,19 @@ def test_slow_api_does_not_slow_redis_or_clickhouse(stack, db, clean_sinks, enga
 # ------------------------------------------------------------ (4) crash
 
 
-def test_sigkill_with_requests_in_flight(stack, db, clean_sinks, engage, tmp_path):
+@pytest.mark.parametrize("batch", [1, 10])
+def test_sigkill_with_requests_in_flight(stack, db, clean_sinks, engage, tmp_path, batch):
     """kill -9 while requests are in flight, five times, restarting each time. Every
     event reaches the API; an event comes twice only if the mock had it at a kill while
     it was not yet behind the slot's confirmed position, no more than one round of
     requests per kill (the sink's own progress spares the rest), and every second
-    delivery carries the first one's key and body."""
+    delivery carries the first one's key and body: with arrays too, since the write a
+    kill interrupted is the first one sent again, cut into the same requests."""
     mock = Mock(engage, tmp_path, "--delay-ms", "5", "--delay-jitter-ms", "25")
     wl = Workload(db.uri, seed=105)
     wl.setup_content()
-    # Single-event requests: their key, ev-<id>, is the same whatever batch the event is
-    # redelivered in. (An array's key names its events, and a redelivery after a crash may
-    # group them differently: the receiver's dedupe by event_id is what makes arrays exact.)
-    http = ("--http-batch", "1", "--http-inflight", "8")
+    inflight = 8
+    http = ("--http-batch", str(batch), "--http-inflight", str(inflight))
     args = http_args(db, tmp_path, mock, *http)
     proc = engage(*args)
     wait_streaming(db, proc)
@@ -442,6 +444,7 @@ def test_sigkill_with_requests_in_flight(stack, db, clean_sinks, engage, tmp_pat
     deliveries = {}
     for e in mock.log():
         if e["status"] == 200:
+            assert len(e["ids"]) == e["n"], "the mock's log must hold every id of a request"
             for i in e["ids"]:
                 deliveries[i] = deliveries.get(i, 0) + 1
     dups = {i for i, n in deliveries.items() if n > 1}
@@ -452,16 +455,24 @@ def test_sigkill_with_requests_in_flight(stack, db, clean_sinks, engage, tmp_pat
     parked = dlq_pending(db)
     replayed = assert_all_delivered(db, mock, set(wl.expected), *http)
     end = mock.stats()
-    print(f"\nafter 5 kills: {s['received']} received, {s['unique']} unique, {len(dups)} events "
-          f"twice; {len(allowed)} were at the API but not confirmed at a kill; "
-          f"{parked} parked and replayed")
+    print(f"\n--http-batch {batch}: after 5 kills: {s['received']} received, {s['unique']} unique, "
+          f"{len(dups)} events twice; {len(allowed)} were at the API but not confirmed at a kill; "
+          f"{parked} parked and replayed; key mismatches {end['key_mismatches']}")
     assert len(at_kill) == 5 and len(wl.expected) == 2000
     assert dups <= allowed, f"duplicates outside what was in flight: {sorted(dups - allowed)[:10]}"
     # The HTTP sink keeps its own progress: after a kill it re-sends at most the write it
     # had in progress, one round of --http-inflight requests of --http-batch events.
-    assert len(dups) <= 5 * 8 * 1, f"{len(dups)} duplicates: more than 5 kills x 8 in flight"
+    assert len(dups) <= 5 * inflight * batch, f"{len(dups)} duplicates: more than 5 kills x one round"
     assert s["duplicates"] == sum(n - 1 for n in deliveries.values())
     assert s["unique"] + parked >= len(wl.expected) and replayed == parked
     # Duplicates are redeliveries: the same key and the same body every time, replays included.
-    assert end["key_mismatches"] == 0 and end["body_mismatches"] == 0, end
+    keys = {}
+    log = mock.log()
+    for e in log:
+        for i in e["ids"]:
+            keys.setdefault(i, set()).add(e["idempotency_key"])
+    rekeyed = sorted(i for i, k in keys.items() if len(k) > 1)
+    requests = [(e["seq"], e["idempotency_key"], e["n"], e["ids"]) for e in log
+                if rekeyed and set(e["ids"]) & set(rekeyed[:1])]
+    assert end["key_mismatches"] == 0 and end["body_mismatches"] == 0, (end, rekeyed[:10], requests)
     assert proc.stop() == 0

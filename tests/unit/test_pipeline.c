@@ -26,6 +26,7 @@ struct fake_sink {
     bool gate_closed;
     int fail_next; /* writes that fail (retriably) before one succeeds */
     uint32_t writes, spills, max_write_events;
+    uint32_t sizes[16]; /* of the first writes */
     uint64_t written, spilled;
     int64_t last_id; /* ids must arrive in increasing order */
     bool in_order;
@@ -68,6 +69,8 @@ static int fake_write(struct eng_sink *s, const struct eng_batch *b, struct eng_
         rc = eng_error_set(err, ENG_EIO, true, "fake failure");
     } else {
         record(f, b);
+        if (f->writes < 16)
+            f->sizes[f->writes] = b->n;
         f->writes++;
         f->written += b->n;
         if (b->n > f->max_write_events)
@@ -380,11 +383,11 @@ static void test_progress_spares_a_sink_what_it_has(void **state)
     /* No file yet: everything is written; the file then names the last event. */
     assert_int_equal(run_with_progress(path, "sys slot", 0x1000, lsns, 2), 4);
     assert_string_equal(read_text(path), "engage-sink-progress 1\nidentity sys slot\n"
-                                         "sink fake 200 1\n");
+                                         "sink fake 200 1 0\n");
     /* Redelivered from the start with one more transaction: only the new one is written. */
     assert_int_equal(run_with_progress(path, "sys slot", 0x1000, lsns, 3), 2);
     assert_string_equal(read_text(path), "engage-sink-progress 1\nidentity sys slot\n"
-                                         "sink fake 300 1\n");
+                                         "sink fake 300 1 0\n");
     /* Another server or slot, or a position the server has not reached: not trusted. */
     assert_int_equal(run_with_progress(path, "other slot", 0x1000, lsns, 3), 6);
     assert_int_equal(run_with_progress(path, "other slot", 0x2ff, lsns, 3), 6);
@@ -413,7 +416,50 @@ static void test_a_large_batch_goes_in_parts(void **state)
     assert_int_equal(f->max_write_events, 4);
     assert_true(f->in_order);
     assert_string_equal(read_text(path), "engage-sink-progress 1\nidentity sys slot\n"
-                                         "sink fake 500 1\n");
+                                         "sink fake 500 1 0\n");
+    eng_pipeline_destroy(p);
+    unlink(path);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A restart after a write of 3 events was interrupted: that write goes again first, with
+ * the same 3 events (so a sink that groups them into requests groups them the same way),
+ * even though the source queues them again one transaction at a time; then the rest. */
+static void test_the_interrupted_write_goes_again_whole(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/engage-progress-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    write_file(path, "engage-sink-progress 1\nidentity sys slot\nsink fake 100 1 3\n");
+    struct fake_sink *f = fake_create(&fake_ops, false);
+    f->base.merge_max_events = 4;
+    struct eng_pipeline *p = start(&f, 1, NULL);
+    eng_pipeline_track_progress(p, path, "sys slot", 0x1000);
+    const uint64_t lsns[] = {0x100, 0x200, 0x300, 0x400, 0x500};
+    /* Redelivered one transaction at a time, as a source catching up may, after a batch
+     * without events (a transaction that only changed content). */
+    struct eng_batch *empty = eng_batch_create(1);
+    empty->position = 0x50;
+    assert_int_equal(eng_pipeline_submit(p, empty, 1000000), 0);
+    for (uint32_t t = 0; t < 5; t++)
+        assert_int_equal(eng_pipeline_submit(p, make_txn_batch(1 + 2 * t, &lsns[t], 1), 1000000),
+                         0);
+    assert_true(eng_pipeline_wait_idle(p, 10000000));
+    assert_int_equal(f->written, 8);          /* the first transaction was durable already */
+    assert_int_equal(f->sizes[0], 3);         /* 0x200 x2, 0x300 #0: the interrupted write */
+    assert_int_equal(f->max_write_events, 4); /* then parts of the sink's size at most */
+    assert_true(f->in_order);
+    assert_string_equal(read_text(path), "engage-sink-progress 1\nidentity sys slot\n"
+                                         "sink fake 500 1 0\n");
     eng_pipeline_destroy(p);
     unlink(path);
 }
@@ -429,6 +475,7 @@ int main(void)
         cmocka_unit_test(test_a_sink_that_holds_the_source_back_spills),
         cmocka_unit_test(test_progress_spares_a_sink_what_it_has),
         cmocka_unit_test(test_a_large_batch_goes_in_parts),
+        cmocka_unit_test(test_the_interrupted_write_goes_again_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
