@@ -29,10 +29,4 @@ struct eng_pg_source_options {
 int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeline *p,
                       volatile sig_atomic_t *stop, struct eng_error *err);
 
-/* Replication status for `engage status` and /readyz-like checks. */
-struct eng_pg_source_stats {
-    uint64_t confirmed_lsn;
-    uint64_t server_wal_end;
-};
-
 #endif
