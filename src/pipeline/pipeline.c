@@ -409,6 +409,17 @@ static void lane_set_inflight(struct sink_lane *l, uint32_t n)
     progress_save(l->p);
 }
 
+/* True (and the hurry consumed) when the lane should spill: the source waited too long on
+ * it, or its queue is full. */
+static bool lane_take_hurry(struct sink_lane *l)
+{
+    pthread_mutex_lock(&l->p->lock);
+    bool hurry = l->hurried || lane_full(l->p, l);
+    l->hurried = false;
+    pthread_mutex_unlock(&l->p->lock);
+    return hurry;
+}
+
 /* Makes the events of take[0..k) durable in the sink (or spills them), but those at or
  * before (done_lsn, done_seq), which it has already. A sink with merge_max_events gets a
  * larger batch in parts of that size, its progress recorded after each, so that a crash
@@ -449,6 +460,13 @@ static bool lane_write(struct sink_lane *l, bool *open, struct eng_backoff *bo,
             return durable;
         skip += cut;
         cut = part;
+        /* Hurried (or full) between two parts: the rest of the batch is parked at once,
+         * rather than each part after another hurry. */
+        if (!spill && l->sink->ops->spill != NULL && lane_take_hurry(l)) {
+            spill = true;
+            ordered = false;
+            cut = UINT32_MAX;
+        }
     }
 }
 

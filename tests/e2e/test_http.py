@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 import lib
+import redis_expect as rx
 from test_pipeline import metrics, run_args, slot_row, wait_streaming
 from workload import Workload, lsn_int
 
@@ -404,6 +405,41 @@ def test_slow_api_does_not_slow_redis_or_clickhouse(stack, db, clean_sinks, enga
     # And the API still gets every event, from the queue or through the DLQ.
     mock.control(delay_ms=0)
     assert_all_delivered(db, mock, pg_ids(db), *http)
+    assert proc.stop() == 0
+
+
+def test_full_queue_spills_and_replay_delivers(stack, db, clean_sinks, engage, tmp_path):
+    """A queue of 4 batches in front of an API that takes 2 s a request: the queue fills,
+    the source waits 500 ms, the HTTP sink parks what waits (reason `spilled`), Redis gets
+    every event meanwhile; once the API is quick again the queue drains and `engage dlq
+    replay` delivers the parked ones, under the keys they would have had."""
+    mock = Mock(engage, tmp_path, "--delay-ms", "2000")
+    wl = Workload(db.uri, seed=107)
+    wl.setup_content()
+    env = stack.engage_env(db.uri, sinks=("redis",))
+    proc = engage(*run_args(db, tmp_path, "--sinks", "redis,http", "--http", mock.url, "--queue-depth", "4",
+                            "--http-batch", "1", "--http-inflight", "1"), env=env)
+    wait_streaming(db, proc)
+    wl.run(total=400, sessions=2, pace=0.01)
+    t_inserted = time.monotonic()
+    rx.wait_applied(stack.redis_url, len(wl.expected), 60, proc)
+    redis_s = time.monotonic() - t_inserted
+    lib.wait_for(lambda: metrics(proc).get('engage_sink_spilled_batches_total{sink="http"}', 0) >= 1, 60,
+                 what="the HTTP sink to spill")
+    # The API gets quick again: what still waits in the queue is delivered, the rest is parked.
+    mock.control(delay_ms=0)
+    settle(db, mock, set(wl.expected))
+    reasons = {r[0] for r in db.query("SELECT split_part(reason, ':', 1) FROM engage_dlq WHERE replayed_at IS NULL")}
+    parked = dlq_pending(db)
+    replayed = assert_all_delivered(db, mock, set(wl.expected), "--http-batch", "1")
+    end = mock.stats()
+    print(f"\nspill: {parked} events parked ({sorted(reasons)}), {replayed} replayed; every event in Redis "
+          f"{redis_s:.2f} s after the last insert")
+    assert parked > 0 and replayed == parked
+    assert "spilled" in reasons, reasons
+    assert redis_s < 5, f"Redis waited {redis_s:.1f} s for the HTTP sink"
+    assert end["key_mismatches"] == 0 and end["body_mismatches"] == 0, end
+    rx.check_redis(stack.redis_url, db.uri, wl.expected, require_late=False)
     assert proc.stop() == 0
 
 

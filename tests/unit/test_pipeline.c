@@ -464,6 +464,37 @@ static void test_the_interrupted_write_goes_again_whole(void **state)
     unlink(path);
 }
 
+/* A sink that writes a large batch in parts and is hurried during the first part parks the
+ * rest of the batch at once, rather than part by part. */
+static void test_a_hurried_sink_parks_the_rest_of_a_large_batch(void **state)
+{
+    (void)state;
+    struct fake_sink *fs[2] = {fake_create(&fake_ops, false), fake_create(&spilling_ops, true)};
+    struct fake_sink *api = fs[1];
+    api->base.merge_max_events = 1;
+    struct eng_pipeline_options opt = {.queue_depth = 2, .spill_after_us = 10000};
+    struct eng_pipeline *p = start(fs, 2, &opt);
+    const uint64_t lsns[] = {0x100, 0x200, 0x300, 0x400, 0x500};
+    assert_int_equal(eng_pipeline_submit(p, make_txn_batch(1, lsns, 5), 1000000), 0);
+    wait_for(api, is_in_write); /* the first part, event 1 */
+    const uint64_t more[] = {0x600};
+    assert_int_equal(eng_pipeline_submit(p, make_txn_batch(11, more, 1), 1000000), 0);
+    struct submitter sub = {.p = p, .b = make_txn_batch(13, (const uint64_t[]){0x700}, 1)};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, submit_thread, &sub), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(sub.rc, 0);
+    assert_true(eng_pipeline_wait_idle(p, 5000000));
+    assert_int_equal(api->written + api->spilled, 14);
+    /* The first part (event 1) was written; the other 9 events of the large batch were parked
+     * in one go; the two small batches after it were written, unless the lane was hurried
+     * again before it took them. */
+    assert_true(api->spilled >= 9);
+    assert_true(api->spills <= 2);
+    assert_true(api->in_order);
+    eng_pipeline_destroy(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -476,6 +507,7 @@ int main(void)
         cmocka_unit_test(test_progress_spares_a_sink_what_it_has),
         cmocka_unit_test(test_a_large_batch_goes_in_parts),
         cmocka_unit_test(test_the_interrupted_write_goes_again_whole),
+        cmocka_unit_test(test_a_hurried_sink_parks_the_rest_of_a_large_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
