@@ -642,6 +642,8 @@ int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b, int64_t tim
     /* Observed before the lanes get the batch: a lane may release it at once. */
     eng_histogram_observe(p->m_batch_size, eng_clock_mono_us() - b->created_us);
     p->blocked_since_us = 0;
+    for (size_t i = 0; i < p->nlanes; i++)
+        p->lanes[i].hurried = false; /* the source goes on: no reason left to spill */
     b->seq = p->next_seq++;
     p->submitted_position = b->position;
     for (size_t i = 0; i < p->nlanes; i++) {
