@@ -14,15 +14,14 @@ usage: bench/backfill.py [--events N] [--bin build/engage]
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 import lib  # noqa: E402
+from benchstack import bench_stack  # noqa: E402
 
 COLUMNS = "event_id, content_id, user_id, event_type, event_ts, duration_ms, device"
 
@@ -33,15 +32,7 @@ def main():
     ap.add_argument("--bin", default=str(lib.REPO_ROOT / "build" / "engage"))
     args = ap.parse_args()
     binary = Path(args.bin).resolve()
-    stack_dir = tempfile.mkdtemp(prefix="engage-bench-")
-    work = Path(tempfile.mkdtemp(prefix="engage-bench-work-"))
-    try:
-        stack = lib.Stack.up(stack_dir)
-        uri = lib.pg_create_database(stack.pg_uri, "bench")
-        lib.pg_exec(uri, "INSERT INTO content SELECT g, (ARRAY['video','article','podcast'])[g % 3 + 1], "
-                         "CASE WHEN g % 10 = 0 THEN NULL ELSE 30 + g END, 'title' FROM generate_series(1, 1000) g")
-        lib.ch_reset(stack.clickhouse_url)
-        lib.redis_reset(stack.redis_url)
+    with bench_stack() as (stack, uri, work):
         t0 = time.monotonic()
         lib.pg_exec(uri, "INSERT INTO engagement_events(content_id, user_id, event_type, event_ts, duration_ms, device) "
                          "SELECT 1 + ((g::bigint * 7919) %% 1100)::int, g %% 100000, (ARRAY['play','pause','finish'])[g %% 3 + 1], "
@@ -101,10 +92,7 @@ def main():
         for name, secs in results.items():
             print(f"{name:44} {secs:8.2f} {args.events / secs:12,.0f} {base / secs:7.2f}x")
         print(f"ClickHouse FINAL count {final}, Redis content:count total {counted}: exact")
-    finally:
-        lib._run_stack("down", stack_dir, timeout=180)
-        shutil.rmtree(stack_dir, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+
 
 
 if __name__ == "__main__":

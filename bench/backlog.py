@@ -12,15 +12,14 @@ usage: bench/backlog.py [--events N] [--bin build/engage]
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 import lib  # noqa: E402
+from benchstack import bench_stack  # noqa: E402
 
 
 def lsn_int(text):
@@ -34,15 +33,7 @@ def main():
     ap.add_argument("--bin", default=str(lib.REPO_ROOT / "build" / "engage"))
     args = ap.parse_args()
     binary = Path(args.bin).resolve()
-    stack_dir = tempfile.mkdtemp(prefix="engage-bench-")
-    work = Path(tempfile.mkdtemp(prefix="engage-bench-work-"))
-    try:
-        stack = lib.Stack.up(stack_dir)
-        uri = lib.pg_create_database(stack.pg_uri, "bench")
-        lib.pg_exec(uri, "INSERT INTO content SELECT g, (ARRAY['video','article','podcast'])[g % 3 + 1], "
-                         "CASE WHEN g % 10 = 0 THEN NULL ELSE 30 + g END, 'title' FROM generate_series(1, 1000) g")
-        lib.ch_reset(stack.clickhouse_url)
-
+    with bench_stack() as (stack, uri, work):
         # The slots exist before the backlog is written: engage creates its own
         # (and the publication), pg_recvlogical gets a twin.
         env = {"ENGAGE_PG": uri, "ENGAGE_CLICKHOUSE": stack.clickhouse_url}
@@ -126,10 +117,7 @@ def main():
         print(f"(baseline: the faster pg_recvlogical run, {base:.2f}s)")
         for name, secs in results.items():
             print(f"{name:36} {secs:8.2f} {args.events / secs:12,.0f} {base / secs:17.2f}x")
-    finally:
-        lib._run_stack("down", stack_dir, timeout=180)
-        shutil.rmtree(stack_dir, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+
 
 
 if __name__ == "__main__":
