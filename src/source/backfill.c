@@ -57,8 +57,7 @@ struct backfill {
     struct eng_content_cache *cache;
     char start[KEY_TEXT_MAX], end[KEY_TEXT_MAX]; /* as PostgreSQL normalizes them */
     char state_path[4096];
-    struct page_key after; /* the last row submitted */
-    bool have_after;
+    struct page_key after; /* the last row submitted (before the first row at the start) */
     uint64_t pages;        /* submitted */
     uint64_t durable_page; /* saved as the resume point */
     struct pending_page *pending;
@@ -142,7 +141,6 @@ static void load_resume(struct backfill *b)
     }
     memcpy(b->after.ts, ts, strlen(ts) + 1); /* lengths checked above */
     memcpy(b->after.id, idtext, strlen(idtext) + 1);
-    b->have_after = true;
     b->stats->resumed = true;
 }
 
@@ -253,15 +251,6 @@ static PGresult *query_page(struct backfill *b, struct eng_error *err)
 {
     char limit[16];
     snprintf(limit, sizeof(limit), "%u", b->opt->page_events);
-    if (!b->have_after) {
-        const char *params[] = {b->start, b->end, limit};
-        return eng_pg_exec(b->conn,
-                           "SELECT event_id, content_id, user_id, event_type, event_ts, "
-                           "duration_ms, device FROM engagement_events WHERE event_ts >= "
-                           "$1::timestamp AND event_ts < $2::timestamp ORDER BY event_ts, "
-                           "event_id LIMIT $3::int",
-                           3, params, err, "could not read engagement_events");
-    }
     const char *params[] = {b->start, b->end, b->after.ts, b->after.id, limit};
     return eng_pg_exec(b->conn,
                        "SELECT event_id, content_id, user_id, event_type, event_ts, duration_ms, "
@@ -347,21 +336,12 @@ static void warn_without_index(struct backfill *b)
 
 static int count_range(struct backfill *b, struct eng_error *err)
 {
-    PGresult *r;
-    if (b->have_after) {
-        const char *params[] = {b->start, b->end, b->after.ts, b->after.id};
-        r = eng_pg_exec(b->conn,
-                        "SELECT count(*) FROM engagement_events WHERE event_ts >= $1::timestamp "
-                        "AND event_ts < $2::timestamp AND (event_ts, event_id) > "
-                        "($3::timestamp, $4::bigint)",
-                        4, params, err, "could not count the range");
-    } else {
-        const char *params[] = {b->start, b->end};
-        r = eng_pg_exec(b->conn,
-                        "SELECT count(*) FROM engagement_events WHERE event_ts >= $1::timestamp "
-                        "AND event_ts < $2::timestamp",
-                        2, params, err, "could not count the range");
-    }
+    const char *params[] = {b->start, b->end, b->after.ts, b->after.id};
+    PGresult *r = eng_pg_exec(b->conn,
+                              "SELECT count(*) FROM engagement_events WHERE event_ts >= "
+                              "$1::timestamp AND event_ts < $2::timestamp AND (event_ts, event_id) "
+                              "> ($3::timestamp, $4::bigint)",
+                              4, params, err, "could not count the range");
     if (r == NULL)
         return err->code;
     int64_t total = 0;
@@ -397,7 +377,6 @@ static int submit_page(struct backfill *b, struct eng_batch *batch, const struct
     b->pending[b->npending].key = *key;
     b->npending++;
     b->after = *key;
-    b->have_after = true;
     b->stats->events += n;
     checkpoint(b);
     show_progress(b, false);
@@ -424,7 +403,12 @@ int eng_backfill_run(const struct eng_backfill_options *opt, struct eng_pipeline
                      volatile sig_atomic_t *stop, struct eng_backfill_stats *stats,
                      struct eng_error *err)
 {
-    struct backfill b = {.opt = opt, .p = p, .stop = stop, .stats = stats};
+    /* Before every row: no event_id is the smallest bigint (bigserial starts at 1). */
+    struct backfill b = {.opt = opt,
+                         .p = p,
+                         .stop = stop,
+                         .stats = stats,
+                         .after = {"-infinity", "-9223372036854775808"}};
     struct eng_backoff bo;
     memset(stats, 0, sizeof(*stats));
     eng_backoff_init(&bo, 200000, 10000000, (uint64_t)eng_clock_mono_us());
