@@ -70,10 +70,12 @@ void eng_enrich_derive(struct eng_event *e)
 {
     e->flags &= ~(uint32_t)(ENG_EV_SECONDS_VALID | ENG_EV_PCT_VALID);
     e->pct_hundredths = 0;
-    if (e->flags & ENG_EV_DURATION_NULL)
+    /* The brief: both are NULL when duration_ms or length_seconds is missing (an unknown
+     * content row has no length); only the pct is NULL when the length is 0. */
+    if (e->flags & (ENG_EV_DURATION_NULL | ENG_EV_LENGTH_NULL))
         return;
     e->flags |= ENG_EV_SECONDS_VALID;
-    if ((e->flags & ENG_EV_LENGTH_NULL) || e->length_seconds == 0)
+    if (e->length_seconds == 0)
         return;
     /* pct = (duration_ms / 1000) / length_seconds, in hundredths:
      * duration_ms * 100 / (length_seconds * 1000) = duration_ms / (length_seconds * 10),

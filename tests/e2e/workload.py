@@ -58,9 +58,10 @@ def expected_event(row, content):
     event_id, content_id, user_id, event_type, event_ts, duration_ms, device = row
     ctype, length = content if content is not None else (None, None)
     seconds = pct = None
-    if duration_ms is not None:
+    # The brief: both NULL when duration_ms or length_seconds is missing; pct NULL at 0.
+    if duration_ms is not None and length is not None:
         seconds = float(decimal_text(duration_ms, 3))
-        if length is not None and length != 0:
+        if length != 0:
             pct = float(decimal_text(_round_half_away(Fraction(duration_ms, 1000 * length)), 2))
     return {
         "event_id": event_id,

@@ -251,12 +251,12 @@ int main(int argc, char **argv)
              db);
     CHECK(query_equals(url, sql, "1\t1\t1\t1\t1\t1\tvideo\t300"), "JSON null into Nullable");
     snprintf(sql, sizeof(sql),
-             "SELECT isNull(content_type), isNull(length_seconds), engagement_seconds, "
+             "SELECT isNull(content_type), isNull(length_seconds), isNull(engagement_seconds), "
              "isNull(engagement_pct), toString(event_ts) FROM %s.events_enriched FINAL WHERE "
              "event_id = 18 FORMAT TSV",
              db);
-    CHECK(query_equals(url, sql, "1\t1\t1.234\t1\t2026-01-31 23:30:00"),
-          "unknown content: content fields and pct NULL, sub-second part dropped");
+    CHECK(query_equals(url, sql, "1\t1\t1\t1\t2026-01-31 23:30:00"),
+          "unknown content: content fields and both derived fields NULL (the brief's rule)");
     snprintf(sql, sizeof(sql),
              "SELECT partition, sum(rows) FROM system.parts WHERE active AND database = '%s' "
              "GROUP BY partition ORDER BY partition FORMAT TSV",

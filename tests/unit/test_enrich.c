@@ -35,7 +35,8 @@ static const struct pct_case pct_cases[] = {
     {-5, 1, false, false, "-0.005", "-0.01"}, /* half away from zero, negative */
     {2147483647, 1, false, false, "2147483.647", "2147483.65"},
     {7000, 0, false, false, "7.0", NULL}, /* length 0: pct NULL */
-    {7000, 0, false, true, "7.0", NULL},  /* length NULL */
+    {7000, 0, false, true, NULL, NULL},   /* length NULL: both NULL (the brief's rule) */
+    {7000, 300, false, true, NULL, NULL}, /* length NULL whatever the stale value */
     {0, 300, true, false, NULL, NULL},    /* duration NULL */
 };
 
@@ -125,10 +126,11 @@ static void test_unknown_content_and_nulls(void **state)
                        "\"engagement_seconds\":null,\"engagement_pct\":null}";
     assert_memory_equal(json, want, strlen(want));
     assert_false(b->events[0].flags & ENG_EV_CONTENT_FOUND);
-    /* Unknown content with a duration: seconds present, pct NULL. */
+    /* Unknown content with a duration: no length, so both derived fields are NULL (the
+     * brief: "If duration_ms or length_seconds is missing: both NULL"). */
     const char *vals2[] = {"18", "42", "5", "pause", "2026-01-08 00:00:01", "1500", "web"};
     json = enrich_one(b, cache, vals2);
-    assert_non_null(strstr(json, "\"engagement_seconds\":1.5,\"engagement_pct\":null}"));
+    assert_non_null(strstr(json, "\"engagement_seconds\":null,\"engagement_pct\":null}"));
     eng_batch_release(b);
     eng_content_cache_destroy(cache);
 }
