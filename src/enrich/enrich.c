@@ -1,3 +1,4 @@
+#include <stdio.h>
 #include <string.h>
 
 #include "../core/pgtext.h"
@@ -6,6 +7,58 @@
 const char *const eng_event_col_names[ENG_COL__COUNT] = {
     "event_id", "content_id", "user_id", "event_type", "event_ts", "duration_ms", "device",
 };
+
+#define OID_INT8      20
+#define OID_INT2      21
+#define OID_INT4      23
+#define OID_TEXT      25
+#define OID_BPCHAR    1042
+#define OID_VARCHAR   1043
+#define OID_TIMESTAMP 1114
+#define INTS          {OID_INT4, OID_INT2, 0}, "integer or smallint"
+#define TEXTS         {OID_TEXT, OID_VARCHAR, OID_BPCHAR}, "text, character varying or character"
+
+const struct eng_column_rule eng_column_rules[] = {
+    {"engagement_events", "event_id", {OID_INT8, OID_INT4, OID_INT2}, "bigint, integer or smallint"},
+    {"engagement_events", "content_id", INTS},
+    {"engagement_events", "user_id", INTS},
+    {"engagement_events", "event_type", TEXTS},
+    {"engagement_events", "event_ts", {OID_TIMESTAMP, 0, 0}, "timestamp without time zone"},
+    {"engagement_events", "duration_ms", INTS},
+    {"engagement_events", "device", TEXTS},
+    {"content", "content_id", INTS},
+    {"content", "content_type", TEXTS},
+    {"content", "length_seconds", INTS},
+};
+const size_t eng_column_rule_count = sizeof(eng_column_rules) / sizeof(eng_column_rules[0]);
+
+int eng_column_check(const char *table, const char *column, uint32_t type_oid,
+                     const char *type_name, struct eng_error *err)
+{
+    for (size_t i = 0; i < eng_column_rule_count; i++) {
+        const struct eng_column_rule *r = &eng_column_rules[i];
+        if (strcmp(r->table, table) != 0 || strcmp(r->column, column) != 0)
+            continue;
+        for (size_t k = 0; k < 3 && r->oids[k] != 0; k++) {
+            if (r->oids[k] == type_oid)
+                return 0;
+        }
+        char shown[64];
+        if (type_name != NULL)
+            snprintf(shown, sizeof(shown), "%s", type_name);
+        else
+            snprintf(shown, sizeof(shown), "type oid %u", type_oid);
+        return eng_error_set(err, ENG_EINVAL, false,
+                             "column %s.%s has type %s, engage reads it as %s (runbook: ALTER "
+                             "TABLE %s ALTER COLUMN %s TYPE %s, or fix the values first)",
+                             table, column, shown, r->want, table, column,
+                             strncmp(r->want, "timestamp", 9) == 0 ? "timestamp"
+                             : r->want[0] == 't'                   ? "text"
+                             : r->want[0] == 'b'                   ? "bigint"
+                                                                   : "integer");
+    }
+    return 0;
+}
 
 static int bad_column(struct eng_error *err, enum eng_event_col col, const struct eng_text *v)
 {

@@ -29,6 +29,23 @@ enum eng_event_col {
 /* Column names as in the source table, indexed by enum eng_event_col. */
 extern const char *const eng_event_col_names[ENG_COL__COUNT];
 
+/* The source tables' columns engage reads and the types it reads them as (pg_type OIDs).
+ * Only exact conversions are accepted: smallint for integer, varchar/char for text. */
+struct eng_column_rule {
+    const char *table;
+    const char *column;
+    uint32_t oids[3]; /* accepted types, 0-terminated */
+    const char *want; /* the accepted types, as PostgreSQL names them */
+};
+extern const struct eng_column_rule eng_column_rules[];
+extern const size_t eng_column_rule_count;
+
+/* Checks one column of a source table against eng_column_rules: 0 when engage does not
+ * read it or its type is accepted, else a fatal ENG_EINVAL naming the column, its type
+ * (type_name, may be NULL) and the expected ones, with a runbook line. */
+int eng_column_check(const char *table, const char *column, uint32_t type_oid,
+                     const char *type_name, struct eng_error *err) ENG_MUSTCHECK;
+
 /* Fills e (pushed on b) from text columns. Returns 0, or ENG_EINVAL with err saying which
  * column did not parse (event_id and event_ts must be present; content_id must not be NULL,
  * since every sink keys on it). */

@@ -77,7 +77,7 @@ static int connect_and_prepare(struct backfill *b, struct eng_error *err)
     if (r == NULL)
         return err->code;
     PQclear(r);
-    return 0;
+    return eng_pg_check_schema(b->conn, err);
 }
 
 /* Normalizes the range through PostgreSQL (so any timestamp text it reads works, and the

@@ -86,6 +86,9 @@ struct pgsrc {
     uint64_t confirmed; /* flush LSN last sent */
     uint64_t sent_confirmed;
     uint64_t state_lsn;
+    bool state_dirty;        /* the durable cache changed and is not on file yet */
+    uint64_t confirm_bound;  /* on file: no flush LSN is sent past it */
+    int64_t bound_saved_us;
     uint64_t received_lsn;
     uint64_t server_wal_end;
     int64_t last_status_us;
@@ -246,6 +249,67 @@ static int save_state(struct pgsrc *s, uint64_t lsn, struct eng_error *err)
     return rc;
 }
 
+static int save_bound(struct pgsrc *s, uint64_t lsn, struct eng_error *err)
+{
+    struct eng_pg_state b;
+    snprintf(b.system_id, sizeof(b.system_id), "%s", s->system_id);
+    b.lsn = lsn;
+    int rc = eng_pg_bound_save(s->opt->state_dir, s->opt->slot, &b, err);
+    if (rc == 0)
+        s->confirm_bound = lsn;
+    return rc;
+}
+
+/* A checkpoint that cannot be this server's and slot's history is refused, never streamed
+ * from: one ahead of the server's WAL (an edited or copied file) would confirm WAL engage
+ * never read, and a slot confirmed past the bound engage keeps was not confirmed by engage
+ * (dropped and created again), so the events in between never reached the sinks. */
+static int check_checkpoint(struct pgsrc *s, const struct eng_pg_state *st, bool exists,
+                            uint64_t confirmed_flush, struct eng_error *err)
+{
+    char a[24], b[24];
+    struct eng_pg_state bound = {0};
+    int brc = eng_pg_bound_load(s->opt->state_dir, s->opt->slot, &bound, err);
+    if (brc < 0) {
+        char why[sizeof(err->msg)];
+        memcpy(why, err->msg, sizeof(why));
+        return eng_error_set(err, ENG_EFATAL, false,
+                             "%s (runbook: remove it; the next start writes it again)", why);
+    }
+    uint64_t ahead = st->lsn;
+    if (brc == 0 && strcmp(bound.system_id, s->system_id) == 0 && bound.lsn > ahead)
+        ahead = bound.lsn;
+    if (s->server_xlogpos != 0 && ahead > s->server_xlogpos) {
+        eng_lsn_format(ahead, a, sizeof(a));
+        eng_lsn_format(s->server_xlogpos, b, sizeof(b));
+        return eng_error_set(err, ENG_EFATAL, false,
+                             "checkpoint %s in state directory \"%s\" is ahead of the server's "
+                             "WAL end %s: it is not this server's history (runbook: use the "
+                             "state directory of this deployment, or remove %s.state and "
+                             "%s.bound and backfill from the time engage last ran)",
+                             a, s->opt->state_dir, b, s->opt->slot, s->opt->slot);
+    }
+    if (brc != 0) {
+        eng_info("msg=\"no confirm bound on file yet; written from now on\" slot=%s",
+                 s->opt->slot);
+        return 0;
+    }
+    s->confirm_bound = bound.lsn;
+    if (exists && confirmed_flush > bound.lsn) {
+        eng_lsn_format(confirmed_flush, a, sizeof(a));
+        eng_lsn_format(bound.lsn, b, sizeof(b));
+        return eng_error_set(err, ENG_EFATAL, false,
+                             "replication slot \"%s\" is confirmed at %s, past anything engage "
+                             "confirmed (%s): it is not the slot the checkpoint came from "
+                             "(dropped and created again?) and the events in between never "
+                             "reached the sinks (runbook: note the time engage last ran, remove "
+                             "%s.state and %s.bound from the state directory, start engage, and "
+                             "run engage backfill from that time)",
+                             s->opt->slot, a, b, s->opt->slot, s->opt->slot);
+    }
+    return 0;
+}
+
 /* Makes sure the slot exists (creating it, with its snapshot's content, if this is a fresh
  * start) and that the caches belong to the checkpoint. Sets *start to the position to
  * stream from. */
@@ -308,6 +372,8 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
                                      "remove the state file to start a new slot, then backfill "
                                      "from the checkpoint's time)",
                                      slot, st.lsn);
+            if (check_checkpoint(s, &st, exists, confirmed_flush, err) != 0)
+                return err->code;
             s->state_lsn = st.lsn;
             s->confirmed = st.lsn > confirmed_flush ? st.lsn : confirmed_flush;
             eng_info("msg=\"restored checkpoint\" slot=%s content_rows=%u", slot,
@@ -320,7 +386,7 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
             if (eng_pg_load_content(s->conn, NULL, s->durable, err) != 0)
                 return err->code;
             s->confirmed = confirmed_flush;
-            if (save_state(s, confirmed_flush, err) != 0)
+            if (save_state(s, confirmed_flush, err) != 0 || save_bound(s, confirmed_flush, err) != 0)
                 return err->code;
         }
     }
@@ -348,7 +414,7 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
         /* The snapshot stays valid while the replication connection runs no other command. */
         if (eng_pg_load_content(s->conn, snapshot, s->durable, err) != 0)
             return err->code;
-        if (save_state(s, consistent, err) != 0)
+        if (save_state(s, consistent, err) != 0 || save_bound(s, consistent, err) != 0)
             return err->code;
         s->confirmed = consistent;
         eng_info("msg=\"created replication slot\" slot=%s content_rows=%u", slot,
@@ -378,6 +444,20 @@ static struct relmap *relmap_get(struct pgsrc *s, uint32_t oid)
             return &s->rels[i];
     }
     return NULL;
+}
+
+/* A table engage reads whose column changed type while streaming (ALTER TABLE) would be
+ * read wrongly from here on: stop with the column named instead. */
+static int relation_check(const struct eng_pgo_relation *rel, struct eng_error *err)
+{
+    const char *table = strcmp(rel->relname, "engagement_events") == 0 ? "engagement_events"
+                        : strcmp(rel->relname, "content") == 0         ? "content"
+                                                                       : NULL;
+    for (int i = 0; table != NULL && i < rel->natts; i++) {
+        if (eng_column_check(table, rel->attrs[i].name, rel->attrs[i].type_oid, NULL, err) != 0)
+            return ENG_EFATAL;
+    }
+    return 0;
 }
 
 static void relmap_update(struct pgsrc *s, const struct eng_pgo_relation *rel)
@@ -445,6 +525,33 @@ static void send_status(struct pgsrc *s, bool force)
     eng_gauge_set(s->m_confirmed, (int64_t)s->confirmed);
 }
 
+/* Least time between two writes of the confirm bound while the stream moves. */
+#define BOUND_INTERVAL_US INT64_C(200000)
+
+/* True when a flush LSN of lsn may be sent: the confirm bound on file is at or past it, or
+ * has just been written so (up to the server's WAL end, so that a busy stream writes it a few
+ * times a second, not at every tick). */
+static bool bound_allows(struct pgsrc *s, uint64_t lsn)
+{
+    if (lsn <= s->confirm_bound)
+        return true;
+    int64_t now = eng_clock_mono_us();
+    if (now - s->bound_saved_us < BOUND_INTERVAL_US)
+        return false;
+    struct eng_pg_state b;
+    struct eng_error err;
+    snprintf(b.system_id, sizeof(b.system_id), "%s", s->system_id);
+    b.lsn = s->server_wal_end > lsn ? s->server_wal_end : lsn;
+    s->bound_saved_us = now;
+    if (eng_pg_bound_save(s->opt->state_dir, s->opt->slot, &b, &err) != 0) {
+        eng_error("msg=\"could not save the confirm bound; checkpoint held\" error=\"%s\"",
+                  err.msg);
+        return false;
+    }
+    s->confirm_bound = b.lsn;
+    return true;
+}
+
 /* Moves the checkpoint to what every sink made durable: applies the content changes that
  * became durable to the durable cache and saves it before the flush LSN passes them. */
 static void checkpoint_tick(struct pgsrc *s)
@@ -458,17 +565,24 @@ static void checkpoint_tick(struct pgsrc *s)
         k++;
     }
     if (k > 0) {
-        struct eng_error err;
         for (size_t i = 0; i < k; i++)
             free(s->pending.v[i].row.content_type);
         memmove(s->pending.v, s->pending.v + k, (s->pending.n - k) * sizeof(*s->pending.v));
         s->pending.n -= k;
+        s->state_dirty = true;
+    }
+    /* The cache on file must be the one of the position confirmed: a save that failed is
+     * tried again before anything is confirmed (the changes already left the pending list). */
+    if (s->state_dirty) {
+        struct eng_error err;
         if (save_state(s, durable, &err) != 0) {
-            /* Not confirming is always safe; the next tick tries again. */
             eng_error("msg=\"could not save state; checkpoint held\" error=\"%s\"", err.msg);
             return;
         }
+        s->state_dirty = false;
     }
+    if (!bound_allows(s, durable))
+        goto lag;
     s->confirmed = durable;
     send_status(s, true);
 lag:
@@ -652,6 +766,8 @@ static int on_message(struct pgsrc *s, const struct eng_pgo_msg *msg, uint64_t l
             s->batch_deadline = eng_clock_mono_us() + s->opt->batch_max_us;
         return 0;
     case ENG_PGO_RELATION:
+        if (relation_check(msg->u.relation, err) != 0)
+            return err->code;
         relmap_update(s, msg->u.relation);
         return 0;
     case ENG_PGO_INSERT:
@@ -708,8 +824,9 @@ static int on_copy_data(struct pgsrc *s, const char *buf, int len, struct eng_er
         s->server_wal_end = wal_end;
         /* Nothing in flight: everything the server sent is durable, so an idle slot may
          * confirm the server's position and never hold WAL. */
-        if (!s->in_tx && !batch_waiting(s) && s->pending.n == 0 && wal_end > s->confirmed &&
-            eng_pipeline_idle(s->p) && eng_pipeline_durable_position(s->p) >= s->submitted_pos)
+        if (!s->in_tx && !batch_waiting(s) && s->pending.n == 0 && !s->state_dirty &&
+            wal_end > s->confirmed && eng_pipeline_idle(s->p) &&
+            eng_pipeline_durable_position(s->p) >= s->submitted_pos && bound_allows(s, wal_end))
             s->confirmed = wal_end;
         send_status(s, reply);
         return 0;
@@ -845,7 +962,8 @@ static int session(struct pgsrc *s, struct eng_error *err)
     s->repl = eng_pg_connect(s->opt->conninfo, true, err);
     if (s->repl == NULL)
         return err->code;
-    if (check_server(s, err) != 0 || identify_system(s, err) != 0 ||
+    if (check_server(s, err) != 0 || eng_pg_check_schema(s->conn, err) != 0 ||
+        identify_system(s, err) != 0 ||
         ensure_publication(s, err) != 0 || prepare_slot(s, &start, err) != 0)
         return err->code;
     PQfinish(s->conn); /* not needed while streaming */
@@ -957,6 +1075,7 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
     /* Shutdown: give the sinks a moment to finish what is in flight, then confirm it. */
     if (s.streaming) {
         (void)eng_pipeline_wait_idle(p, 5000000);
+        s.bound_saved_us = 0; /* the confirm bound may be written once more right away */
         checkpoint_tick(&s);
         send_status(&s, true);
     }

@@ -21,6 +21,10 @@ PGresult *eng_pg_exec(PGconn *c, const char *sql, int nparams, const char *const
  * returns NULL with err set. */
 PGconn *eng_pg_connect(const char *conninfo, bool replication, struct eng_error *err);
 
+/* Checks that engagement_events and content have every column engage reads, each of a type
+ * it reads exactly (eng_column_rules); a fatal ENG_EINVAL naming the column otherwise. */
+int eng_pg_check_schema(PGconn *c, struct eng_error *err) ENG_MUSTCHECK;
+
 /* Replaces the cache with the content table, read in one REPEATABLE READ transaction (in
  * the exported snapshot when snapshot is not NULL). */
 int eng_pg_load_content(PGconn *c, const char *snapshot, struct eng_content_cache *cache,

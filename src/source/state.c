@@ -29,30 +29,23 @@ void eng_lsn_format(uint64_t lsn, char *out, size_t len)
     snprintf(out, len, "%" PRIX32 "/%" PRIX32, (uint32_t)(lsn >> 32), (uint32_t)lsn);
 }
 
-static void state_path(char *out, size_t len, const char *dir, const char *slot, const char *suffix)
+int eng_durable_replace(const char *dir, const char *name, eng_file_writer *write, void *arg,
+                        struct eng_error *err)
 {
-    snprintf(out, len, "%s/%s.state%s", dir, slot, suffix);
-}
-
-int eng_pg_state_save(const char *dir, const char *slot, const struct eng_pg_state *st,
-                      const struct eng_content_cache *cache, struct eng_error *err)
-{
-    char path[4096], tmp[4200], lsn[24];
+    char path[4096], tmp[4200];
     FILE *f = NULL;
     int rc = ENG_EIO;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
         return eng_error_set(err, rc, false, "could not create state directory \"%s\": %s", dir,
                              strerror(errno));
-    state_path(path, sizeof(path), dir, slot, "");
-    state_path(tmp, sizeof(tmp), dir, slot, ".tmp");
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    snprintf(tmp, sizeof(tmp), "%s/%s.tmp", dir, name);
     f = fopen(tmp, "w");
     if (f == NULL) {
         eng_error_set(err, rc, false, "could not create \"%s\": %s", tmp, strerror(errno));
         goto fail;
     }
-    eng_lsn_format(st->lsn, lsn, sizeof(lsn));
-    fprintf(f, "engage-pg-state 1\nsystem_id %s\nslot %s\nlsn %s\n", st->system_id, slot, lsn);
-    if (eng_content_cache_save(cache, f, err) != 0)
+    if (write(f, arg, err) != 0)
         goto fail;
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
         eng_error_set(err, rc, false, "could not write \"%s\": %s", tmp, strerror(errno));
@@ -69,16 +62,63 @@ int eng_pg_state_save(const char *dir, const char *slot, const struct eng_pg_sta
         goto fail;
     }
     int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-        (void)fsync(dfd); /* make the rename durable */
-        close(dfd);
+    if (dfd < 0 || fsync(dfd) != 0) { /* the rename is durable only with the directory */
+        eng_error_set(err, rc, false, "could not sync directory \"%s\": %s", dir,
+                      strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
+        return rc;
     }
+    close(dfd);
     return 0;
 fail:
     if (f != NULL)
         fclose(f);
     unlink(tmp);
     return rc;
+}
+
+struct state_file {
+    const char *slot;
+    const struct eng_pg_state *st;
+    const struct eng_content_cache *cache;
+};
+
+static int write_state(FILE *f, void *arg, struct eng_error *err)
+{
+    const struct state_file *sf = arg;
+    char lsn[24];
+    eng_lsn_format(sf->st->lsn, lsn, sizeof(lsn));
+    fprintf(f, "engage-pg-state 1\nsystem_id %s\nslot %s\nlsn %s\n", sf->st->system_id, sf->slot,
+            lsn);
+    return eng_content_cache_save(sf->cache, f, err);
+}
+
+int eng_pg_state_save(const char *dir, const char *slot, const struct eng_pg_state *st,
+                      const struct eng_content_cache *cache, struct eng_error *err)
+{
+    char name[300];
+    struct state_file sf = {slot, st, cache};
+    snprintf(name, sizeof(name), "%s.state", slot);
+    return eng_durable_replace(dir, name, write_state, &sf, err);
+}
+
+static int write_bound(FILE *f, void *arg, struct eng_error *err)
+{
+    const struct eng_pg_state *st = arg;
+    char lsn[24];
+    (void)err;
+    eng_lsn_format(st->lsn, lsn, sizeof(lsn));
+    fprintf(f, "engage-pg-confirm-bound 1\nsystem_id %s\nlsn %s\n", st->system_id, lsn);
+    return 0;
+}
+
+int eng_pg_bound_save(const char *dir, const char *slot, const struct eng_pg_state *bound,
+                      struct eng_error *err)
+{
+    char name[300];
+    snprintf(name, sizeof(name), "%s.bound", slot);
+    return eng_durable_replace(dir, name, write_bound, (void *)bound, err);
 }
 
 /* Reads one "key value" line; value is the rest of the line without the newline. */
@@ -100,7 +140,7 @@ int eng_pg_state_load(const char *dir, const char *slot, struct eng_pg_state *st
                       struct eng_content_cache *cache, struct eng_error *err)
 {
     char path[4096], magic[32], sysid[64], slotname[256], lsn[64];
-    state_path(path, sizeof(path), dir, slot, "");
+    snprintf(path, sizeof(path), "%s/%s.state", dir, slot);
     FILE *f = fopen(path, "r");
     if (f == NULL) {
         if (errno == ENOENT)
@@ -126,6 +166,30 @@ int eng_pg_state_load(const char *dir, const char *slot, struct eng_pg_state *st
     }
     rc = 0;
 out:
+    fclose(f);
+    return rc;
+}
+
+int eng_pg_bound_load(const char *dir, const char *slot, struct eng_pg_state *bound,
+                      struct eng_error *err)
+{
+    char path[4096], magic[40], sysid[64], lsn[64];
+    snprintf(path, sizeof(path), "%s/%s.bound", dir, slot);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        if (errno == ENOENT)
+            return 1;
+        return eng_error_set(err, ENG_EIO, false, "could not open \"%s\": %s", path,
+                             strerror(errno));
+    }
+    int rc = 0;
+    if (fgets(magic, sizeof(magic), f) == NULL ||
+        strcmp(magic, "engage-pg-confirm-bound 1\n") != 0 ||
+        !read_kv(f, "system_id", sysid, sizeof(sysid)) || !read_kv(f, "lsn", lsn, sizeof(lsn)) ||
+        strlen(sysid) >= sizeof(bound->system_id) || !eng_lsn_parse(lsn, &bound->lsn))
+        rc = eng_error_set(err, ENG_EPROTO, false, "state file \"%s\" is corrupt", path);
+    else
+        memcpy(bound->system_id, sysid, strlen(sysid) + 1);
     fclose(f);
     return rc;
 }
