@@ -33,10 +33,11 @@ void eng_batch_release(struct eng_batch *b)
 
 bool eng_batch_full(const struct eng_batch *b)
 {
-    /* Leave room for one more event's text (a row is capped well below this margin). */
-    const size_t margin = (size_t)4 << 20;
-    return b->n >= b->cap || b->strings.len > ENG_BATCH_MAX_BYTES - margin ||
-           b->jsonl.len > ENG_BATCH_MAX_BYTES - margin;
+    /* Leave room for the largest event (ENG_EVENT_MAX_TEXT, ENG_EVENT_MAX_JSON); an
+     * overflowed buffer (never expected: events are capped) is full too. */
+    return b->n >= b->cap || b->strings.overflow || b->jsonl.overflow ||
+           b->strings.len > ENG_BATCH_MAX_BYTES - ENG_BATCH_MARGIN ||
+           b->jsonl.len > ENG_BATCH_MAX_BYTES - ENG_BATCH_MARGIN;
 }
 
 struct eng_event *eng_batch_push(struct eng_batch *b)

@@ -76,6 +76,14 @@ struct eng_batch *eng_batch_create(uint32_t cap);
 
 #define ENG_BATCH_MAX_BYTES ((size_t)256 << 20)
 
+/* What one event may carry: its row's text columns with its content type at most
+ * ENG_EVENT_MAX_TEXT bytes, its enriched JSON at most ENG_EVENT_MAX_JSON (text escapes to at
+ * most 6 bytes a byte). A larger row is parked with the reason, never cut. A batch is full
+ * while less room than the worst event is left (ENG_BATCH_MARGIN). */
+#define ENG_EVENT_MAX_TEXT ((size_t)4 << 20)
+#define ENG_EVENT_MAX_JSON ((size_t)16 << 20)
+#define ENG_BATCH_MARGIN   ((size_t)32 << 20)
+
 /* Drops one reference (the creator holds the first); frees the batch at zero. NULL is a no-op. */
 void eng_batch_release(struct eng_batch *b);
 void eng_batch_retain(struct eng_batch *b);

@@ -249,3 +249,51 @@ bool eng_enrich(struct eng_batch *b, struct eng_event *e, const struct eng_conte
     eng_buf_putc(&b->jsonl, '\n');
     return c != NULL;
 }
+
+static void batch_rollback(struct eng_batch *b, uint32_t n, size_t strings, size_t jsonl)
+{
+    b->n = n;
+    b->strings.len = strings;
+    b->strings.overflow = false;
+    b->jsonl.len = jsonl;
+    b->jsonl.overflow = false;
+}
+
+int eng_enrich_row(struct eng_batch *b, const struct eng_text cols[ENG_COL__COUNT],
+                   const struct eng_content_cache *cache, struct eng_event **out, bool *missed,
+                   struct eng_error *err)
+{
+    size_t text = 0;
+    for (int c = 0; c < ENG_COL__COUNT; c++)
+        text += cols[c].null ? 0 : cols[c].len;
+    int32_t cid;
+    const struct eng_text *id = &cols[ENG_COL_CONTENT_ID];
+    if (!id->null && eng_parse_i32(id->data, id->len, &cid)) {
+        const struct eng_content *c = eng_content_cache_get(cache, cid);
+        text += c != NULL && !c->type_null ? c->type_len : 0;
+    }
+    if (text > ENG_EVENT_MAX_TEXT)
+        return eng_error_set(err, ENG_EINVAL, false,
+                             "row carries %zu bytes of text with its content type, over the %zu "
+                             "MiB one event may carry",
+                             text, ENG_EVENT_MAX_TEXT >> 20);
+    uint32_t n = b->n;
+    size_t strings = b->strings.len, jsonl = b->jsonl.len;
+    struct eng_event *e = eng_batch_push(b);
+    int rc = eng_event_from_text(b, e, cols, err);
+    if (rc != 0) {
+        batch_rollback(b, n, strings, jsonl);
+        return rc;
+    }
+    *missed = !eng_enrich(b, e, cache);
+    if (b->strings.overflow || b->jsonl.overflow || e->json.len > ENG_EVENT_MAX_JSON) {
+        size_t len = b->jsonl.overflow ? b->jsonl.len - jsonl : e->json.len;
+        batch_rollback(b, n, strings, jsonl);
+        return eng_error_set(err, ENG_EINVAL, false,
+                             "enriched event is %s%zu bytes of JSON, over the %zu MiB cap",
+                             len > ENG_EVENT_MAX_JSON ? "" : "more than ", len,
+                             ENG_EVENT_MAX_JSON >> 20);
+    }
+    *out = e;
+    return 0;
+}

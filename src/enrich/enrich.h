@@ -58,6 +58,15 @@ int eng_event_from_text(struct eng_batch *b, struct eng_event *e,
  * content row was found. */
 bool eng_enrich(struct eng_batch *b, struct eng_event *e, const struct eng_content_cache *cache);
 
+/* One source row to one enriched event at the end of b: eng_event_from_text, then
+ * eng_enrich, within the caps of one event (ENG_EVENT_MAX_TEXT, ENG_EVENT_MAX_JSON). The
+ * caller has checked eng_batch_full. Returns 0 with *out the event (*missed set when no
+ * content row joined), or ENG_EINVAL when the row is not an event engage can deliver, with
+ * the reason in err and b exactly as before the call: the caller parks the row. */
+int eng_enrich_row(struct eng_batch *b, const struct eng_text cols[ENG_COL__COUNT],
+                   const struct eng_content_cache *cache, struct eng_event **out, bool *missed,
+                   struct eng_error *err) ENG_MUSTCHECK;
+
 /* The derived fields alone (used by eng_enrich; exposed for tests): sets
  * ENG_EV_SECONDS_VALID and ENG_EV_PCT_VALID and pct_hundredths from duration_ms and
  * length_seconds, in integer arithmetic, half away from zero. */

@@ -223,8 +223,10 @@ static void row_json(const PGresult *r, int row, struct eng_buf *out)
 static int park_row(struct backfill *b, const PGresult *r, int row, const char *reason,
                     struct eng_error *err)
 {
-    struct eng_buf payload = {0};
+    struct eng_buf payload = {.cap = ENG_EVENT_MAX_JSON};
     row_json(r, row, &payload);
+    if (payload.overflow) /* the row stays in the table; the dead letter names it */
+        eng_buf_reset(&payload);
     int64_t id = -1;
     if (!PQgetisnull(r, row, ENG_COL_EVENT_ID))
         eng_parse_i64(PQgetvalue(r, row, ENG_COL_EVENT_ID),
@@ -273,18 +275,18 @@ static int page_batch(struct backfill *b, const PGresult *r, struct eng_batch **
             cols[c].data = PQgetvalue(r, i, c);
             cols[c].len = (uint32_t)PQgetlength(r, i, c);
         }
-        struct eng_event *e = eng_batch_push(batch);
+        struct eng_event *e;
+        bool missed;
         struct eng_error perr;
         eng_error_clear(&perr);
-        if (eng_event_from_text(batch, e, cols, &perr) != 0) {
-            eng_batch_pop(batch);
+        if (eng_enrich_row(batch, cols, b->cache, &e, &missed, &perr) != 0) {
             if (park_row(b, r, i, perr.msg, err) != 0) {
                 eng_batch_release(batch);
                 return err->code;
             }
             continue;
         }
-        if (!eng_enrich(batch, e, b->cache))
+        if (missed)
             b->stats->misses++;
     }
     *out = batch;

@@ -685,17 +685,18 @@ static int on_event_insert(struct pgsrc *s, const struct relmap *m,
     struct eng_text cols[ENG_COL__COUNT];
     for (int c = 0; c < ENG_COL__COUNT; c++)
         cols[c] = col_text(t, m->ev[c]);
-    struct eng_batch *b = s->batch;
-    struct eng_event *e = eng_batch_push(b);
+    struct eng_event *e;
+    bool missed;
     struct eng_error perr;
     eng_error_clear(&perr);
-    if (eng_event_from_text(b, e, cols, &perr) != 0) {
+    if (eng_enrich_row(s->batch, cols, s->live, &e, &missed, &perr) != 0) {
         int64_t id = -1;
         if (!cols[ENG_COL_EVENT_ID].null)
             eng_parse_i64(cols[ENG_COL_EVENT_ID].data, cols[ENG_COL_EVENT_ID].len, &id);
-        eng_batch_pop(b);
-        struct eng_buf payload = {0};
+        struct eng_buf payload = {.cap = ENG_EVENT_MAX_JSON};
         row_json(rel, t, &payload);
+        if (payload.overflow) /* a dead letter is a row of the table: keep it bounded */
+            eng_buf_reset(&payload);
         int rc = park_bad(s, lsn, id, perr.msg, payload.data, payload.len, err);
         eng_buf_free(&payload);
         return rc;
@@ -703,7 +704,7 @@ static int on_event_insert(struct pgsrc *s, const struct relmap *m,
     e->commit_time_us = s->tx_commit_us;
     e->txn_lsn = s->tx_final_lsn;
     e->txn_seq = s->tx_events++;
-    if (!eng_enrich(b, e, s->live))
+    if (missed)
         eng_counter_add(s->m_misses, 1);
     eng_counter_add(s->m_events, 1);
     if (s->batch_deadline == 0)

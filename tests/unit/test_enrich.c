@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -40,6 +41,7 @@ static const struct pct_case pct_cases[] = {
     {0, 300, true, false, NULL, NULL},    /* duration NULL */
 };
 
+/* Issue 7 item 1 is the two "length NULL" rows below. */
 static void test_derived_table(void **state)
 {
     (void)state;
@@ -163,6 +165,84 @@ static void test_bad_values_rejected(void **state)
     eng_batch_release(b);
 }
 
+/* Issue 7 item 9: one oversized row is refused whole, the batch is left as it was, the next
+ * event is unaffected, and no JSON is ever cut. */
+static void test_item9_oversized_row_refused_whole(void **state)
+{
+    (void)state;
+    struct eng_content_cache *cache = eng_content_cache_create();
+    struct eng_batch *b = eng_batch_create(16);
+    const char *ok[] = {"1", "1", "1", "play", "2026-01-08 00:00:00", "1000", "web"};
+    struct eng_text cols[ENG_COL__COUNT];
+    for (int k = 0; k < ENG_COL__COUNT; k++)
+        cols[k] = txt(ok[k]);
+    struct eng_event *e;
+    bool missed;
+    struct eng_error err;
+    assert_int_equal(eng_enrich_row(b, cols, cache, &e, &missed, &err), 0);
+    uint32_t n = b->n;
+    size_t jsonl = b->jsonl.len, strings = b->strings.len;
+
+    /* More text than an event may carry. */
+    size_t big = ENG_EVENT_MAX_TEXT + 1;
+    char *text = malloc(big);
+    memset(text, 'x', big);
+    cols[ENG_COL_DEVICE] = (struct eng_text){text, (uint32_t)big, false};
+    assert_int_equal(eng_enrich_row(b, cols, cache, &e, &missed, &err), ENG_EINVAL);
+    assert_non_null(strstr(err.msg, "MiB one event may carry"));
+    assert_int_equal(b->n, n);
+    assert_int_equal(b->jsonl.len, jsonl);
+
+    /* Under the text cap but over the JSON cap once escaped: control characters take six
+     * bytes each (\u0001). */
+    size_t ctl = ENG_EVENT_MAX_TEXT - 100;
+    memset(text, 0x01, ctl);
+    cols[ENG_COL_DEVICE] = (struct eng_text){text, (uint32_t)ctl, false};
+    assert_int_equal(eng_enrich_row(b, cols, cache, &e, &missed, &err), ENG_EINVAL);
+    assert_non_null(strstr(err.msg, "bytes of JSON"));
+    assert_int_equal(b->n, n);
+    assert_int_equal(b->jsonl.len, jsonl);
+    assert_int_equal(b->strings.len, strings);
+    assert_false(b->jsonl.overflow);
+
+    /* 1 MB of quotes fits: 2 MB of JSON, delivered whole. */
+    size_t mb = 1000000;
+    memset(text, '"', mb);
+    cols[ENG_COL_DEVICE] = (struct eng_text){text, (uint32_t)mb, false};
+    assert_int_equal(eng_enrich_row(b, cols, cache, &e, &missed, &err), 0);
+    assert_true(e->json.len > 2 * mb);
+    assert_int_equal(eng_batch_json(b, e)[e->json.len - 1], '}');
+    assert_int_equal(b->n, n + 1);
+
+    /* A batch whose buffer overflowed is full, whatever its count. */
+    b->jsonl.overflow = true;
+    assert_true(eng_batch_full(b));
+    b->jsonl.overflow = false;
+    free(text);
+    eng_batch_release(b);
+    eng_content_cache_destroy(cache);
+}
+
+/* Issue 7 item 3: a column of a type engage would read wrongly is refused by name. */
+static void test_item3_column_types(void **state)
+{
+    (void)state;
+    struct eng_error err;
+    assert_int_equal(eng_column_check("content", "length_seconds", 23, "integer", &err), 0);
+    assert_int_equal(eng_column_check("content", "length_seconds", 21, "smallint", &err), 0);
+    assert_int_equal(eng_column_check("content", "length_seconds", 1700, "numeric", &err),
+                     ENG_EINVAL);
+    assert_non_null(strstr(err.msg, "content.length_seconds has type numeric"));
+    assert_int_equal(eng_column_check("content", "length_seconds", 25, "text", &err), ENG_EINVAL);
+    assert_int_equal(eng_column_check("content", "content_id", 25, "text", &err), ENG_EINVAL);
+    assert_int_equal(eng_column_check("content", "content_id", 20, "bigint", &err), ENG_EINVAL);
+    assert_int_equal(eng_column_check("engagement_events", "event_ts", 1184, NULL, &err),
+                     ENG_EINVAL);
+    assert_int_equal(eng_column_check("engagement_events", "event_id", 20, "bigint", &err), 0);
+    assert_int_equal(eng_column_check("engagement_events", "device", 1043, NULL, &err), 0);
+    assert_int_equal(eng_column_check("content", "title", 25, "text", &err), 0); /* not read */
+}
+
 static void test_content_cache_roundtrip(void **state)
 {
     (void)state;
@@ -205,6 +285,8 @@ int main(void)
         cmocka_unit_test(test_unknown_content_and_nulls),
         cmocka_unit_test(test_bad_values_rejected),
         cmocka_unit_test(test_content_cache_roundtrip),
+        cmocka_unit_test(test_item9_oversized_row_refused_whole),
+        cmocka_unit_test(test_item3_column_types),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
