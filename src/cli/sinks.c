@@ -129,8 +129,11 @@ int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default,
         goto usage;
     }
 
+    /* Events a sink refuses for good are parked in the dead-letter table under its name. */
     struct eng_pipeline_options popt = {.queue_depth = (uint32_t)depth,
-                                        .queue_bytes = (size_t)queue_mb << 20};
+                                        .queue_bytes = (size_t)queue_mb << 20,
+                                        .dlq_conninfo = eng_opt(o, OPT_PG),
+                                        .dlq_table = eng_opt(o, OPT_DLQ_TABLE)};
     out->pipeline = eng_pipeline_create(sinks, nsinks, &popt, err);
     nsinks = 0; /* now owned by the pipeline */
     if (out->pipeline == NULL)

@@ -25,7 +25,7 @@ enum eng_errcode {
 struct eng_error {
     int code;
     bool retriable;
-    char msg[256];
+    char msg[512]; /* room for a runbook line */
 };
 
 /* Records an error in err (err may be NULL) and returns code, so that callers can write

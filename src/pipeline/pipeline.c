@@ -12,7 +12,13 @@
 #include "../core/backoff.h"
 #include "../core/clock.h"
 #include "../core/log.h"
+#include "../source/state.h"
+#include "dlq.h"
 #include "pipeline.h"
+
+/* Events one batch may have parked by a sink before the sink is taken to be broken rather
+ * than the events bad: past it the pipeline stops instead of parking everything. */
+#define MAX_PARKED_PER_BATCH 1000
 
 /* Caps on what one write may merge of the batches waiting for a sink. */
 #define MERGE_MAX_EVENTS 50000
@@ -44,8 +50,10 @@ struct sink_lane {
     uint32_t replay_n; /* from the file: the first write after the restart has this many */
     bool healthy;
     char last_error[sizeof(((struct eng_error *)0)->msg)];
+    struct eng_dlq *dlq; /* this lane's own connection to the dead-letter table, or NULL */
+    uint32_t parked;     /* events parked while writing the current batch */
     /* metrics */
-    struct eng_counter *m_batches, *m_events, *m_failures, *m_spilled;
+    struct eng_counter *m_batches, *m_events, *m_failures, *m_spilled, *m_parked;
     struct eng_histogram *m_latency, *m_write;
     struct eng_gauge *m_queue;
 };
@@ -64,6 +72,8 @@ struct eng_pipeline {
     int64_t spill_after_us;
     int64_t blocked_since_us; /* when submit first found a full queue; 0: not blocked */
     bool stopping;
+    atomic_bool failed;
+    struct eng_error failure; /* the first permanent error, guarded by lock */
     struct eng_histogram *m_batch_size;
     struct eng_counter *m_skipped;
     /* The progress file, rewritten after every acknowledgement (NULL: not kept). */
@@ -72,12 +82,48 @@ struct eng_pipeline {
     char *progress_identity;
 };
 
+/* Every condition variable here waits on the monotonic clock: a step of the wall clock must
+ * not stretch or cut a backoff. */
+static void cond_init(pthread_cond_t *c)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+}
+
 static void deadline_from_now(struct timespec *ts, int64_t us)
 {
-    clock_gettime(CLOCK_REALTIME, ts); /* pthread_cond_timedwait's default clock */
+    clock_gettime(CLOCK_MONOTONIC, ts);
     int64_t ns = ts->tv_nsec + (us % 1000000) * 1000;
     ts->tv_sec += (time_t)(us / 1000000 + ns / 1000000000);
     ts->tv_nsec = (long)(ns % 1000000000);
+}
+
+static int lane_park(struct eng_sink *s, const struct eng_batch *b, const struct eng_event *e,
+                     const char *reason, struct eng_error *err)
+{
+    struct sink_lane *l = s->park_ctx;
+    char pos[48], lsn[24];
+    eng_lsn_format(e->txn_lsn, lsn, sizeof(lsn));
+    snprintf(pos, sizeof(pos), "%s#%u", lsn, e->txn_seq);
+    struct eng_dlq_item item = {
+        .origin = s->ops->name,
+        .position = pos,
+        .event_id = e->event_id,
+        .reason = reason,
+        .payload = eng_batch_json(b, e),
+        .payload_len = e->json.len,
+    };
+    int rc = eng_dlq_park(l->dlq, &item, 1, err);
+    if (rc != 0)
+        return rc;
+    l->parked++;
+    eng_counter_add(l->m_parked, 1);
+    eng_warn("msg=\"event parked: the sink cannot hold it\" sink=%s event_id=%lld reason=\"%s\"",
+             s->ops->name, (long long)e->event_id, reason);
+    return 0;
 }
 
 struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
@@ -90,8 +136,8 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
     }
     struct eng_pipeline *p = eng_calloc(1, sizeof(*p));
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->not_full, NULL);
-    pthread_cond_init(&p->acked, NULL);
+    cond_init(&p->not_full);
+    cond_init(&p->acked);
     p->depth = opt && opt->queue_depth ? opt->queue_depth : 1024;
     p->queue_bytes = opt && opt->queue_bytes ? opt->queue_bytes : (size_t)128 << 20;
     p->backoff_base_us = opt && opt->backoff_base_us ? opt->backoff_base_us : 100000;
@@ -114,7 +160,12 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
         l->ring = eng_calloc(p->depth, sizeof(*l->ring));
         l->take = eng_calloc(p->depth, sizeof(*l->take));
         l->healthy = true;
-        pthread_cond_init(&l->not_empty, NULL);
+        cond_init(&l->not_empty);
+        if (opt != NULL && opt->dlq_conninfo != NULL) {
+            l->dlq = eng_dlq_create(opt->dlq_conninfo, opt->dlq_table);
+            l->sink->park = lane_park;
+            l->sink->park_ctx = l;
+        }
         snprintf(labels, sizeof(labels), "sink=\"%s\"", l->sink->ops->name);
         l->m_batches = eng_metrics_counter("engage_sink_acked_batches_total", labels,
                                            "Batches made durable by the sink");
@@ -124,6 +175,9 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
                                             "Failed write attempts (retried)");
         l->m_spilled = eng_metrics_counter("engage_sink_spilled_batches_total", labels,
                                            "Batches parked instead of written (queue full)");
+        l->m_parked = eng_metrics_counter("engage_sink_parked_events_total", labels,
+                                          "Events the sink refused for good, parked in the "
+                                          "dead-letter table");
         l->m_latency = eng_metrics_histogram("engage_sink_latency_seconds", labels,
                                              "Source commit to sink ack, per event");
         l->m_write = eng_metrics_histogram("engage_sink_write_seconds", labels,
@@ -169,24 +223,42 @@ static void lane_set_health(struct sink_lane *l, bool ok, const char *msg)
     pthread_mutex_unlock(&l->p->lock);
 }
 
-/* Writes b (or spills it, when spill is set) until it is durable or the pipeline stops.
- * Returns true if durable. */
-static bool lane_deliver(struct sink_lane *l, bool *open, struct eng_backoff *bo,
-                         const struct eng_batch *b, bool spill)
+/* Stops the pipeline for good: a sink met an error no retry and no parking gets past. */
+static void pipeline_fail(struct eng_pipeline *p, const char *sink, const struct eng_error *err)
+{
+    pthread_mutex_lock(&p->lock);
+    if (!atomic_load(&p->failed)) {
+        eng_error_set(&p->failure, ENG_EFATAL, false, "%s sink: %s", sink, err->msg);
+        atomic_store(&p->failed, true);
+    }
+    p->stopping = true;
+    for (size_t i = 0; i < p->nlanes; i++)
+        pthread_cond_broadcast(&p->lanes[i].not_empty);
+    pthread_cond_broadcast(&p->not_full);
+    pthread_cond_broadcast(&p->acked);
+    pthread_mutex_unlock(&p->lock);
+    eng_error("msg=\"sink failed permanently; stopping\" sink=%s error=\"%s\"", sink, err->msg);
+}
+
+enum { TRY_DURABLE, TRY_REFUSED, TRY_STOPPED };
+
+/* Writes b (or spills it) until it is durable, retrying retriable errors with backoff.
+ * TRY_REFUSED: the sink refused it with an error that retrying cannot change (err set). */
+static int lane_try(struct sink_lane *l, bool *open, struct eng_backoff *bo,
+                    const struct eng_batch *b, bool spill, struct eng_error *err)
 {
     const char *name = l->sink->ops->name;
-    struct eng_error err;
     for (;;) {
-        eng_error_clear(&err);
+        eng_error_clear(err);
         int rc = 0;
         if (!*open) {
-            rc = eng_sink_open(l->sink, &err);
+            rc = eng_sink_open(l->sink, err);
             if (rc == 0)
                 *open = true;
         }
         if (rc == 0) {
             int64_t t0 = eng_clock_mono_us();
-            rc = spill ? l->sink->ops->spill(l->sink, b, &err) : eng_sink_write(l->sink, b, &err);
+            rc = spill ? l->sink->ops->spill(l->sink, b, err) : eng_sink_write(l->sink, b, err);
             if (rc == 0) {
                 eng_histogram_observe(l->m_write, eng_clock_mono_us() - t0);
                 if (!l->healthy) {
@@ -194,23 +266,85 @@ static bool lane_deliver(struct sink_lane *l, bool *open, struct eng_backoff *bo
                     lane_set_health(l, true, "");
                 }
                 eng_backoff_reset(bo);
-                return true;
+                return TRY_DURABLE;
             }
         }
         eng_counter_add(l->m_failures, 1);
-        int64_t delay = err.retriable ? eng_backoff_next(bo) : bo->cap_us;
-        eng_log(err.retriable ? ENG_LOG_WARN : ENG_LOG_ERROR,
-                "msg=\"sink write failed, will retry\" sink=%s retriable=%s retry_in_ms=%lld "
-                "error=\"%s\"",
-                name, err.retriable ? "yes" : "no", (long long)(delay / 1000), err.msg);
-        lane_set_health(l, false, err.msg);
+        lane_set_health(l, false, err->msg);
         if (*open) {
             eng_sink_close(l->sink);
             *open = false;
         }
+        if (!err->retriable)
+            return TRY_REFUSED;
+        int64_t delay = eng_backoff_next(bo);
         if (!lane_sleep(l, delay))
-            return false;
+            return TRY_STOPPED;
+        eng_warn("msg=\"sink write failed, retrying\" sink=%s retry_in_ms=%lld error=\"%s\"", name,
+                 (long long)(delay / 1000), err->msg);
     }
+}
+
+/* b[lo, hi) was refused for good: writes what the sink takes and parks the events it
+ * refuses, found by halving. A single refused event is parked only if the sink still opens
+ * (else the sink, not the event, is at fault). */
+static int lane_split(struct sink_lane *l, bool *open, struct eng_backoff *bo,
+                      const struct eng_batch *b, uint32_t lo, uint32_t hi, struct eng_error *err)
+{
+    if (l->parked >= MAX_PARKED_PER_BATCH)
+        return TRY_REFUSED;
+    struct eng_batch *part = eng_batch_merge((struct eng_batch *const *)&b, 1, lo, hi - lo);
+    int rc = lane_try(l, open, bo, part, false, err);
+    if (rc == TRY_REFUSED) {
+        if (hi - lo > 1) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            rc = lane_split(l, open, bo, b, lo, mid, err);
+            if (rc == TRY_DURABLE)
+                rc = lane_split(l, open, bo, b, mid, hi, err);
+        } else {
+            /* One event the sink refuses. If the sink cannot even open, it is the sink. */
+            char reason[sizeof(err->msg)];
+            memcpy(reason, err->msg, sizeof(reason));
+            struct eng_error oerr;
+            eng_error_clear(&oerr);
+            int orc = *open ? 0 : eng_sink_open(l->sink, &oerr);
+            if (orc == 0) {
+                *open = true;
+                rc = l->sink->park(l->sink, part, &part->events[0], reason, err) == 0
+                         ? TRY_DURABLE
+                         : TRY_REFUSED;
+            } else {
+                *err = oerr;
+            }
+        }
+    }
+    eng_batch_release(part);
+    return rc;
+}
+
+/* Writes b (or spills it, when spill is set) until it is durable or the pipeline stops.
+ * An error that retrying cannot change is met by parking the events that cause it; one
+ * that no event causes stops the pipeline. Returns true if durable. */
+static bool lane_deliver(struct sink_lane *l, bool *open, struct eng_backoff *bo,
+                         const struct eng_batch *b, bool spill)
+{
+    struct eng_error err;
+    l->parked = 0;
+    int rc = lane_try(l, open, bo, b, spill, &err);
+    if (rc == TRY_REFUSED && !spill && b->n > 0 && l->sink->park != NULL) {
+        eng_warn("msg=\"sink refused a write for good; looking for the events that cause it\" "
+                 "sink=%s events=%u error=\"%s\"",
+                 l->sink->ops->name, b->n, err.msg);
+        rc = lane_split(l, open, bo, b, 0, b->n, &err);
+        if (rc == TRY_REFUSED && l->parked >= MAX_PARKED_PER_BATCH)
+            eng_error_set(&err, ENG_EFATAL, false,
+                          "refused %u events of one batch: the sink, not the events, is at "
+                          "fault (last: %s)",
+                          l->parked, err.msg);
+    }
+    if (rc == TRY_REFUSED)
+        pipeline_fail(l->p, l->sink->ops->name, &err);
+    return rc == TRY_DURABLE;
 }
 
 /* How many of the first events of bs[0..n) are at or before (lsn, seq): a sink that made
@@ -660,6 +794,17 @@ int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b, int64_t tim
     return 0;
 }
 
+bool eng_pipeline_failed(struct eng_pipeline *p, struct eng_error *err)
+{
+    if (!atomic_load(&p->failed))
+        return false;
+    pthread_mutex_lock(&p->lock);
+    if (err != NULL)
+        *err = p->failure;
+    pthread_mutex_unlock(&p->lock);
+    return true;
+}
+
 uint64_t eng_pipeline_durable_position(struct eng_pipeline *p)
 {
     pthread_mutex_lock(&p->lock);
@@ -767,6 +912,7 @@ void eng_pipeline_destroy(struct eng_pipeline *p)
         free(l->take);
         pthread_cond_destroy(&l->not_empty);
         eng_sink_destroy(l->sink);
+        eng_dlq_destroy(l->dlq);
     }
     free(p->lanes);
     free(p->progress_path);

@@ -25,6 +25,10 @@ struct eng_pipeline_options {
     /* A full queue of a sink that can spill holds the source this long before the sink is
      * told to hurry (default 500 ms). */
     int64_t spill_after_us;
+    /* The dead-letter table for events a sink refuses for good (NULL conninfo: none, and a
+     * sink's permanent error then stops the pipeline). */
+    const char *dlq_conninfo;
+    const char *dlq_table;
 };
 
 struct eng_pipeline;
@@ -52,6 +56,11 @@ int eng_pipeline_start(struct eng_pipeline *p, struct eng_error *err) ENG_MUSTCH
  * positions must not decrease. */
 int eng_pipeline_submit(struct eng_pipeline *p, struct eng_batch *b,
                         int64_t timeout_us) ENG_MUSTCHECK;
+
+/* True (with err set to the cause) once a sink met an error that neither retrying nor
+ * parking events can get past (a permanent error no event causes): the pipeline has stopped
+ * and the source must stop with a non-zero exit. Any thread. */
+bool eng_pipeline_failed(struct eng_pipeline *p, struct eng_error *err);
 
 /* The position every sink has made durable (0 before the first ack). */
 uint64_t eng_pipeline_durable_position(struct eng_pipeline *p);

@@ -555,8 +555,9 @@ static int ch_open(struct eng_sink *base, struct eng_error *err)
         if (type == NULL) {
             rc = eng_error_set(err, ENG_EINVAL, false,
                                "clickhouse: table %s." ENG_CLICKHOUSE_TABLE
-                               " has no column \"%s\": it predates engage or was changed; "
-                               "add the column or drop the table",
+                               " has no column \"%s\": it predates engage or was changed "
+                               "(runbook: add the column, or drop the table and let engage "
+                               "create it, then backfill)",
                                s->database, columns[i]);
             goto fail;
         }

@@ -47,9 +47,10 @@
  * scope, so the keys of one call need not share a hash slot (a standalone server or a
  * replicated primary accepts undeclared keys in scripts without a shebang).
  *
- * Redis does not roll a script back on a runtime error: the only errors possible after the
- * first write are WRONGTYPE/not-an-integer on keys someone else overwrote, which we report as
- * fatal (an operator must look) rather than retrying into a half-applied state. An OOM
+ * Redis does not roll a script back on a runtime error, so the script first checks every
+ * key it will write (its type, and that a count holds an integer) and writes nothing when
+ * one is wrong: it answers ENGAGE_BADKEY naming the key, a permanent error for the events
+ * that touch that key (the pipeline finds and parks them; the others are applied). An OOM
  * server refuses the first write (SETBIT) before anything changed, so OOM is retriable. */
 #define SEEN_BITS     20        /* ids per seen-set key: 2^20 (128 KiB of bits) */
 #define SEEN_LAST_BIT "1048575" /* 2^SEEN_BITS - 1, as the script spells it */
@@ -62,6 +63,38 @@ static const char apply_script[] =
     "local counts, buckets, chunks = {}, {}, {}\n"
     "local bidx, bts, bid = {}, {}, {}\n"
     "local sized = {}\n"
+    "local checked = {}\n"
+    "local function need(key, want)\n"
+    "  if checked[key] then return nil end\n"
+    "  checked[key] = true\n"
+    "  local t = redis.call('TYPE', key)['ok']\n"
+    "  if t ~= 'none' and t ~= want then\n"
+    "    return key .. ' holds a ' .. t .. ', engage keeps a ' .. want .. ' there'\n"
+    "  end\n"
+    "  if t == 'string' and string.sub(key, 1, 14) == 'content:count:' then\n"
+    "    local v = redis.call('GET', key)\n"
+    "    if not string.match(v, '^%-?%d+$') then\n"
+    "      return key .. ' holds a string that is not an integer'\n"
+    "    end\n"
+    "  end\n"
+    "  return nil\n"
+    "end\n"
+    "local function check()\n"
+    "  for i = 6 + nwin, #ARGV, 7 do\n"
+    "    local cid = ARGV[i + 2]\n"
+    "    local why = need('engage:seen:' .. ARGV[i], 'string') or\n"
+    "      need('content:count:' .. cid, 'string') or need('content:last:' .. cid, 'string') or\n"
+    "      need('engage:last:' .. cid, 'string')\n"
+    "    if why == nil and ARGV[i + 5] ~= '' then\n"
+    "      why = need('top:content:bucket:' .. ARGV[i + 5], 'zset')\n"
+    "    end\n"
+    "    if why then return why end\n"
+    "  end\n"
+    "  if nwin > 0 then return need('top:content:10m', 'zset') or need('engage:top:end', 'string') end\n"
+    "  return nil\n"
+    "end\n"
+    "local why = check()\n"
+    "if why then return redis.error_reply('ENGAGE_BADKEY ' .. why) end\n"
     "for i = 6 + nwin, #ARGV, 7 do\n"
     "  local seen = 'engage:seen:' .. ARGV[i]\n"
     "  if sized[seen] == nil then\n"
@@ -158,6 +191,11 @@ struct redis_sink {
     struct eng_counter *m_batches;
     struct eng_counter *m_errors;
     struct eng_counter *m_duplicates;
+    struct eng_gauge *m_skew;
+
+    /* The server's clock (TIME), read once a minute and carried forward on the monotonic
+     * clock: "now" for the top window is Redis's, not this machine's. */
+    int64_t server_base_us, mono_base_us;
 };
 
 void eng_redis_options_init(struct eng_redis_options *opt)
@@ -503,6 +541,63 @@ static int redis_open(struct eng_sink *s, struct eng_error *err)
 static void redis_close(struct eng_sink *s)
 {
     drop_connection((struct redis_sink *)s);
+    ((struct redis_sink *)s)->mono_base_us = 0; /* read the server's clock again */
+}
+
+/* ---- clock ---- */
+
+#define CLOCK_RESYNC_US INT64_C(60000000)
+#define SKEW_WARN_US    INT64_C(2000000)
+
+static bool parse_i64_text(const char *s, size_t n, int64_t *out)
+{
+    if (n == 0 || n > 18)
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+/* Now on the Redis server's clock, in microseconds. An engage whose own clock is minutes
+ * off would otherwise build an empty top window or touch no bucket at all. */
+static int server_now(struct redis_sink *r, int64_t *now, struct eng_error *err)
+{
+    if (r->opt.now_us != NULL) {
+        *now = r->opt.now_us();
+        return 0;
+    }
+    int64_t mono = eng_clock_mono_us();
+    if (r->mono_base_us == 0 || mono - r->mono_base_us > CLOCK_RESYNC_US) {
+        const char *argv[] = {"TIME"};
+        const size_t len[] = {4};
+        redisReply *reply;
+        int rc = command(r, 1, argv, len, "time", &reply, err);
+        if (rc != 0)
+            return rc;
+        int64_t sec, usec;
+        bool ok = reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+                  parse_i64_text(reply->element[0]->str, reply->element[0]->len, &sec) &&
+                  parse_i64_text(reply->element[1]->str, reply->element[1]->len, &usec);
+        freeReplyObject(reply);
+        if (!ok)
+            return eng_error_set(err, ENG_EPROTO, false, "redis TIME: unexpected reply");
+        r->server_base_us = sec * 1000000 + usec;
+        r->mono_base_us = eng_clock_mono_us();
+        int64_t skew = eng_clock_wall_us() - r->server_base_us;
+        eng_gauge_set(r->m_skew, skew / 1000000);
+        if (skew > SKEW_WARN_US || skew < -SKEW_WARN_US)
+            eng_warn("msg=\"this machine's clock differs from redis's; the top window follows "
+                     "redis's\" skew_ms=%lld",
+                     (long long)(skew / 1000));
+        mono = r->mono_base_us;
+    }
+    *now = r->server_base_us + (mono - r->mono_base_us);
+    return 0;
 }
 
 /* ---- write ---- */
@@ -615,7 +710,10 @@ static int redis_write(struct eng_sink *s, const struct eng_batch *b, struct eng
      * a backfill or after a stall the newest event may be hours old, and a window anchored
      * there would present old activity as current (and one event with a clock far ahead
      * would drag the window into the future). */
-    int64_t now = r->opt.now_us != NULL ? r->opt.now_us() : eng_clock_wall_us();
+    int64_t now;
+    rc = server_now(r, &now, err);
+    if (rc != 0)
+        goto fail;
     for (uint32_t w = 0; w < r->opt.top_minutes; w++) {
         if (!minute_name(now - (int64_t)w * 60 * 1000000, r->window[w]))
             eng_die("wall clock out of range");
@@ -730,6 +828,8 @@ struct eng_sink *eng_redis_sink_create(const char *url, const struct eng_redis_o
                                        "Batches written to a sink.");
     r->m_errors = eng_metrics_counter("engage_sink_errors_total", "sink=\"redis\"",
                                       "Failed sink operations (connect or write).");
+    r->m_skew = eng_metrics_gauge("engage_clock_skew_seconds", "against=\"redis\"",
+                                  "This machine's wall clock minus the Redis server's");
     r->m_duplicates =
         eng_metrics_counter("engage_redis_duplicates_total", NULL,
                             "Events the Redis sink skipped because they were already applied.");

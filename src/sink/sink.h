@@ -45,6 +45,13 @@ struct eng_sink {
      * whose server pays per write (a ClickHouse part, merged later in the background) sets
      * it so that queued batches go in fewer, larger writes; a full queue writes at once. */
     int64_t min_write_interval_us;
+    /* Set by the pipeline before the first open (NULL: nowhere to park, the write must fail
+     * instead): parks event e of b, which this sink cannot hold (a value outside what its
+     * store can represent), in the dead-letter table under the sink's name with the reason.
+     * Returns 0 once it is durable there. The sink's own thread only. */
+    int (*park)(struct eng_sink *s, const struct eng_batch *b, const struct eng_event *e,
+                const char *reason, struct eng_error *err);
+    void *park_ctx;
 };
 
 static inline int eng_sink_open(struct eng_sink *s, struct eng_error *err)

@@ -390,6 +390,8 @@ static bool drain(struct backfill *b)
 {
     int64_t deadline = 0;
     while (!eng_pipeline_wait_idle(b->p, 200000)) {
+        if (eng_pipeline_failed(b->p, NULL))
+            return false;
         checkpoint(b);
         show_progress(b, false);
         if (*b->stop && deadline == 0)
@@ -480,6 +482,8 @@ int eng_backfill_run(const struct eng_backfill_options *opt, struct eng_pipeline
         if (opt->state_dir != NULL)
             unlink(b.state_path); /* done: a second run starts over */
         rc = 0;
+    } else if (eng_pipeline_failed(b.p, err)) {
+        rc = ENG_EFATAL; /* a sink failed for good: err says which and why */
     } else {
         rc = eng_error_set(err, ENG_ESTOPPED, false,
                            "backfill stopped; run the same command again to resume");

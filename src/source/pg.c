@@ -846,7 +846,7 @@ static int on_copy_data(struct pgsrc *s, const char *buf, int len, struct eng_er
     struct eng_error derr;
     eng_error_clear(&derr);
     if (eng_pgo_decode(s->dec, (const uint8_t *)buf + 25, (size_t)len - 25, &msg, &derr) != 0) {
-        char reason[300];
+        char reason[sizeof(derr.msg) + 40];
         snprintf(reason, sizeof(reason), "could not decode pgoutput message: %s", derr.msg);
         return park_bad(s, start, -1, reason, buf + 25, (size_t)len - 25, err);
     }
@@ -890,7 +890,7 @@ static int stream(struct pgsrc *s, struct eng_error *err)
 {
     unsigned since_tick = 0;
     for (;;) {
-        if (*s->stop)
+        if (*s->stop || eng_pipeline_failed(s->p, NULL))
             return ENG_ESTOPPED;
         char *buf = NULL;
         int n = PQgetCopyData(s->repl, &buf, 1);
@@ -1051,6 +1051,10 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
     for (;;) {
         eng_error_clear(err);
         rc = session(&s, err);
+        if (eng_pipeline_failed(p, err)) {
+            rc = ENG_EFATAL;
+            break;
+        }
         if (rc == ENG_ESTOPPED || *stop) {
             rc = 0;
             break;
@@ -1086,5 +1090,7 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
     free(s.tx_changes.v);
     eng_content_cache_destroy(s.live);
     eng_content_cache_destroy(s.durable);
-    return rc == 0 || rc == ENG_ESTOPPED || *stop ? 0 : rc;
+    if (rc != ENG_EFATAL && eng_pipeline_failed(p, err))
+        rc = ENG_EFATAL; /* a sink failed for good while shutting down */
+    return rc == 0 || rc == ENG_ESTOPPED || (*stop && rc != ENG_EFATAL) ? 0 : rc;
 }

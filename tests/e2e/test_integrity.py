@@ -1,0 +1,172 @@
+"""Issue 7: no silent wrong data, no silent loss. Each test names the item it
+proves; every one ends in one of the three allowed ways: the sink holds
+PostgreSQL's value, the event is parked with a reason, or engage stops with a
+non-zero exit and a runbook line."""
+
+import re
+
+import lib
+from test_pipeline import ch_count, metrics, run_args, slot_row, wait_streaming
+
+
+def insert_events(db, n, content_id=1, duration=1000):
+    db.exec("INSERT INTO engagement_events(content_id, user_id, event_type, duration_ms, device) "
+            "SELECT %s, g, 'play', %s, 'web' FROM generate_series(1, %s) g",
+            (content_id, duration, n))
+
+
+def exits_with_runbook(proc, pattern, timeout=60):
+    """engage stops by itself, non-zero, with a line naming the fault and a runbook."""
+    rc = proc.wait(timeout)
+    assert rc not in (None, 0), f"engage should have stopped with an error:\n{proc.log_tail()}"
+    log = proc.log_text()
+    assert re.search(pattern, log), f"no /{pattern}/ in the log:\n{proc.log_tail()}"
+    assert "runbook" in log, proc.log_tail()
+    return log
+
+
+def test_item3_column_of_wrong_type_is_refused(stack, db, clean_sinks, engage, tmp_path):
+    """A content.length_seconds of type numeric would silently become NULL: engage
+    refuses to start, naming the column, its type and the expected one, and
+    creates no slot."""
+    db.exec("ALTER TABLE content ALTER COLUMN length_seconds TYPE numeric")
+    env = stack.engage_env(db.uri, sinks=("clickhouse",))
+    proc = engage(*run_args(db, tmp_path), env=env)
+    log = exits_with_runbook(proc, r"content\.length_seconds has type numeric")
+    assert "integer or smallint" in log
+    assert slot_row(db) == []
+
+
+def test_item3_smallint_is_read_exactly(stack, db, clean_sinks, engage, tmp_path):
+    """An exact conversion (smallint for integer) is accepted and read as is."""
+    db.exec("ALTER TABLE content ALTER COLUMN length_seconds TYPE smallint")
+    db.exec("INSERT INTO content VALUES (1, 'video', 300, 't')")
+    env = stack.engage_env(db.uri, sinks=("clickhouse",))
+    proc = engage(*run_args(db, tmp_path), env=env)
+    wait_streaming(db, proc)
+    insert_events(db, 1, duration=7000)
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 1, 60, what="the event")
+    rows = lib.ch_query(stack.clickhouse_url, "SELECT length_seconds, toString(engagement_pct) "
+                        "FROM engagement.events_enriched FINAL")
+    assert rows == [["300", "0.02"]]
+    assert proc.stop() == 0
+
+
+def test_item5_recreated_slot_is_refused(stack, db, clean_sinks, engage, tmp_path):
+    """The slot dropped while engage was stopped and created again under the same
+    name: the events in between would be lost, so engage refuses to stream."""
+    db.exec("INSERT INTO content VALUES (1, 'video', 300, 't')")
+    env = stack.engage_env(db.uri, sinks=("clickhouse",))
+    proc = engage(*run_args(db, tmp_path), env=env)
+    wait_streaming(db, proc)
+    insert_events(db, 10)
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 10, 60, what="ten events")
+    assert proc.stop() == 0
+
+    lib.wait_for(lambda: not slot_row(db)[0][0], 30, what="the slot to be released")
+    db.exec("SELECT pg_drop_replication_slot(%s)", (db.name,))
+    insert_events(db, 500)  # these would be lost
+    db.exec("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (db.name,))
+    insert_events(db, 5)
+
+    proc = engage(*run_args(db, tmp_path), env=env)
+    exits_with_runbook(proc, r"not the slot the checkpoint came from")
+    assert "backfill" in proc.log_text()
+    assert ch_count(stack.clickhouse_url) == 10
+
+
+def test_item6_state_file_ahead_of_server_is_refused(stack, db, clean_sinks, engage, tmp_path):
+    """A state file whose checkpoint is past the server's WAL end (edited, or copied
+    from another deployment) is refused instead of confirmed to the slot."""
+    db.exec("INSERT INTO content VALUES (1, 'video', 300, 't')")
+    env = stack.engage_env(db.uri, sinks=("clickhouse",))
+    proc = engage(*run_args(db, tmp_path), env=env)
+    wait_streaming(db, proc)
+    insert_events(db, 3)
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 3, 60, what="three events")
+    assert proc.stop() == 0
+    confirmed_before = slot_row(db)[0][1]
+
+    state = tmp_path / "state" / f"{db.name}.state"
+    text = state.read_text()
+    state.write_text(re.sub(r"^lsn .*$", "lsn 7F/3D000000", text, count=1, flags=re.M))
+    insert_events(db, 4)
+    proc = engage(*run_args(db, tmp_path), env=env)
+    exits_with_runbook(proc, r"ahead of the server's WAL end")
+    assert slot_row(db)[0][1] == confirmed_before, "nothing may be confirmed"
+
+
+def test_item8_key_of_wrong_type_parks_its_events_only(stack, db, clean_sinks, engage, tmp_path):
+    """content:count:5 overwritten with a list: the script checks every key before it
+    writes, the events of content 5 are parked for the redis sink with the reason,
+    every other event is counted exactly, and engage keeps running."""
+    db.exec("INSERT INTO content VALUES (1, 'video', 300, 't'), (5, 'clip', 10, 't')")
+    r = lib.redis_client(stack.redis_url)
+    r.rpush("content:count:5", "not a count")
+    env = stack.engage_env(db.uri, sinks=("clickhouse", "redis"))
+    proc = engage(*run_args(db, tmp_path), env=env)
+    wait_streaming(db, proc)
+    db.exec("INSERT INTO engagement_events(content_id, user_id, event_type, duration_ms, device) "
+            "SELECT CASE WHEN g % 10 = 0 THEN 5 ELSE 1 END, g, 'play', 1000, 'web' "
+            "FROM generate_series(1, 200) g")
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 200, 60, what="every event in ClickHouse")
+
+    def parked():
+        rows = db.query("SELECT count(*) FROM engage_dlq WHERE origin = 'redis'")
+        return rows[0][0] == 20 or None
+
+    lib.wait_for(parked, 60, what="the 20 events of content 5 parked for redis")
+    reasons = db.query("SELECT DISTINCT reason FROM engage_dlq WHERE origin = 'redis'")
+    assert len(reasons) == 1 and "content:count:5 holds a list" in reasons[0][0], reasons
+    ids = {row[0] for row in db.query("SELECT event_id FROM engage_dlq WHERE origin = 'redis'")}
+    assert ids == {g for g in range(1, 201) if g % 10 == 0}
+    assert int(r.get("content:count:1")) == 180
+    assert r.lrange("content:count:5", 0, -1) == ["not a count"]
+    # Nothing of content 5 was applied: its seen bits are not set.
+    for event_id in ids:
+        assert r.getbit("engage:seen:0", event_id) == 0
+    assert metrics(proc)['engage_sink_parked_events_total{sink="redis"}'] == 20
+    assert proc.alive()
+    assert proc.stop() == 0
+
+
+def test_item8_permanent_error_no_event_causes_stops_engage(stack, db, clean_sinks, engage,
+                                                           tmp_path):
+    """A ClickHouse table missing a column is no event's fault: engage stops with a
+    non-zero exit and says what to do, instead of retrying for ever."""
+    lib.ch_exec(stack.clickhouse_url, "CREATE DATABASE IF NOT EXISTS engagement")
+    lib.ch_exec(stack.clickhouse_url,
+                "CREATE TABLE engagement.events_enriched (event_id Int64, event_ts DateTime) "
+                "ENGINE = MergeTree ORDER BY event_id")
+    db.exec("INSERT INTO content VALUES (1, 'video', 300, 't')")
+    env = stack.engage_env(db.uri, sinks=("clickhouse",))
+    proc = engage(*run_args(db, tmp_path), env=env)
+    wait_streaming(db, proc)
+    insert_events(db, 3)
+    log = exits_with_runbook(proc, r"has no column", timeout=90)
+    assert "sink failed permanently" in log
+
+
+def test_item9_oversized_row_is_parked_and_the_rest_flows(stack, db, clean_sinks, engage, tmp_path):
+    """A 45 MB text value of control characters (270 MB of JSON) is parked with its
+    reason; the events before and after it reach every sink, and no truncated JSON
+    is ever written."""
+    db.exec("INSERT INTO content VALUES (1, 'video', 300, 't')")
+    env = stack.engage_env(db.uri, sinks=("clickhouse", "redis"))
+    proc = engage(*run_args(db, tmp_path), env=env)
+    wait_streaming(db, proc)
+    insert_events(db, 5)
+    db.exec("INSERT INTO engagement_events(content_id, user_id, event_type, duration_ms, device) "
+            "VALUES (1, 42, 'play', 1000, repeat(chr(1), 45000000))")
+    insert_events(db, 30)
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 35, 120, what="the 35 other events")
+    rows = db.query("SELECT origin, event_id, reason FROM engage_dlq")
+    assert len(rows) == 1, rows
+    assert rows[0][0] == "source" and rows[0][1] == 6 and "MiB" in rows[0][2], rows
+    r = lib.redis_client(stack.redis_url)
+    assert int(r.get("content:count:1")) == 35
+    import json
+    last = json.loads(r.get("content:last:1"))
+    assert last["event_id"] == 36
+    assert proc.alive()
+    assert proc.stop() == 0
