@@ -9,6 +9,7 @@
 
 #include "../admin/metrics.h"
 #include "../core/log.h"
+#include "../core/pgtext.h"
 #include "../core/url.h"
 #include "clickhouse.h"
 
@@ -35,15 +36,26 @@ static const char *const columns[] = {
 static const char create_table_fmt[] =
     "CREATE TABLE IF NOT EXISTS %s." ENG_CLICKHOUSE_TABLE " ("
     "event_id Int64, content_id Int32, user_id Nullable(Int32), "
-    "event_type Nullable(String), event_ts DateTime('UTC'), duration_ms Nullable(Int32), "
+    "event_type Nullable(String), event_ts %s, duration_ms Nullable(Int32), "
     "device Nullable(String), content_type Nullable(String), "
     "length_seconds Nullable(Int32), engagement_seconds Nullable(Decimal(12, 3)), "
     "engagement_pct Nullable(Decimal(12, 2))) "
     "ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(event_ts) "
     "ORDER BY (event_ts, content_id, event_id)";
 
+/* event_ts: DateTime64(6) where the server has it (the microseconds, and 1900..2299), else
+ * DateTime (seconds, 1970-01-01 00:00:00 to 2106-02-07 06:28:15). An event outside what the
+ * column holds is parked for this sink, never stored as another time. */
+#define TS_DATETIME64 "DateTime64(6, 'UTC')"
+#define TS_DATETIME   "DateTime('UTC')"
+#define US            INT64_C(1000000)
+
 struct ch_sink {
     struct eng_sink base;
+    bool ts64;                   /* the table's event_ts is a DateTime64: send microseconds */
+    int64_t ts_min_us, ts_max_us; /* what the table's event_ts holds */
+    char ts_type[64];
+    struct eng_buf body;         /* an insert that differs from the batch's own JSON lines */
     struct eng_clickhouse_url url;
     char *database;
     char *insert_url;
@@ -505,6 +517,104 @@ static void check_engine(struct ch_sink *s)
                  s->database, (int)elen, ans);
 }
 
+/* The range of the table's event_ts column. DateTime64's range depends on the server's
+ * version (1925..2283 before 21.x's extension to 1900..2299): ask the server whether its
+ * ends hold. */
+static int ts_range(struct ch_sink *s, struct eng_error *err)
+{
+    s->ts64 = strstr(s->ts_type, "DateTime64") != NULL;
+    if (!s->ts64) {
+        /* DateTime is seconds in a UInt32, but 18.16 reads text only up to the end of 2105
+         * (its date table's range): '2106-02-07 06:28:15' becomes 23295. Ask the server. */
+        int rc = sink_sql(s,
+                          "SELECT toUnixTimestamp(toDateTime('2106-02-07 06:28:15', 'UTC')) = "
+                          "4294967295",
+                          "DateTime range probe", err);
+        if (rc != 0)
+            return rc;
+        bool full = s->resp.data != NULL && s->resp.data[0] == '1';
+        s->ts_min_us = 0;
+        s->ts_max_us = ((full ? INT64_C(4294967295) : INT64_C(4291747199)) + 1) * US - 1;
+        return 0;
+    }
+    int rc = sink_sql(s,
+                      "SELECT toString(toDateTime64('1900-01-01 00:00:00', 0, 'UTC')) = "
+                      "'1900-01-01 00:00:00' AND toString(toDateTime64('2299-12-31 23:59:59', "
+                      "0, 'UTC')) = '2299-12-31 23:59:59'",
+                      "DateTime64 range probe", err);
+    if (rc != 0)
+        return rc;
+    bool wide = s->resp.data != NULL && s->resp.data[0] == '1';
+    const char *lo = wide ? "1900-01-01 00:00:00" : "1925-01-01 00:00:00";
+    const char *hi = wide ? "2299-12-31 23:59:59" : "2283-11-11 00:00:00";
+    if (!eng_parse_timestamp(lo, strlen(lo), &s->ts_min_us) ||
+        !eng_parse_timestamp(hi, strlen(hi), &s->ts_max_us))
+        eng_die("clickhouse: bad built-in DateTime64 range");
+    s->ts_max_us += wide ? US - 1 : 0;
+    return 0;
+}
+
+/* Appends e's JSON line to out, its event_ts with the microseconds when ts64. */
+static void put_line(const struct ch_sink *s, const struct eng_batch *b, const struct eng_event *e,
+                     struct eng_buf *out)
+{
+    const char *json = eng_batch_json(b, e);
+    static const char key[] = "\"event_ts\":\"";
+    const char *at = s->ts64 ? memmem(json, e->json.len, key, sizeof(key) - 1) : NULL;
+    if (at == NULL) {
+        eng_buf_append(out, json, e->json.len + 1); /* with its newline */
+        return;
+    }
+    size_t head = (size_t)(at - json) + sizeof(key) - 1 + 19; /* through HH:MM:SS */
+    int64_t frac = e->event_ts_us % US;
+    char text[8];
+    snprintf(text, sizeof(text), ".%06lld", (long long)(frac < 0 ? frac + US : frac));
+    eng_buf_append(out, json, head);
+    eng_buf_append(out, text, 7);
+    eng_buf_append(out, json + head, e->json.len + 1 - head);
+}
+
+/* The insert's body: the batch's own JSON lines when every event fits the table as they
+ * are; else a copy without the events the table cannot hold (parked, with the reason) and
+ * with the microseconds for a DateTime64 column. NULL when nothing is left to insert. */
+static const struct eng_buf *insert_body(struct ch_sink *s, const struct eng_batch *b,
+                                         struct eng_buf *own, int *rc, struct eng_error *err)
+{
+    bool plain = !s->ts64;
+    for (uint32_t i = 0; i < b->n && plain; i++)
+        plain = b->events[i].event_ts_us >= s->ts_min_us && b->events[i].event_ts_us <= s->ts_max_us;
+    *rc = 0;
+    if (plain)
+        return &b->jsonl;
+    eng_buf_reset(own);
+    for (uint32_t i = 0; i < b->n; i++) {
+        const struct eng_event *e = &b->events[i];
+        if (e->event_ts_us >= s->ts_min_us && e->event_ts_us <= s->ts_max_us) {
+            put_line(s, b, e, own);
+            continue;
+        }
+        char ts[20], lo[20], hi[20], reason[200];
+        eng_format_timestamp(e->event_ts_us, ts);
+        eng_format_timestamp(s->ts_min_us, lo);
+        eng_format_timestamp(s->ts_max_us, hi);
+        snprintf(reason, sizeof(reason),
+                 "event_ts %s is outside what the clickhouse column %s holds (%s to %s)", ts,
+                 s->ts_type, lo, hi);
+        if (s->base.park == NULL) {
+            *rc = eng_error_set(err, ENG_EINVAL, false, "clickhouse: %s", reason);
+            return NULL;
+        }
+        *rc = s->base.park(&s->base, b, e, reason, err);
+        if (*rc != 0)
+            return NULL;
+    }
+    if (own->overflow) {
+        *rc = eng_error_set(err, ENG_ENOMEM, false, "clickhouse: insert body over its cap");
+        return NULL;
+    }
+    return own->len > 0 ? own : NULL;
+}
+
 static int ch_open(struct eng_sink *base, struct eng_error *err)
 {
     struct ch_sink *s = (struct ch_sink *)base;
@@ -529,7 +639,10 @@ static int ch_open(struct eng_sink *base, struct eng_error *err)
     rc = sink_sql(s, sql, "create database", err);
     if (rc != 0)
         goto fail;
-    snprintf(sql, sizeof(sql), create_table_fmt, s->database);
+    struct eng_error probe;
+    bool has64 = sink_sql(s, "SELECT toDateTime64('2000-01-01 00:00:00', 6, 'UTC')",
+                          "DateTime64 probe", &probe) == 0;
+    snprintf(sql, sizeof(sql), create_table_fmt, s->database, has64 ? TS_DATETIME64 : TS_DATETIME);
     rc = sink_sql(s, sql, "create table", err);
     if (rc != 0)
         goto fail;
@@ -552,6 +665,15 @@ static int ch_open(struct eng_sink *base, struct eng_error *err)
             eng_warn("msg=\"clickhouse column differs from the one engage creates\" "
                      "table=%s." ENG_CLICKHOUSE_TABLE " column=%s type=\"%.*s\"",
                      s->database, columns[i], (int)tl, type);
+        if (type != NULL && strcmp(columns[i], "event_ts") == 0) {
+            /* TabSeparated escapes the quotes of DateTime('UTC'): drop the backslashes. */
+            size_t o = 0;
+            for (size_t k = 0; k < tl && o + 1 < sizeof(s->ts_type); k++) {
+                if (type[k] != '\\')
+                    s->ts_type[o++] = type[k];
+            }
+            s->ts_type[o] = '\0';
+        }
         if (type == NULL) {
             rc = eng_error_set(err, ENG_EINVAL, false,
                                "clickhouse: table %s." ENG_CLICKHOUSE_TABLE
@@ -562,6 +684,9 @@ static int ch_open(struct eng_sink *base, struct eng_error *err)
             goto fail;
         }
     }
+    rc = ts_range(s, err);
+    if (rc != 0)
+        goto fail;
     check_engine(s);
     eng_info("msg=\"clickhouse sink ready\" url=%s table=%s." ENG_CLICKHOUSE_TABLE
              " server_version=%s",
@@ -587,9 +712,16 @@ static int ch_write(struct eng_sink *base, const struct eng_batch *b, struct eng
         return eng_error_set(err, ENG_EINVAL, false,
                              "clickhouse: batch of %u events has no rendered json", b->n);
 
+    const struct eng_buf *body = insert_body(s, b, &s->body, &rc, err);
+    if (rc != 0) {
+        eng_counter_add(s->m_errors, 1);
+        return rc;
+    }
+    if (body == NULL)
+        return 0; /* every event was parked */
     snprintf(what, sizeof(what), "insert of %u events", b->n);
     eng_buf_reset(&s->resp);
-    rc = perform(s->easy, s->insert_url, s->url.display, b->jsonl.data, b->jsonl.len, &s->resp,
+    rc = perform(s->easy, s->insert_url, s->url.display, body->data, body->len, &s->resp,
                  s->errbuf, what, &status, err);
     if (rc == 0 && status != 200)
         rc = http_error(err, what, status, &s->resp);
@@ -599,7 +731,7 @@ static int ch_write(struct eng_sink *base, const struct eng_batch *b, struct eng
     }
     eng_counter_add(s->m_events, b->n);
     eng_counter_add(s->m_batches, 1);
-    eng_counter_add(s->m_bytes, b->jsonl.len);
+    eng_counter_add(s->m_bytes, body->len);
     return 0;
 }
 
@@ -616,6 +748,7 @@ static void ch_destroy(struct eng_sink *base)
     ch_close(base);
     curl_slist_free_all(s->headers);
     eng_buf_free(&s->resp);
+    eng_buf_free(&s->body);
     eng_clickhouse_url_free(&s->url);
     free(s->database);
     free(s->insert_url);
@@ -687,6 +820,7 @@ struct eng_sink *eng_clickhouse_sink_create_opt(const char *url,
     s->connect_timeout_ms = o.connect_timeout_ms;
     s->timeout_ms = o.timeout_ms;
     s->resp.cap = RESP_CAP;
+    s->body.cap = ENG_BATCH_MAX_BYTES + ((size_t)8 << 20); /* a batch's lines plus 7 bytes each */
     s->headers = headers_create();
 
     struct eng_buf u = {0};
