@@ -710,7 +710,7 @@ static int redis_write(struct eng_sink *s, const struct eng_batch *b, struct eng
      * a backfill or after a stall the newest event may be hours old, and a window anchored
      * there would present old activity as current (and one event with a clock far ahead
      * would drag the window into the future). */
-    int64_t now;
+    int64_t now = 0;
     rc = server_now(r, &now, err);
     if (rc != 0)
         goto fail;
