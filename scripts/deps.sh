@@ -18,6 +18,8 @@ DEB_PACKAGES=(
     libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev libcmocka-dev librdkafka-dev
     clickhouse-server clickhouse-client
     curl valgrind
+    # operations checks (tests/ops): promtool, compose validation, man page lint
+    prometheus docker-compose mandoc man-db
 )
 
 SUDO=()
