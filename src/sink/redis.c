@@ -534,7 +534,8 @@ static int redis_open(struct eng_sink *s, struct eng_error *err)
         eng_counter_add(r->m_errors, 1);
         return rc;
     }
-    eng_info("redis sink connected host=%s port=%d db=%d", r->url.host, r->url.port, r->url.db);
+    eng_info("msg=\"redis sink connected\" host=%s port=%d db=%d", r->url.host, r->url.port,
+             r->url.db);
     return 0;
 }
 
@@ -672,7 +673,7 @@ static int run_call(struct redis_sink *r, int argc, uint64_t *fresh, struct eng_
         }
         if (reply->type == REDIS_REPLY_ERROR && attempt == 0) { /* NOSCRIPT */
             freeReplyObject(reply);
-            eng_info("redis sink reloading its script after NOSCRIPT");
+            eng_info("msg=\"redis sink reloading its script after NOSCRIPT\"");
             rc = load_script(r, err);
             if (rc != 0)
                 return rc;
@@ -743,7 +744,7 @@ static int redis_write(struct eng_sink *s, const struct eng_batch *b, struct eng
 
 fail:
     eng_counter_add(r->m_errors, 1);
-    eng_warn("redis sink write failed retriable=%d error=\"%s\"", err ? err->retriable : 0,
+    eng_warn("msg=\"redis sink write failed\" retriable=%d error=\"%s\"", err ? err->retriable : 0,
              err ? err->msg : "");
     return rc;
 }
