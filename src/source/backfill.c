@@ -440,9 +440,10 @@ int eng_backfill_run(const struct eng_backfill_options *opt, struct eng_pipeline
     rc = count_range(&b, err);
     if (rc != 0)
         goto out;
-    eng_info("msg=\"backfill starting\" start=\"%s\" end=\"%s\" events=%" PRIu64 " resumed=%s%s%s",
+    eng_info("msg=\"backfill starting\" start=\"%s\" end=\"%s\" events=%" PRIu64 " resumed=%s "
+             "after_ts=\"%s\"",
              b.start, b.end, stats->total, stats->resumed ? "yes" : "no",
-             stats->resumed ? " after_ts=" : "", stats->resumed ? b.after.ts : "");
+             stats->resumed ? b.after.ts : "");
     b.started_us = eng_clock_mono_us();
 
     bool complete = false;
