@@ -368,10 +368,10 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
             if (!exists)
                 return eng_error_set(err, ENG_EFATAL, false,
                                      "replication slot \"%s\" is gone but a checkpoint exists "
-                                     "at %" PRIX64 ": events after it may be lost (runbook: "
-                                     "remove the state file to start a new slot, then backfill "
-                                     "from the checkpoint's time)",
-                                     slot, st.lsn);
+                                     "at %" PRIX32 "/%" PRIX32 ": events after it may be lost "
+                                     "(runbook: remove the state file to start a new slot, then "
+                                     "backfill from the checkpoint's time)",
+                                     slot, (uint32_t)(st.lsn >> 32), (uint32_t)st.lsn);
             if (check_checkpoint(s, &st, exists, confirmed_flush, err) != 0)
                 return err->code;
             s->state_lsn = st.lsn;
