@@ -13,6 +13,7 @@ struct metric {
     char *name;
     char *labels; /* may be empty */
     char *help;
+    unsigned decimals; /* gauges: the value is in units of 10^-decimals */
     union {
         struct eng_counter counter;
         struct eng_gauge gauge;
@@ -73,6 +74,18 @@ struct eng_counter *eng_metrics_counter(const char *name, const char *labels, co
 struct eng_gauge *eng_metrics_gauge(const char *name, const char *labels, const char *help)
 {
     return &lookup(KIND_GAUGE, name, labels, help)->u.gauge;
+}
+
+struct eng_gauge *eng_metrics_gauge_scaled(const char *name, const char *labels, const char *help,
+                                           unsigned decimals)
+{
+    if (decimals > 9)
+        eng_die("metric \"%s\": at most 9 decimals", name);
+    struct metric *m = lookup(KIND_GAUGE, name, labels, help);
+    pthread_mutex_lock(&registry_lock); /* render reads it under the lock */
+    m->decimals = decimals;
+    pthread_mutex_unlock(&registry_lock);
+    return &m->u.gauge;
 }
 
 struct eng_histogram *eng_metrics_histogram(const char *name, const char *labels, const char *help)
@@ -141,10 +154,23 @@ void eng_metrics_render(struct eng_buf *out)
             render_name(out, m, "", NULL);
             eng_buf_printf(out, " %llu\n", (unsigned long long)eng_counter_get(&m->u.counter));
             break;
-        case KIND_GAUGE:
+        case KIND_GAUGE: {
+            int64_t v = eng_gauge_get(&m->u.gauge);
             render_name(out, m, "", NULL);
-            eng_buf_printf(out, " %lld\n", (long long)eng_gauge_get(&m->u.gauge));
+            if (m->decimals == 0) {
+                eng_buf_printf(out, " %lld\n", (long long)v);
+                break;
+            }
+            int64_t unit = 1;
+            for (unsigned i = 0; i < m->decimals; i++)
+                unit *= 10;
+            /* In integers, so 1234 renders "1.234", never 1.2339999 */
+            uint64_t mag = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+            eng_buf_printf(out, " %s%llu.%0*llu\n", v < 0 ? "-" : "",
+                           (unsigned long long)(mag / (uint64_t)unit), (int)m->decimals,
+                           (unsigned long long)(mag % (uint64_t)unit));
             break;
+        }
         case KIND_HISTOGRAM: {
             uint64_t cum = 0;
             for (int i = 0; i <= ENG_HIST_BUCKETS; i++) {

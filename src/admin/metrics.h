@@ -34,6 +34,13 @@ struct eng_counter *eng_metrics_counter(const char *name, const char *labels, co
 struct eng_gauge *eng_metrics_gauge(const char *name, const char *labels, const char *help);
 struct eng_histogram *eng_metrics_histogram(const char *name, const char *labels, const char *help);
 
+/* A gauge kept as an integer in units of 10^-decimals (decimals 0..9) and rendered in whole
+ * units: set 1234 on one of 3 decimals and it renders 1.234. For base units (seconds) where
+ * the value is measured finer (milliseconds). The same name and labels return the same
+ * pointer; decimals is fixed at first registration. */
+struct eng_gauge *eng_metrics_gauge_scaled(const char *name, const char *labels, const char *help,
+                                           unsigned decimals);
+
 static inline void eng_counter_add(struct eng_counter *c, uint64_t n)
 {
     atomic_fetch_add_explicit(&c->v, n, memory_order_relaxed);

@@ -77,6 +77,30 @@ static void test_gauge(void **state)
     free(text);
 }
 
+/* A scaled gauge renders its integer in whole units, exactly: the base-unit rule (seconds)
+ * without losing the milliseconds. */
+static void test_gauge_scaled(void **state)
+{
+    (void)state;
+    struct eng_gauge *g = eng_metrics_gauge_scaled("t_scaled_seconds", NULL, "Scaled.", 3);
+    eng_gauge_set(g, 1234);
+    char *text = render();
+    assert_line(text, "t_scaled_seconds 1.234");
+    free(text);
+    eng_gauge_set(g, 5);
+    text = render();
+    assert_line(text, "t_scaled_seconds 0.005");
+    free(text);
+    eng_gauge_set(g, -30080);
+    text = render();
+    assert_line(text, "t_scaled_seconds -30.080");
+    free(text);
+    eng_gauge_set(g, 0);
+    text = render();
+    assert_line(text, "t_scaled_seconds 0.000");
+    free(text);
+}
+
 static void test_histogram(void **state)
 {
     (void)state;
@@ -189,7 +213,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counter),        cmocka_unit_test(test_gauge),
         cmocka_unit_test(test_histogram),      cmocka_unit_test(test_family_grouping),
-        cmocka_unit_test(test_render_appends),
+        cmocka_unit_test(test_render_appends), cmocka_unit_test(test_gauge_scaled),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
