@@ -1,7 +1,12 @@
 /* engage run: PostgreSQL logical replication -> enrichment -> sinks. */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../admin/admin.h"
 #include "../core/log.h"
@@ -61,6 +66,53 @@ static bool ready_hook(void *ctx, char *why, size_t whylen)
     return eng_pipeline_healthy(ctx, why, whylen);
 }
 
+/* Takes the state directory's lock (flock on DIR/lock, created with the directory when
+ * missing), so that a second engage on the same directory refuses at once instead of waiting
+ * on the slot. Returns the descriptor that holds the lock until it is closed (or the process
+ * ends), or -1 after logging why. */
+static int lock_state_dir(const char *dir)
+{
+    char path[4096];
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        eng_error("msg=\"could not create the state directory\" dir=\"%s\" error=\"%s\"", dir,
+                  strerror(errno));
+        return -1;
+    }
+    if ((size_t)snprintf(path, sizeof(path), "%s/lock", dir) >= sizeof(path)) {
+        eng_error("msg=\"state directory path too long\" dir=\"%s\"", dir);
+        return -1;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        eng_error("msg=\"could not open the state directory's lock\" path=\"%s\" error=\"%s\"",
+                  path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char holder[32] = "";
+        ssize_t n = pread(fd, holder, sizeof(holder) - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        if (e == EWOULDBLOCK)
+            eng_error("msg=\"the state directory is in use by another engage (runbook: stop that "
+                      "one, or give this one its own --state-dir and --slot)\" dir=\"%s\" "
+                      "holder_pid=%s",
+                      dir, holder[0] ? holder : "unknown");
+        else
+            eng_error("msg=\"could not lock the state directory\" path=\"%s\" error=\"%s\"",
+                      path, strerror(e));
+        close(fd);
+        return -1;
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        eng_warn("msg=\"could not write the pid into the state directory's lock\" path=\"%s\"",
+                 path); /* the lock holds all the same */
+    return fd;
+}
+
 int eng_cmd_run(int argc, char **argv)
 {
     struct eng_options o;
@@ -69,6 +121,7 @@ int eng_cmd_run(int argc, char **argv)
     struct eng_admin *admin = NULL;
     struct eng_dlq *dlq = NULL;
     int status = 1;
+    int lock_fd = -1;
     int64_t batch_events = 10000, batch_ms = 50;
 
     eng_error_clear(&err);
@@ -97,6 +150,13 @@ int eng_cmd_run(int argc, char **argv)
         status = 2;
         goto out;
     }
+    if (!eng_opt_sinks_valid(&o)) {
+        status = 2;
+        goto out;
+    }
+    lock_fd = lock_state_dir(eng_opt(&o, OPT_STATE_DIR));
+    if (lock_fd < 0)
+        goto out;
     int crc = eng_cli_sinks_create(&o, true, &cs, &err);
     if (crc == 2) {
         status = 2;
@@ -130,7 +190,6 @@ int eng_cmd_run(int argc, char **argv)
     eng_info("msg=\"starting\" sinks=%s", cs.names);
     if (eng_pg_source_run(&sopt, cs.pipeline, &stop_requested, &err) != 0)
         goto fail;
-    eng_info("msg=\"stopped\"");
     status = 0;
     goto out;
 fail:
@@ -141,5 +200,11 @@ out:
     eng_cli_sinks_destroy(&cs);
     eng_dlq_destroy(dlq);
     eng_options_free(&o);
+    if (lock_fd >= 0) {
+        close(lock_fd);
+        /* last, after every thread has ended: nothing is logged after it */
+        if (status == 0)
+            eng_info("msg=\"stopped\"");
+    }
     return status;
 }

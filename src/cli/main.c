@@ -1,8 +1,11 @@
 /* engage: one binary, thin subcommands over libengage. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "../core/error.h"
 #include "commands.h"
+#include "options.h"
 
 static const char usage[] =
     "engage: stream engagement events from PostgreSQL to ClickHouse, Redis and an HTTP API\n"
@@ -29,7 +32,7 @@ static const struct command commands[] = {
     {"status", eng_cmd_status}, {"top", eng_cmd_top},           {"mock-api", eng_cmd_mock_api},
 };
 
-int main(int argc, char **argv)
+static int dispatch(int argc, char **argv)
 {
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
                       strcmp(argv[1], "help") == 0)) {
@@ -46,4 +49,22 @@ int main(int argc, char **argv)
     }
     /* No command: run, with argv[0] standing in for the command name. */
     return eng_cmd_run(argc, argv);
+}
+
+/* The commands read a copy of argv; the original, which is what `ps` shows every user of the
+ * machine, has its passwords overwritten with *** before any command runs. */
+int main(int argc, char **argv)
+{
+    char **copy = calloc((size_t)argc + 1, sizeof(*copy));
+    if (copy == NULL)
+        abort();
+    for (int i = 0; i < argc; i++)
+        copy[i] = eng_strdup(argv[i]);
+    for (int i = 1; i < argc; i++)
+        eng_options_scrub_secrets(argv[i]);
+    int status = dispatch(argc, copy);
+    for (int i = 0; i < argc; i++)
+        free(copy[i]);
+    free(copy);
+    return status;
 }

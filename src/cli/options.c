@@ -174,6 +174,106 @@ bool eng_opt_int(const struct eng_options *o, enum eng_opt_id id, int64_t min, i
     return true;
 }
 
+/* Replaces s[start, end) by "***" (fewer stars when the secret is shorter: the string must
+ * not grow); returns the index just after the stars. */
+static size_t scrub_span(char *s, size_t start, size_t end)
+{
+    size_t len = strlen(s), n = end - start, stars = n < 3 ? n : 3;
+    memset(s + start, '*', stars);
+    memmove(s + start + stars, s + end, len - end);
+    memset(s + len - (n - stars), '\0', n - stars);
+    return start + stars;
+}
+
+bool eng_options_scrub_secrets(char *arg)
+{
+    bool changed = false;
+    /* scheme://user:password@host: the password is between the first ':' of the authority and
+     * its last '@' */
+    char *scheme = strstr(arg, "://");
+    if (scheme != NULL) {
+        char *auth = scheme + 3;
+        size_t alen = strcspn(auth, "/?#");
+        char *at = NULL;
+        for (size_t i = 0; i < alen; i++) {
+            if (auth[i] == '@')
+                at = auth + i;
+        }
+        char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon != NULL && at > colon + 1) {
+            scrub_span(arg, (size_t)(colon + 1 - arg), (size_t)(at - arg));
+            changed = true;
+        }
+    }
+    /* password=value, password = 'quoted value', ?password=value&... */
+    size_t pos = 0;
+    for (;;) {
+        char *p = strcasestr(arg + pos, "password");
+        if (p == NULL)
+            break;
+        size_t i = (size_t)(p - arg) + strlen("password");
+        while (arg[i] == ' ' || arg[i] == '\t')
+            i++;
+        if (arg[i] != '=') {
+            pos = i;
+            continue;
+        }
+        i++;
+        while (arg[i] == ' ' || arg[i] == '\t')
+            i++;
+        size_t start = i;
+        if (arg[i] == '\'') { /* conninfo quoting: \' and \\ escape */
+            i++;
+            while (arg[i] != '\0' && arg[i] != '\'') {
+                if (arg[i] == '\\' && arg[i + 1] != '\0')
+                    i++;
+                i++;
+            }
+            if (arg[i] == '\'')
+                i++;
+        } else {
+            while (arg[i] != '\0' && arg[i] != ' ' && arg[i] != '\t' && arg[i] != '&' &&
+                   arg[i] != '#')
+                i++;
+        }
+        if (i > start) {
+            pos = scrub_span(arg, start, i);
+            changed = true;
+        } else {
+            pos = i;
+        }
+    }
+    return changed;
+}
+
+bool eng_opt_sinks_valid(const struct eng_options *o)
+{
+    static const char *const known[] = {"clickhouse", "redis", "http", "stdout"};
+    const char *list = o->v[OPT_SINKS];
+    if (list == NULL)
+        return true;
+    for (const char *p = list;;) {
+        size_t len = strcspn(p, ",");
+        bool ok = false;
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+            ok = ok || (strlen(known[i]) == len && strncmp(p, known[i], len) == 0);
+        if (!ok) {
+            if (len == 5 && strncmp(p, "kafka", 5) == 0)
+                fprintf(stderr, "engage: --sinks: the kafka sink is not built in this version; "
+                                "sinks are clickhouse, redis, http, stdout\n");
+            else
+                fprintf(stderr, "engage: --sinks: unknown sink \"%.*s\"; sinks are clickhouse, "
+                                "redis, http, stdout\n",
+                        (int)len, p);
+            return false;
+        }
+        p += len;
+        if (*p == '\0')
+            return true;
+        p++; /* the comma: an empty name after it is refused too */
+    }
+}
+
 bool eng_opt_sink_enabled(const struct eng_options *o, const char *name)
 {
     const char *list = o->v[OPT_SINKS];

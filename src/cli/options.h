@@ -62,6 +62,16 @@ const char *eng_opt(const struct eng_options *o, enum eng_opt_id id);
 bool eng_opt_int(const struct eng_options *o, enum eng_opt_id id, int64_t min, int64_t max,
                  int64_t *out);
 
+/* Overwrites in place every secret in arg, so that `ps` shows `***` where it was: the password
+ * of a URL's user:password@, and the value of any `password=` (libpq conninfo, a URL's query,
+ * sslpassword=). The string keeps its length: the rest moves left and the freed bytes at its end
+ * become NULs. Returns true when something was replaced. Any thread; arg is borrowed. */
+bool eng_options_scrub_secrets(char *arg);
+
+/* Checks --sinks: every name in the list is a sink this build has. Returns false after
+ * printing a usage error. */
+bool eng_opt_sinks_valid(const struct eng_options *o);
+
 /* True when sink name ("clickhouse", "redis", "http") is enabled: listed in --sinks, or, when
  * --sinks is absent, configured with a URL. */
 bool eng_opt_sink_enabled(const struct eng_options *o, const char *name);

@@ -80,7 +80,7 @@ int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default,
         !eng_opt_int(o, OPT_CLICKHOUSE_INTERVAL_MS, 0, 60000, &ch_interval_ms) ||
         !eng_opt_int(o, OPT_SEEN_TTL, 0, UINT32_MAX, &seen_ttl) ||
         !eng_opt_int(o, OPT_REDIS_CALL_EVENTS, 1, 100000, &call_events) ||
-        !eng_cli_http_options(o, &hopt))
+        !eng_cli_http_options(o, &hopt) || !eng_opt_sinks_valid(o))
         return 2;
 
     if (eng_opt_sink_enabled(o, "clickhouse")) {
