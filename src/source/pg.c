@@ -49,7 +49,9 @@ struct change_list {
 /* How long a quiet stream goes without an (empty) batch to the sinks. */
 #define HEARTBEAT_US INT64_C(30000000)
 
-/* (position, commit time) of submitted batches, for the lag in seconds. */
+/* (position, commit time of its oldest transaction) of submitted batches not yet confirmed,
+ * for the lag in seconds. When it is full the newest entry is moved forward instead, which
+ * keeps the oldest commit time and so never under-states the lag. */
 #define LAG_RING 64
 
 struct pgsrc {
@@ -81,6 +83,7 @@ struct pgsrc {
     int64_t last_submit_us;
     uint64_t last_end_lsn; /* end of the last transaction decoded */
     int64_t last_commit_us;
+    int64_t batch_commit_us; /* commit time of the open batch's first transaction; 0: none */
     uint64_t submitted_pos;
 
     uint64_t confirmed; /* flush LSN last sent */
@@ -99,7 +102,7 @@ struct pgsrc {
     unsigned lag_head, lag_count;
 
     struct eng_counter *m_events, *m_bad, *m_misses, *m_tx, *m_ignored, *m_content;
-    struct eng_gauge *m_lag_bytes, *m_lag_ms, *m_confirmed;
+    struct eng_gauge *m_lag_bytes, *m_lag_seconds, *m_confirmed;
 };
 
 /* ---- small helpers ---- */
@@ -587,9 +590,16 @@ static void checkpoint_tick(struct pgsrc *s)
     send_status(s, true);
 lag:
     while (s->lag_count > 0 && s->lag[s->lag_head].pos <= s->confirmed) {
-        eng_gauge_set(s->m_lag_ms, (eng_clock_wall_us() - s->lag[s->lag_head].commit_us) / 1000);
         s->lag_head = (s->lag_head + 1) % LAG_RING;
         s->lag_count--;
+    }
+    /* The age of the oldest transaction not yet durable everywhere: 0 once all that was
+     * decoded is confirmed (an idle, caught-up stream), and growing while a sink holds it. */
+    if (s->lag_count > 0) {
+        int64_t age_ms = (eng_clock_wall_us() - s->lag[s->lag_head].commit_us) / 1000;
+        eng_gauge_set(s->m_lag_seconds, age_ms > 0 ? age_ms : 0);
+    } else {
+        eng_gauge_set(s->m_lag_seconds, 0);
     }
     if (s->server_wal_end > s->confirmed)
         eng_gauge_set(s->m_lag_bytes, (int64_t)(s->server_wal_end - s->confirmed));
@@ -615,11 +625,18 @@ static int flush_batch(struct pgsrc *s)
         checkpoint_tick(s);
         send_status(s, false);
     }
-    if (s->lag_count < LAG_RING) {
-        unsigned at = (s->lag_head + s->lag_count) % LAG_RING;
-        s->lag[at].pos = position;
-        s->lag[at].commit_us = s->last_commit_us;
-        s->lag_count++;
+    /* Only a batch that ends a transaction not yet recorded counts: a heartbeat or the part
+     * of a large transaction carries no commit of its own. */
+    if (position > s->submitted_pos && s->batch_commit_us != 0) {
+        if (s->lag_count < LAG_RING) {
+            unsigned at = (s->lag_head + s->lag_count) % LAG_RING;
+            s->lag[at].pos = position;
+            s->lag[at].commit_us = s->batch_commit_us;
+            s->lag_count++;
+        } else {
+            s->lag[(s->lag_head + LAG_RING - 1) % LAG_RING].pos = position;
+        }
+        s->batch_commit_us = 0;
     }
     s->submitted_pos = position;
     s->last_submit_us = eng_clock_mono_us();
@@ -757,6 +774,8 @@ static int on_message(struct pgsrc *s, const struct eng_pgo_msg *msg, uint64_t l
         s->in_tx = false;
         s->last_end_lsn = msg->u.commit.end_lsn;
         s->last_commit_us = s->tx_commit_us;
+        if (s->batch_commit_us == 0)
+            s->batch_commit_us = s->tx_commit_us;
         for (size_t i = 0; i < s->tx_changes.n; i++) {
             s->tx_changes.v[i].end_lsn = msg->u.commit.end_lsn;
             change_list_push(&s->pending, &s->tx_changes.v[i]);
@@ -871,6 +890,7 @@ static void session_reset(struct pgsrc *s)
     change_list_clear(&s->tx_changes);
     eng_batch_release(s->batch);
     s->batch = NULL;
+    s->batch_commit_us = 0;
 }
 
 static int wait_readable(PGconn *c, int64_t timeout_us)
@@ -1041,8 +1061,10 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
                                       "Changes to the content table applied to the cache");
     s.m_lag_bytes = eng_metrics_gauge("engage_replication_lag_bytes", NULL,
                                       "Server WAL end minus the confirmed flush LSN");
-    s.m_lag_ms = eng_metrics_gauge("engage_replication_lag_milliseconds", NULL,
-                                   "Age of the newest transaction at the checkpoint when it moved");
+    s.m_lag_seconds = eng_metrics_gauge_scaled(
+        "engage_replication_lag_seconds", NULL,
+        "Age of the oldest transaction decoded and not yet durable in every sink (0 when caught up)",
+        3);
     s.m_confirmed =
         eng_metrics_gauge("engage_confirmed_flush_lsn", NULL, "Flush LSN last sent to the server");
     struct eng_backoff bo;
