@@ -11,14 +11,22 @@
 
 #include <microhttpd.h>
 
+#include "../core/clock.h"
 #include "../core/net.h"
 #include "../core/buf.h"
 #include "../core/log.h"
 #include "admin.h"
 #include "metrics.h"
 
-#define ADMIN_MAX_CONNECTIONS      32
-#define ADMIN_CONNECTION_TIMEOUT_S 10
+/* Abuse bounds (issue 8, item 7). A probe must get through while others hold connections:
+ * one client address holds at most ADMIN_PER_IP_CONNECTIONS (MHD accepts and at once closes
+ * the next), all together at most ADMIN_MAX_CONNECTIONS; a connection that sends nothing for
+ * ADMIN_CONNECTION_TIMEOUT_S (idle, or headers trickling slower than that) is closed. A
+ * request is a few hundred bytes, so each connection's memory is capped small. */
+#define ADMIN_MAX_CONNECTIONS      256
+#define ADMIN_PER_IP_CONNECTIONS   16
+#define ADMIN_CONNECTION_TIMEOUT_S 3
+#define ADMIN_CONNECTION_MEMORY    (16 * 1024)
 #define READY_WHY_LEN              1024
 
 struct eng_admin {
@@ -110,13 +118,24 @@ static int listen_on(const char *host, uint16_t port, char *why, size_t whylen)
     return fd;
 }
 
+/* libmicrohttpd's complaints, at most one line a second: under a flood of connections it
+ * would write one per refused connection. Called on MHD's thread only. */
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
+    static int64_t last_us;
+    static unsigned suppressed;
     (void)cls;
+    int64_t now = eng_clock_mono_us();
+    if (last_us != 0 && now - last_us < 1000000) {
+        suppressed++;
+        return;
+    }
     char line[512];
     vsnprintf(line, sizeof(line), fmt, ap);
     line[strcspn(line, "\r\n")] = '\0';
-    eng_warn("msg=\"admin http: %s\"", line);
+    eng_warn("msg=\"admin http: %s\" suppressed_before=%u", line, suppressed);
+    last_us = now;
+    suppressed = 0;
 }
 
 /* Queues a response with body (len bytes). With owned, body was malloc'd and is taken. */
@@ -216,8 +235,10 @@ struct eng_admin *eng_admin_start(const char *host_port, struct eng_admin_hooks 
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         on_request, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, or MHD says so */
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)ADMIN_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)ADMIN_CONNECTION_TIMEOUT_S, MHD_OPTION_END);
+        (unsigned int)ADMIN_MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned int)ADMIN_PER_IP_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)ADMIN_CONNECTION_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)ADMIN_CONNECTION_MEMORY, MHD_OPTION_END);
     if (a->daemon == NULL) {
         close(fd);
         free(a);
