@@ -55,7 +55,7 @@ struct sink_lane {
     /* metrics */
     struct eng_counter *m_batches, *m_events, *m_failures, *m_spilled, *m_parked;
     struct eng_histogram *m_latency, *m_write;
-    struct eng_gauge *m_queue;
+    struct eng_gauge *m_queue, *m_ready;
 };
 
 struct eng_pipeline {
@@ -184,6 +184,9 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
                                            "Duration of one successful batch write");
         l->m_queue =
             eng_metrics_gauge("engage_sink_queue_batches", labels, "Batches waiting for the sink");
+        l->m_ready = eng_metrics_gauge("engage_sink_ready", labels,
+                                       "1 while the sink writes, 0 while it is failing (/readyz)");
+        eng_gauge_set(l->m_ready, 1);
     }
     return p;
 }
@@ -221,6 +224,7 @@ static void lane_set_health(struct sink_lane *l, bool ok, const char *msg)
     l->healthy = ok;
     snprintf(l->last_error, sizeof(l->last_error), "%s", msg);
     pthread_mutex_unlock(&l->p->lock);
+    eng_gauge_set(l->m_ready, ok ? 1 : 0);
 }
 
 /* Stops the pipeline for good: a sink met an error no retry and no parking gets past. */
