@@ -16,7 +16,8 @@ static const char usage[] =
     "\n"
     "The stand-in for the external HTTP API: POST /events takes one enriched event or a JSON\n"
     "array of them, dedupes by event_id and answers 200 {\"accepted\":N}.\n"
-    "GET /stats, GET /events/ids, GET /events, GET /log, GET|POST /control, GET /healthz.\n"
+    "GET /stats, GET /events/ids, GET /events, GET /log, GET /healthz; GET|POST /control on\n"
+    "the control listener only.\n"
     "\n"
     "  --listen HOST:PORT        API address (default 127.0.0.1:8000; port 0: any free port)\n"
     "  --control-listen HOST:PORT  control address, up even while the API is down\n"
@@ -40,6 +41,10 @@ static const char usage[] =
     "  --log                     one log line per request\n"
     "  --log-size N              requests kept for GET /log (default 4096)\n"
     "  --max-events N            unique events kept (default 16777216; then 507)\n"
+    "  --max-body-mb N           request body cap (default 16; then 413)\n"
+    "  --max-body-total-mb N     request bodies held at once, all connections (default 64;\n"
+    "                            a request that would pass it: 503)\n"
+    "  --max-connections N       per listener (default 512, one thread each)\n"
     "  --log-level LEVEL         debug, info, warn or error\n"
     "  --help\n"
     "\n"
@@ -139,6 +144,9 @@ enum {
     OPT_LOG,
     OPT_LOG_SIZE,
     OPT_MAX_EVENTS,
+    OPT_MAX_BODY_MB,
+    OPT_MAX_BODY_TOTAL_MB,
+    OPT_MAX_CONNECTIONS,
     OPT_LOG_LEVEL,
     OPT_HELP,
 };
@@ -166,6 +174,9 @@ static const struct option long_opts[] = {
     {"log", no_argument, NULL, OPT_LOG},
     {"log-size", required_argument, NULL, OPT_LOG_SIZE},
     {"max-events", required_argument, NULL, OPT_MAX_EVENTS},
+    {"max-body-mb", required_argument, NULL, OPT_MAX_BODY_MB},
+    {"max-body-total-mb", required_argument, NULL, OPT_MAX_BODY_TOTAL_MB},
+    {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
@@ -262,6 +273,18 @@ int eng_cmd_mock_api(int argc, char **argv)
         case OPT_MAX_EVENTS:
             rc = parse_i64("max-events", optarg, 1, (long long)1 << 32, &v);
             o.max_events = (size_t)v;
+            break;
+        case OPT_MAX_BODY_MB:
+            rc = parse_i64("max-body-mb", optarg, 1, 4096, &v);
+            o.max_body = (size_t)v << 20;
+            break;
+        case OPT_MAX_BODY_TOTAL_MB:
+            rc = parse_i64("max-body-total-mb", optarg, 1, 65536, &v);
+            o.max_body_total = (size_t)v << 20;
+            break;
+        case OPT_MAX_CONNECTIONS:
+            rc = parse_i64("max-connections", optarg, 1, 10000, &v);
+            o.max_connections = (unsigned)v;
             break;
         case OPT_LOG_LEVEL: {
             enum eng_log_level lvl;

@@ -34,6 +34,7 @@
 #include "mockapi.h"
 
 #define LOG_IDS    16 /* event ids kept per logged request (the first ones) */
+#define CONTROL_MAX_BODY ((size_t)64 << 10) /* a control document is a few hundred bytes */
 #define NOT_STORED UINT32_MAX
 #define EMPTY_ID   INT64_MIN
 
@@ -92,6 +93,8 @@ struct eng_mockapi {
     pthread_t manager;
     bool manager_started;
     unsigned active; /* requests being handled on the API listener */
+    size_t body_bytes; /* request bodies held now, all connections (<= opt.max_body_total) */
+    uint64_t over_budget; /* requests refused 503 because of max_body_total */
 
     /* Received events. */
     struct id_entry *tab;
@@ -112,6 +115,8 @@ struct eng_mockapi {
 
 struct req_ctx {
     struct eng_buf body;
+    size_t reserved; /* bytes of m->body_bytes this request holds */
+    bool over_budget; /* max_body_total was reached while its body came in */
     bool too_big;
     bool counted_active;
     int64_t t0_us;
@@ -176,7 +181,8 @@ void eng_mockapi_options_default(struct eng_mockapi_options *o)
     o->log_size = 4096;
     o->max_events = (size_t)16 << 20;
     o->max_stored_bytes = (size_t)256 << 20;
-    o->max_body = (size_t)64 << 20;
+    o->max_body = (size_t)16 << 20;
+    o->max_body_total = (size_t)64 << 20;
     o->max_connections = 512;
     o->faults.fail_status = 500;
     o->faults.hang_max_ms = 120000;
@@ -344,7 +350,7 @@ static void clear_stats_locked(struct eng_mockapi *m)
     m->received = m->duplicates = m->requests = m->events_rejected = m->invalid = 0;
     m->key_mismatches = m->body_mismatches = m->missing_key = m->resets = m->hangs = 0;
     m->lost_acks = m->arrays = m->bytes = m->not_stored = m->max_in_flight = m->max_batch = 0;
-    m->unauthorized = m->full = 0;
+    m->unauthorized = m->full = m->over_budget = 0;
     memset(m->status_count, 0, sizeof(m->status_count));
 }
 
@@ -489,6 +495,8 @@ static enum MHD_Result get_stats(struct eng_mockapi *m, struct MHD_Connection *c
     json_object_set_new(j, "bodies_not_stored", json_integer((json_int_t)m->not_stored));
     json_object_set_new(j, "in_flight", json_integer((json_int_t)m->in_flight));
     json_object_set_new(j, "max_in_flight", json_integer((json_int_t)m->max_in_flight));
+    json_object_set_new(j, "body_bytes", json_integer((json_int_t)m->body_bytes));
+    json_object_set_new(j, "over_budget", json_integer((json_int_t)m->over_budget));
     json_object_set_new(j, "down", json_boolean(!m->api_up));
     json_object_set_new(j, "faults", faults_json(&m->faults, m->require_token));
     pthread_mutex_unlock(&m->lock);
@@ -1001,6 +1009,49 @@ done:
 
 /* ---- dispatch --------------------------------------------------------------------------- */
 
+/* Gives back the body bytes rc holds against max_body_total and frees its body. */
+static void body_release(struct eng_mockapi *m, struct req_ctx *rc)
+{
+    if (rc->reserved > 0) {
+        pthread_mutex_lock(&m->lock);
+        m->body_bytes -= rc->reserved;
+        pthread_mutex_unlock(&m->lock);
+        rc->reserved = 0;
+    }
+    eng_buf_free(&rc->body);
+}
+
+/* Takes n bytes of body into rc, within its own cap and the total over every connection; past
+ * either, the body is dropped and the request marked (answered 413 or 503 once complete). */
+static void body_take(struct eng_mockapi *m, struct req_ctx *rc, const char *p, size_t n)
+{
+    if (rc->too_big || rc->over_budget)
+        return;
+    if (n > rc->body.cap - rc->body.len) {
+        rc->too_big = true;
+        body_release(m, rc);
+        return;
+    }
+    pthread_mutex_lock(&m->lock);
+    bool fits = n <= m->opt.max_body_total - m->body_bytes;
+    if (fits)
+        m->body_bytes += n;
+    else
+        m->over_budget++;
+    pthread_mutex_unlock(&m->lock);
+    if (!fits) {
+        rc->over_budget = true;
+        body_release(m, rc);
+        return;
+    }
+    rc->reserved += n;
+    eng_buf_append(&rc->body, p, n);
+    if (rc->body.overflow) {
+        rc->too_big = true;
+        body_release(m, rc);
+    }
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -1012,7 +1063,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (rc == NULL) {
         rc = eng_calloc(1, sizeof(*rc));
         rc->t0_us = eng_clock_mono_us();
-        rc->body.cap = m->opt.max_body;
+        rc->body.cap = l->control ? CONTROL_MAX_BODY : m->opt.max_body;
         if (!l->control) {
             pthread_mutex_lock(&m->lock);
             m->active++;
@@ -1023,16 +1074,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
-        if (!rc->too_big) {
-            eng_buf_append(&rc->body, upload_data, *upload_data_size);
-            if (rc->body.overflow) {
-                rc->too_big = true;
-                eng_buf_free(&rc->body);
-            }
-        }
+        body_take(m, rc, upload_data, *upload_data_size);
         *upload_data_size = 0;
         return MHD_YES;
     }
+    if (rc->over_budget)
+        return respond_error(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                             "mock-api holds too many request bodies (max_body_total)");
 
     bool get = strcmp(method, "GET") == 0;
     bool post = strcmp(method, "POST") == 0;
@@ -1048,6 +1096,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return get_log(m, c);
     if (strcmp(url, "/healthz") == 0 && get)
         return respond_text(c, MHD_HTTP_OK, "{\"ok\":true}");
+    if (strcmp(url, "/control") == 0 && !l->control)
+        return respond_error(c, MHD_HTTP_NOT_FOUND, "/control is on the control listener only");
     if (strcmp(url, "/control") == 0 && get) {
         pthread_mutex_lock(&m->lock);
         json_t *j = faults_json(&m->faults, m->require_token);
@@ -1088,7 +1138,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         pthread_cond_broadcast(&l->m->cond);
         pthread_mutex_unlock(&l->m->lock);
     }
-    eng_buf_free(&rc->body);
+    body_release(l->m, rc);
     free(rc);
     *con_cls = NULL;
 }
@@ -1271,7 +1321,9 @@ struct eng_mockapi *eng_mockapi_start(const struct eng_mockapi_options *o, struc
     if (m->opt.max_events == 0)
         m->opt.max_events = (size_t)16 << 20;
     if (m->opt.max_body == 0)
-        m->opt.max_body = (size_t)64 << 20;
+        m->opt.max_body = (size_t)16 << 20;
+    if (m->opt.max_body_total == 0)
+        m->opt.max_body_total = (size_t)64 << 20;
     if (m->opt.max_connections == 0)
         m->opt.max_connections = 512;
     if (m->opt.max_stored_bytes > UINT32_MAX - 1)

@@ -4,7 +4,8 @@
  * Every function is thread-safe except stop, which must be the last call.
  *
  * Endpoints (on the API listener; the control listener serves all but POST /events, and stays
- * up while the API listener is down):
+ * up while the API listener is down; /control is served on the control listener only, so a
+ * client of the API cannot change the faults):
  *   POST /events        one event object or a JSON array of them, each with an integer
  *                       event_id; 200 {"accepted":N,"new":K,"duplicates":D}; 400 on malformed
  *                       JSON, 415 without Content-Type application/json, 401 when a token is
@@ -63,7 +64,9 @@ struct eng_mockapi_options {
     size_t log_size;           /* request log ring entries, default 4096 */
     size_t max_events;         /* unique event ids kept, default 16M; past it: 507 */
     size_t max_stored_bytes;   /* event bodies kept for GET /events, default 256 MiB */
-    size_t max_body;           /* request body cap, default 64 MiB; past it: 413 */
+    size_t max_body;           /* request body cap, default 16 MiB; past it: 413 */
+    size_t max_body_total;     /* bytes of request bodies held at once over every connection,
+                                  default 64 MiB; a request that would pass it: 503 */
     unsigned max_connections;  /* default 512 (one thread each) */
     struct eng_mockapi_faults faults;
 };
