@@ -10,17 +10,17 @@
 static const char usage[] =
     "engage: stream engagement events from PostgreSQL to ClickHouse, Redis and an HTTP API\n"
     "\n"
-    "usage: engage [COMMAND] [OPTIONS]\n"
+    "usage: engage COMMAND [OPTIONS]\n"
     "\n"
     "commands:\n"
-    "  run        PostgreSQL logical replication -> sinks (the default)\n"
+    "  run        PostgreSQL logical replication -> sinks (`engage --pg ...` alone runs it too)\n"
     "  backfill   a time range of engagement_events -> sinks (--start T --end T)\n"
-    "  dlq        list and replay the dead-letter table (dlq list, dlq replay)\n"
+    "  dlq        the dead-letter table: dlq list, dlq replay, dlq discard\n"
     "  status     the slot's lag, whether engage is ready, the dead letters\n"
     "  top        the top content of the last 10 minutes, from Redis\n"
     "  mock-api   a stand-in for the external HTTP API, for tests and demos\n"
     "\n"
-    "`engage COMMAND --help` describes each command's options.\n";
+    "`engage COMMAND --help` describes each command's options; `man engage` all of them.\n";
 
 struct command {
     const char *name;
@@ -34,6 +34,11 @@ static const struct command commands[] = {
 
 static int dispatch(int argc, char **argv)
 {
+    /* Nothing at all: the commands, not run's complaint about a missing --pg. */
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return 2;
+    }
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
                       strcmp(argv[1], "help") == 0)) {
         fputs(usage, stdout);
@@ -47,7 +52,7 @@ static int dispatch(int argc, char **argv)
         fprintf(stderr, "engage: unknown command \"%s\"\n\n%s", argv[1], usage);
         return 2;
     }
-    /* No command: run, with argv[0] standing in for the command name. */
+    /* Options and no command: run, with argv[0] standing in for the command name. */
     return eng_cmd_run(argc, argv);
 }
 
