@@ -1,9 +1,11 @@
 /* engage top: the top content of the last 10 minutes (Redis's top:content:10m), once, or
  * refreshed every second while stdout is a terminal. */
 #include <hiredis/hiredis.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,7 +21,7 @@ static const char usage[] =
     "\n"
     "Shows the top content of the last 10 minutes from Redis (top:content:10m, which engage run\n"
     "rebuilds after every batch): rank, content_id, events. On a terminal it refreshes every\n"
-    "second until interrupted; otherwise it prints once.\n"
+    "second until q (or Ctrl-C) is pressed; otherwise it prints once.\n"
     "\n"
     "  --redis URL            redis://[:pass@]host:port[/db]             (ENGAGE_REDIS)\n";
 
@@ -31,8 +33,9 @@ static void on_signal(int sig)
     stop_requested = 1;
 }
 
-/* Prints the table; returns false when Redis could not be read. */
-static bool show(redisContext *c, bool clear)
+/* Prints the table; returns false when Redis could not be read. watch adds the screen clear
+ * and the line that says how to quit. */
+static bool show(redisContext *c, bool watch)
 {
     redisReply *top = redisCommand(c, "ZREVRANGE top:content:10m 0 %d WITHSCORES", TOP_N - 1);
     redisReply *end = top != NULL ? redisCommand(c, "GET engage:top:end") : NULL;
@@ -44,7 +47,7 @@ static bool show(redisContext *c, bool clear)
                                                  : "unexpected reply");
         goto out;
     }
-    if (clear)
+    if (watch)
         fputs("\033[H\033[2J", stdout);
     if (end->type == REDIS_REPLY_STRING && end->len == 12)
         printf("top content, the 10 minutes to %.4s-%.2s-%.2s %.2s:%.2s UTC\n", end->str,
@@ -59,6 +62,8 @@ static bool show(redisContext *c, bool clear)
     }
     if (top->elements == 0)
         printf("(no events in the window)\n");
+    if (watch)
+        printf("\nrefreshed every second; q or Ctrl-C quits\n");
     fflush(stdout);
 out:
     if (top != NULL)
@@ -66,6 +71,49 @@ out:
     if (end != NULL)
         freeReplyObject(end);
     return ok;
+}
+
+/* The terminal on stdin, switched to reading single keys without echo while top watches, so
+ * that q quits without Enter; restored before top returns. */
+struct keys {
+    bool raw;
+    struct termios saved;
+};
+
+static void keys_open(struct keys *k)
+{
+    k->raw = false;
+    if (isatty(STDIN_FILENO) != 1 || tcgetattr(STDIN_FILENO, &k->saved) != 0)
+        return;
+    struct termios t = k->saved;
+    t.c_lflag &= (tcflag_t) ~(ICANON | ECHO);
+    t.c_cc[VMIN] = 0;
+    t.c_cc[VTIME] = 0;
+    k->raw = tcsetattr(STDIN_FILENO, TCSANOW, &t) == 0;
+}
+
+static void keys_close(struct keys *k)
+{
+    if (k->raw)
+        tcsetattr(STDIN_FILENO, TCSANOW, &k->saved);
+    k->raw = false;
+}
+
+/* Waits up to ms for a key on stdin (or just sleeps when stdin is not a terminal); returns
+ * true when q or Q was pressed, or stdin reached its end. */
+static bool wait_quit_key(const struct keys *k, int ms)
+{
+    if (!k->raw) {
+        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+        return false;
+    }
+    struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+    if (poll(&p, 1, ms) <= 0)
+        return false;
+    char ch;
+    ssize_t n = read(STDIN_FILENO, &ch, 1);
+    return n == 0 || (n == 1 && (ch == 'q' || ch == 'Q'));
 }
 
 int eng_cmd_top(int argc, char **argv)
@@ -81,6 +129,7 @@ int eng_cmd_top(int argc, char **argv)
     struct eng_error err;
     eng_error_clear(&err);
     redisContext *c = NULL;
+    struct keys keys = {0};
     if (eng_opt(&o, OPT_REDIS) == NULL) {
         fprintf(stderr, "engage top: --redis (or ENGAGE_REDIS) is required\n\n%s", usage);
         goto out;
@@ -97,16 +146,19 @@ int eng_cmd_top(int argc, char **argv)
     }
     bool watch = isatty(STDOUT_FILENO) == 1;
     eng_cli_catch_stop_signals(on_signal);
+    if (watch)
+        keys_open(&keys);
     do {
         if (!show(c, watch))
             goto out;
         for (int i = 0; watch && i < 10 && !stop_requested; i++) {
-            struct timespec ts = {0, 100000000};
-            nanosleep(&ts, NULL);
+            if (wait_quit_key(&keys, 100))
+                stop_requested = 1;
         }
     } while (watch && !stop_requested);
     status = 0;
 out:
+    keys_close(&keys);
     if (c != NULL)
         redisFree(c);
     eng_redis_url_free(&url);
