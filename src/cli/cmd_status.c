@@ -1,7 +1,9 @@
 /* engage status: the slot's lag, whether the running engage is ready, and the dead letters,
- * one `name value` line each, for a person or a script. */
+ * one `name value` line each for a person, or one JSON object (--json) for a script. */
 #include <curl/curl.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../core/buf.h"
@@ -13,18 +15,46 @@
 
 static const char usage[] =
     "usage: engage status --pg CONNINFO [--slot NAME] [--admin-addr HOST:PORT] [--dlq-table NAME]\n"
+    "                     [--json]\n"
     "\n"
     "Prints one `name value` line each: the replication slot (active, wal_status, confirmed\n"
     "position, lag in bytes behind the server's WAL), whether the engage serving\n"
-    "--admin-addr is ready (and each sink's state), and the dead letters not yet replayed.\n"
+    "--admin-addr is ready (and each sink's state), and the dead letters not yet replayed or\n"
+    "discarded. With --json, one JSON object with the same facts instead.\n"
     "\n"
     "  --pg CONNINFO          libpq conninfo or URI                      (ENGAGE_PG)\n"
     "  --slot NAME            replication slot (default engage_slot)\n"
     "  --admin-addr HOST:PORT the running engage's admin endpoint (default 127.0.0.1:9187)\n"
     "  --dlq-table NAME       dead-letter table (default engage_dlq)\n"
+    "  --json                 one JSON object on stdout\n"
     "\n"
     "Exit status: 0 when the slot is healthy, engage is ready and nothing is parked; 1 when\n"
-    "something needs attention (what, is on its line); 2 on a usage error.\n";
+    "something needs attention (what, is on its line; `engage dlq list` shows dead letters,\n"
+    "`engage dlq replay` or `engage dlq discard` clears them); 2 on a usage error.\n";
+
+/* What status found; strings are owned by the struct (freed by report_free). */
+struct report {
+    const char *slot;
+    const char *slot_state; /* "ok", "missing", "lost" or "unknown" */
+    char *slot_error;       /* when unknown */
+    bool slot_active;
+    char *wal_status, *confirmed_flush_lsn;
+    long long lag_bytes; /* -1: unknown */
+    const char *admin_addr;
+    const char *engage_state; /* "ready", "not ready" or "not running" */
+    char *engage_detail;
+    long long dlq_pending; /* -1: unknown */
+    char *dlq_error;
+};
+
+static void report_free(struct report *r)
+{
+    free(r->slot_error);
+    free(r->wal_status);
+    free(r->confirmed_flush_lsn);
+    free(r->engage_detail);
+    free(r->dlq_error);
+}
 
 static size_t collect(char *data, size_t size, size_t n, void *ctx)
 {
@@ -33,10 +63,10 @@ static size_t collect(char *data, size_t size, size_t n, void *ctx)
 }
 
 /* GET http://addr/readyz: 200 ready, 503 not ready (the body says why), else not running. */
-static bool check_engage(const char *addr)
+static bool check_engage(struct report *rep)
 {
     char url[300];
-    snprintf(url, sizeof(url), "http://%s/readyz", addr);
+    snprintf(url, sizeof(url), "http://%s/readyz", rep->admin_addr);
     struct eng_buf body = {.cap = 4096};
     CURL *e = curl_easy_init();
     long code = 0;
@@ -56,25 +86,29 @@ static bool check_engage(const char *addr)
     while (len > 0 && (body.data[len - 1] == '\n' || body.data[len - 1] == '\r'))
         len--;
     bool ready = rc == CURLE_OK && code == 200;
-    if (rc != CURLE_OK)
-        printf("engage not running (no answer at %s: %s)\n", addr, curl_easy_strerror(rc));
-    else
-        printf("engage %s (%.*s)\n", ready ? "ready" : "not ready", (int)len,
-               body.data ? body.data : "");
+    if (rc != CURLE_OK) {
+        rep->engage_state = "not running";
+        rep->engage_detail = eng_strdup(curl_easy_strerror(rc));
+    } else {
+        rep->engage_state = ready ? "ready" : "not ready";
+        rep->engage_detail = eng_strndup(body.data ? body.data : "", len);
+    }
     eng_buf_free(&body);
     return ready;
 }
 
-static bool check_slot(const char *conninfo, const char *slot)
+static bool check_slot(const char *conninfo, struct report *rep)
 {
     struct eng_error err;
     eng_error_clear(&err);
+    rep->lag_bytes = -1;
+    rep->slot_state = "unknown";
     PGconn *c = eng_pg_connect(conninfo, false, &err);
     if (c == NULL) {
-        printf("slot %s unknown (%s)\n", slot, err.msg);
+        rep->slot_error = eng_strdup(err.msg);
         return false;
     }
-    const char *params[] = {slot};
+    const char *params[] = {rep->slot};
     PGresult *r = eng_pg_exec(c,
                               "SELECT active, coalesce(wal_status, 'unknown'), "
                               "coalesce(confirmed_flush_lsn::text, ''), "
@@ -84,32 +118,120 @@ static bool check_slot(const char *conninfo, const char *slot)
                               1, params, &err, "could not read the slot");
     bool ok = false;
     if (r == NULL) {
-        printf("slot %s unknown (%s)\n", slot, err.msg);
+        rep->slot_error = eng_strdup(err.msg);
     } else if (PQntuples(r) == 0) {
-        printf("slot %s missing (engage run creates it; a slot that was there and is gone "
-               "lost events: see the runbook in the log)\n",
-               slot);
+        rep->slot_state = "missing";
     } else {
-        bool active = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
-        const char *wal = PQgetvalue(r, 0, 1);
-        ok = strcmp(wal, "lost") != 0;
-        printf("slot %s\n", slot);
-        printf("slot_active %s\n", active ? "yes" : "no");
-        printf("slot_wal_status %s\n", wal);
-        printf("confirmed_flush_lsn %s\n", PQgetvalue(r, 0, 2));
-        printf("lag_bytes %s\n", PQgetvalue(r, 0, 3));
+        rep->slot_active = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+        rep->wal_status = eng_strdup(PQgetvalue(r, 0, 1));
+        rep->confirmed_flush_lsn = eng_strdup(PQgetvalue(r, 0, 2));
+        rep->lag_bytes = strtoll(PQgetvalue(r, 0, 3), NULL, 10);
+        ok = strcmp(rep->wal_status, "lost") != 0;
+        rep->slot_state = ok ? "ok" : "lost";
     }
     PQclear(r);
     PQfinish(c);
     return ok;
 }
 
+static void print_text(const struct report *r)
+{
+    if (strcmp(r->slot_state, "unknown") == 0) {
+        printf("slot %s unknown (%s)\n", r->slot, r->slot_error);
+    } else if (strcmp(r->slot_state, "missing") == 0) {
+        printf("slot %s missing (engage run creates it; a slot that was there and is gone "
+               "lost events: see the runbook in the log)\n",
+               r->slot);
+    } else {
+        printf("slot %s\n", r->slot);
+        printf("slot_active %s\n", r->slot_active ? "yes" : "no");
+        printf("slot_wal_status %s\n", r->wal_status);
+        printf("confirmed_flush_lsn %s\n", r->confirmed_flush_lsn);
+        printf("lag_bytes %lld\n", r->lag_bytes);
+    }
+    if (strcmp(r->engage_state, "not running") == 0)
+        printf("engage not running (no answer at %s: %s)\n", r->admin_addr, r->engage_detail);
+    else
+        printf("engage %s (%s)\n", r->engage_state, r->engage_detail);
+    if (r->dlq_pending < 0)
+        printf("dlq_pending unknown (%s)\n", r->dlq_error);
+    else
+        printf("dlq_pending %lld\n", r->dlq_pending);
+}
+
+static json_t *str_or_null(const char *s)
+{
+    return s != NULL ? json_string(s) : json_null();
+}
+
+static void print_json(const struct report *r, bool ok)
+{
+    json_t *slot = json_object();
+    json_object_set_new(slot, "name", json_string(r->slot));
+    json_object_set_new(slot, "state", json_string(r->slot_state));
+    bool found = strcmp(r->slot_state, "ok") == 0 || strcmp(r->slot_state, "lost") == 0;
+    json_object_set_new(slot, "active", found ? json_boolean(r->slot_active) : json_null());
+    json_object_set_new(slot, "wal_status", str_or_null(r->wal_status));
+    json_object_set_new(slot, "confirmed_flush_lsn", str_or_null(r->confirmed_flush_lsn));
+    json_object_set_new(slot, "lag_bytes",
+                        found && r->lag_bytes >= 0 ? json_integer(r->lag_bytes) : json_null());
+    json_object_set_new(slot, "error", str_or_null(r->slot_error));
+
+    json_t *eng = json_object();
+    json_object_set_new(eng, "admin_addr", json_string(r->admin_addr));
+    json_object_set_new(eng, "state", json_string(r->engage_state));
+    json_object_set_new(eng, "detail", str_or_null(r->engage_detail));
+
+    json_t *dlq = json_object();
+    json_object_set_new(dlq, "pending",
+                        r->dlq_pending >= 0 ? json_integer(r->dlq_pending) : json_null());
+    json_object_set_new(dlq, "error", str_or_null(r->dlq_error));
+
+    json_t *root = json_object();
+    json_object_set_new(root, "ok", json_boolean(ok));
+    json_object_set_new(root, "slot", slot);
+    json_object_set_new(root, "engage", eng);
+    json_object_set_new(root, "dlq", dlq);
+    char *text = json_dumps(root, JSON_COMPACT | JSON_ENSURE_ASCII);
+    if (text != NULL)
+        printf("%s\n", text);
+    free(text);
+    json_decref(root);
+}
+
+/* Takes --json out of argv (compacting it, *argc updated); returns whether it was there. */
+static bool take_json_flag(int *argc, char **argv)
+{
+    bool json = false;
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        if (strcmp(argv[i], "--") == 0) {
+            while (i < *argc)
+                argv[out++] = argv[i++];
+            break;
+        }
+        if (strcmp(argv[i], "--json") == 0)
+            json = true;
+        else
+            argv[out++] = argv[i];
+    }
+    argv[out] = NULL;
+    *argc = out;
+    return json;
+}
+
 int eng_cmd_status(int argc, char **argv)
 {
     struct eng_options o;
-    int prc = eng_options_parse(&o, argc, argv, usage);
+    struct report rep = {.lag_bytes = -1, .dlq_pending = -1};
+    /* a copy: take_json_flag compacts it */
+    char **args = eng_calloc((size_t)argc + 1, sizeof(char *));
+    memcpy(args, argv, (size_t)argc * sizeof(char *));
+    bool json = take_json_flag(&argc, args);
+    int prc = eng_options_parse(&o, argc, args, usage);
     if (prc != 0) {
         eng_options_free(&o);
+        free(args);
         return prc > 0 ? 0 : 2;
     }
     int status = 2;
@@ -119,21 +241,32 @@ int eng_cmd_status(int argc, char **argv)
         fprintf(stderr, "engage status: --pg (or ENGAGE_PG) is required\n\n%s", usage);
         goto out;
     }
-    bool ok = check_slot(eng_opt(&o, OPT_PG), eng_opt(&o, OPT_SLOT));
-    ok = check_engage(eng_opt(&o, OPT_ADMIN_ADDR)) && ok;
+    if (o.nargs > 0) {
+        fprintf(stderr, "engage status: unexpected argument \"%s\"\n\n%s", o.args[0], usage);
+        goto out;
+    }
+    rep.slot = eng_opt(&o, OPT_SLOT);
+    rep.admin_addr = eng_opt(&o, OPT_ADMIN_ADDR);
+    bool ok = check_slot(eng_opt(&o, OPT_PG), &rep);
+    ok = check_engage(&rep) && ok;
 
     struct eng_error err;
     eng_error_clear(&err);
     struct eng_dlq *q = eng_dlq_create(eng_opt(&o, OPT_PG), eng_opt(&o, OPT_DLQ_TABLE));
     int64_t pending = eng_dlq_pending(q, &err);
     eng_dlq_destroy(q);
+    rep.dlq_pending = pending;
     if (pending < 0)
-        printf("dlq_pending unknown (%s)\n", err.msg);
-    else
-        printf("dlq_pending %lld\n", (long long)pending);
+        rep.dlq_error = eng_strdup(err.msg);
     ok = ok && pending == 0;
+    if (json)
+        print_json(&rep, ok);
+    else
+        print_text(&rep);
     status = ok ? 0 : 1;
 out:
+    report_free(&rep);
     eng_options_free(&o);
+    free(args);
     return status;
 }
