@@ -5,12 +5,14 @@
  *
  *   id bigserial PRIMARY KEY, parked_at timestamptz NOT NULL DEFAULT now(), origin text,
  *   position text, event_id bigint (NULL when the input did not decode to an event),
- *   reason text, last_status int, attempts int, payload bytea, replayed_at timestamptz NULL
+ *   reason text, last_status int, attempts int, payload bytea, replayed_at timestamptz NULL,
+ *   discarded_at timestamptz NULL (added to a table of an earlier engage when missing)
  *   UNIQUE INDEX ON (origin, position, coalesce(event_id, -1))
  *
- * Parking is INSERT ... ON CONFLICT DO UPDATE on that index: parking the same item again
- * (a replay after a crash) refreshes the row (reason, attempts, payload, parked_at) and
- * marks it pending again (replayed_at = NULL), since that delivery failed too.
+ * A row is pending while both replayed_at and discarded_at are NULL. Parking is
+ * INSERT ... ON CONFLICT DO UPDATE on that index: parking the same item again (a replay after
+ * a crash) refreshes the row (reason, attempts, payload, parked_at) and marks it pending again
+ * (replayed_at and discarded_at NULL), since that delivery failed too.
  *
  * n items are parked in one transaction, sent in libpq pipeline mode in chunks (one round
  * trip per chunk instead of one per item; chunks keep the unread results bounded so neither
@@ -192,7 +194,12 @@ static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
             return eng_error_set(err, ENG_EINVAL, false, "dlq: bad table name \"%s\"", q->table);
         }
     }
+    char *table_lit = PQescapeLiteral(q->conn, q->table_sql, strlen(q->table_sql));
+    if (table_lit == NULL)
+        eng_die("out of memory in PQescapeLiteral");
     struct eng_buf sql = {0};
+    /* discarded_at came later: added when missing, and only then, since ALTER TABLE takes a
+     * lock that would queue every reader of the table behind it. */
     eng_buf_printf(&sql,
                    "BEGIN; SELECT pg_advisory_xact_lock(hashtext('engage_dlq_create'));"
                    "CREATE TABLE IF NOT EXISTS %s ("
@@ -205,11 +212,17 @@ static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
                    "last_status int NOT NULL DEFAULT 0,"
                    "attempts int NOT NULL DEFAULT 0,"
                    "payload bytea,"
-                   "replayed_at timestamptz NULL);"
+                   "replayed_at timestamptz NULL,"
+                   "discarded_at timestamptz NULL);"
                    "CREATE UNIQUE INDEX IF NOT EXISTS %s ON %s "
                    "(origin, position, (coalesce(event_id, -1)));"
+                   "DO $engage_dlq$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute"
+                   " WHERE attrelid = %s::regclass AND attname = 'discarded_at'"
+                   " AND NOT attisdropped) THEN EXECUTE 'ALTER TABLE ' || %s::regclass::text"
+                   " || ' ADD COLUMN discarded_at timestamptz NULL'; END IF; END $engage_dlq$;"
                    "COMMIT",
-                   q->table_sql, q->index_sql, q->table_sql);
+                   q->table_sql, q->index_sql, q->table_sql, table_lit, table_lit);
+    PQfreemem(table_lit);
     int rc = exec_ok(q, sql.data, "create", err);
     if (rc != 0) {
         eng_buf_free(&sql);
@@ -222,7 +235,7 @@ static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
                    " ON CONFLICT (origin, position, (coalesce(event_id, -1))) DO UPDATE SET"
                    " parked_at = now(), reason = EXCLUDED.reason,"
                    " last_status = EXCLUDED.last_status, attempts = EXCLUDED.attempts,"
-                   " payload = EXCLUDED.payload, replayed_at = NULL",
+                   " payload = EXCLUDED.payload, replayed_at = NULL, discarded_at = NULL",
                    q->table_sql);
     PGresult *res = PQprepare(q->conn, PARK_STMT, sql.data, 0, NULL);
     eng_buf_free(&sql);
@@ -346,7 +359,9 @@ int64_t eng_dlq_pending(struct eng_dlq *q, struct eng_error *err)
     if (ensure_ready(q, err) != 0)
         return -1;
     struct eng_buf sql = {0};
-    eng_buf_printf(&sql, "SELECT count(*) FROM %s WHERE replayed_at IS NULL", q->table_sql);
+    eng_buf_printf(&sql,
+                   "SELECT count(*) FROM %s WHERE replayed_at IS NULL AND discarded_at IS NULL",
+                   q->table_sql);
     PGresult *res = PQexec(q->conn, sql.data);
     eng_buf_free(&sql);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
@@ -385,10 +400,11 @@ int64_t eng_dlq_scan(struct eng_dlq *q, const struct eng_dlq_filter *f,
     eng_buf_printf(&sql,
                    "SELECT id, to_char(parked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),"
                    " origin, position, coalesce(event_id, -1), reason, coalesce(last_status, 0),"
-                   " attempts, payload, replayed_at IS NOT NULL FROM %s"
+                   " attempts, payload, replayed_at IS NOT NULL, discarded_at IS NOT NULL FROM %s"
                    " WHERE ($1::text IS NULL OR origin = $1)"
                    " AND ($2::bool OR id = ANY($3::int8[]))"
-                   " AND (NOT $4::bool OR replayed_at IS NULL) AND id > $5::int8"
+                   " AND (NOT $4::bool OR (replayed_at IS NULL AND discarded_at IS NULL))"
+                   " AND id > $5::int8"
                    " ORDER BY id LIMIT $6::int8",
                    q->table_sql);
     const char *params[6] = {f->origin,  f->ids ? "f" : "t", ids.data, f->pending_only ? "t" : "f",
@@ -436,12 +452,39 @@ int64_t eng_dlq_scan(struct eng_dlq *q, const struct eng_dlq_filter *f,
         row.payload = PQgetisnull(res, i, 8) ? "" : PQgetvalue(res, i, 8);
         row.payload_len = PQgetisnull(res, i, 8) ? 0 : (size_t)PQgetlength(res, i, 8);
         row.replayed = *PQgetvalue(res, i, 9) != 0;
+        row.discarded = *PQgetvalue(res, i, 10) != 0;
         visited++;
         if (!fn(&row, ctx))
             break;
     }
     PQclear(res);
     return visited;
+}
+
+int64_t eng_dlq_discard(struct eng_dlq *q, const int64_t *ids, size_t n, struct eng_error *err)
+{
+    eng_error_clear(err);
+    if (n == 0)
+        return 0;
+    if (ensure_ready(q, err) != 0)
+        return -1;
+    struct eng_buf sql = {0}, arr = {0};
+    ids_array(&arr, ids, n);
+    eng_buf_printf(&sql,
+                   "UPDATE %s SET discarded_at = now() WHERE id = ANY($1::int8[])"
+                   " AND replayed_at IS NULL AND discarded_at IS NULL",
+                   q->table_sql);
+    const char *params[1] = {arr.data};
+    PGresult *res = PQexecParams(q->conn, sql.data, 1, NULL, params, NULL, NULL, 0);
+    eng_buf_free(&sql);
+    eng_buf_free(&arr);
+    int64_t done = -1;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        fail(q, res, "discard rows in", err);
+    else
+        done = strtoll(PQcmdTuples(res), NULL, 10);
+    PQclear(res);
+    return done;
 }
 
 int eng_dlq_mark_replayed(struct eng_dlq *q, const int64_t *ids, size_t n, struct eng_error *err)

@@ -40,7 +40,7 @@ void eng_dlq_destroy(struct eng_dlq *q);
 int eng_dlq_park(struct eng_dlq *q, const struct eng_dlq_item *items, size_t n,
                  struct eng_error *err) ENG_MUSTCHECK;
 
-/* Number of rows not yet replayed, or -1 on error. */
+/* Number of rows neither replayed nor discarded, or -1 on error. */
 int64_t eng_dlq_pending(struct eng_dlq *q, struct eng_error *err);
 
 /* One parked row as read back. Strings are owned by the row until the callback returns. */
@@ -56,6 +56,7 @@ struct eng_dlq_row {
     const char *payload; /* raw bytes */
     size_t payload_len;
     bool replayed;
+    bool discarded;
 };
 
 /* Which rows a scan returns, in id order. */
@@ -63,7 +64,7 @@ struct eng_dlq_filter {
     const char *origin; /* NULL: any */
     const int64_t *ids; /* NULL: any */
     size_t nids;
-    bool pending_only; /* replayed_at IS NULL */
+    bool pending_only; /* neither replayed nor discarded */
     int64_t after_id;  /* id > after_id (for paging) */
     int64_t limit;     /* 0: no limit */
 };
@@ -73,6 +74,12 @@ struct eng_dlq_filter {
 int64_t eng_dlq_scan(struct eng_dlq *q, const struct eng_dlq_filter *f,
                      bool (*fn)(const struct eng_dlq_row *row, void *ctx), void *ctx,
                      struct eng_error *err);
+
+/* Sets discarded_at = now() on those of the given ids that are pending: an operator's decision
+ * that they will never be delivered (they stay in the table, no longer pending; parking the
+ * same item again makes it pending again). Returns the number of rows discarded, or -1. */
+int64_t eng_dlq_discard(struct eng_dlq *q, const int64_t *ids, size_t n,
+                        struct eng_error *err) ENG_MUSTCHECK;
 
 /* Sets replayed_at = now() on the given ids (after the API acknowledged them). */
 int eng_dlq_mark_replayed(struct eng_dlq *q, const int64_t *ids, size_t n,
