@@ -1,4 +1,4 @@
-/* engage dlq: list and replay what the dead-letter table holds.
+/* engage dlq: list, replay and discard what the dead-letter table holds.
  *
  * Replay goes through the HTTP sink itself (eng_http_sink_create), so requests, keys and
  * retries are the sink's: the same --http-* options (flags, ENGAGE_* variables, config file,
@@ -40,15 +40,17 @@ static const char list_usage[] =
     "usage: engage dlq list [--pg CONNINFO] [--dlq-table T] [--origin O] [--pending | --all]\n"
     "                       [--ids 1,2,...] [--limit N] [--json]\n"
     "\n"
-    "Shows the dead-letter rows, oldest first, one line each: id, parked at (UTC), origin\n"
-    "(http: the API did not take the event; source: bad input that made no event), source\n"
-    "position, event id, last HTTP status, attempts, reason. Replayed rows are marked.\n"
+    "Shows the dead-letter rows, oldest first, one line each: id, parked at (UTC), origin,\n"
+    "source position, event id, last HTTP status, attempts, reason. Origins: http (the API did\n"
+    "not take the event), source (a streamed row that is not an event), backfill (a row a\n"
+    "backfill read that is not an event), clickhouse or redis (an event that sink refuses for\n"
+    "good). Replayed and discarded rows are marked.\n"
     "\n"
     "  --pg CONNINFO   libpq conninfo or URI (ENGAGE_PG)\n"
     "  --dlq-table T   the table (ENGAGE_DLQ_TABLE, default engage_dlq)\n"
-    "  --origin O      only rows of origin O (http or source)\n"
-    "  --pending       only rows not replayed yet (the default)\n"
-    "  --all           every row, replayed or not\n"
+    "  --origin O      only rows of origin O (http, source, backfill, clickhouse, redis)\n"
+    "  --pending       only rows neither replayed nor discarded (the default)\n"
+    "  --all           every row, replayed, discarded or not\n"
     "  --ids LIST      only these row ids\n"
     "  --limit N       at most N rows\n"
     "  --json          one JSON object per line, with the payload\n"
@@ -81,11 +83,29 @@ static const char replay_usage[] =
     "  --http-token-file F    bearer token file (or ENGAGE_HTTP_TOKEN); never printed\n"
     "  --config FILE          `name = value` lines using the long option names\n";
 
-static const char dlq_usage[] =
-    "usage: engage dlq list   [OPTIONS]   show the dead-letter rows\n"
-    "       engage dlq replay [OPTIONS]   re-send parked HTTP events to the API\n"
+static const char discard_usage[] =
+    "usage: engage dlq discard [--pg CONNINFO] [--dlq-table T] (--ids 1,2,... | --origin O)\n"
     "\n"
-    "`engage dlq list --help` and `engage dlq replay --help` describe the options.\n";
+    "Marks pending rows discarded: the decision that they will never be delivered (a bad row\n"
+    "fixed at the source, an event the API will never take). They stay in the table, shown by\n"
+    "`engage dlq list --all`, and no longer count as pending, so `engage status` is well again.\n"
+    "Parking the same event again makes its row pending again. Needs --ids, --origin or both\n"
+    "(all the pending rows of that origin). Prints how many rows it discarded; exits 0, or 1\n"
+    "when one of --ids was not a pending row, 2 on a usage error.\n"
+    "\n"
+    "  --pg CONNINFO   libpq conninfo or URI (ENGAGE_PG)\n"
+    "  --dlq-table T   the table (ENGAGE_DLQ_TABLE, default engage_dlq)\n"
+    "  --ids LIST      these row ids\n"
+    "  --origin O      the rows of origin O (http, source, backfill, clickhouse, redis)\n"
+    "  --config FILE   `name = value` lines using the long option names (ENGAGE_CONFIG)\n";
+
+static const char dlq_usage[] =
+    "usage: engage dlq list    [OPTIONS]   show the dead-letter rows\n"
+    "       engage dlq replay  [OPTIONS]   re-send parked HTTP events to the API\n"
+    "       engage dlq discard [OPTIONS]   give up on rows for good (they stop counting)\n"
+    "\n"
+    "`engage dlq list --help`, `engage dlq replay --help` and `engage dlq discard --help`\n"
+    "describe the options.\n";
 
 /* The options only dlq takes; the shared ones (--pg, --http, --http-*, --dlq-table, --config)
  * go through options.h, with the environment and the config file. */
@@ -222,8 +242,9 @@ static bool print_row(const struct eng_dlq_row *r, void *ctx)
             eng_buf_printf(&b, ",\"event_id\":%lld", (long long)r->event_id);
         else
             eng_buf_puts(&b, ",\"event_id\":null");
-        eng_buf_printf(&b, ",\"last_status\":%d,\"attempts\":%d,\"replayed\":%s", r->last_status,
-                       r->attempts, r->replayed ? "true" : "false");
+        eng_buf_printf(&b, ",\"last_status\":%d,\"attempts\":%d,\"replayed\":%s,\"discarded\":%s",
+                       r->last_status, r->attempts, r->replayed ? "true" : "false",
+                       r->discarded ? "true" : "false");
         put_json_field(&b, "reason", r->reason, strlen(r->reason));
         put_json_field(&b, "payload", r->payload, r->payload_len);
         eng_buf_puts(&b, "}\n");
@@ -235,7 +256,7 @@ static bool print_row(const struct eng_dlq_row *r, void *ctx)
             snprintf(ev, sizeof(ev), "%lld", (long long)r->event_id);
         printf("%-8lld %s  %-6s %-12s %-10s %3d %3d%s  %s\n", (long long)r->id, r->parked_at,
                r->origin, r->position, ev, r->last_status, r->attempts,
-               r->replayed ? " replayed" : "", r->reason);
+               r->replayed ? " replayed" : r->discarded ? " discarded" : "", r->reason);
     }
     return true;
 }
@@ -256,6 +277,73 @@ static int cmd_list(const struct dlq_args *a, struct eng_dlq *q)
         return 1;
     }
     return 0;
+}
+
+/* ---- discard ---------------------------------------------------------------------------- */
+
+struct id_list {
+    int64_t *v;
+    size_t n, cap;
+};
+
+static bool collect_id(const struct eng_dlq_row *r, void *ctx)
+{
+    struct id_list *l = ctx;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 64;
+        l->v = eng_realloc(l->v, l->cap * sizeof(*l->v));
+    }
+    l->v[l->n++] = r->id;
+    return true;
+}
+
+static int cmd_discard(const struct dlq_args *a, struct eng_dlq *q)
+{
+    if (a->ids == NULL && a->origin == NULL) {
+        fprintf(stderr, "engage dlq discard: name the rows with --ids, --origin or both\n\n%s",
+                discard_usage);
+        return 2;
+    }
+    if (a->all) {
+        fprintf(stderr, "engage dlq discard: only pending rows can be discarded (no --all)\n");
+        return 2;
+    }
+    struct eng_error err;
+    struct id_list pending = {0};
+    struct eng_dlq_filter f = {.origin = a->origin,
+                               .ids = a->ids,
+                               .nids = a->nids,
+                               .pending_only = true,
+                               .limit = a->limit};
+    int rc = 1;
+    if (eng_dlq_scan(q, &f, collect_id, &pending, &err) < 0) {
+        fprintf(stderr, "engage dlq discard: %s\n", err.msg);
+        goto out;
+    }
+    int64_t done = eng_dlq_discard(q, pending.v, pending.n, &err);
+    if (done < 0) {
+        fprintf(stderr, "engage dlq discard: %s\n", err.msg);
+        goto out;
+    }
+    printf("discarded %lld row%s\n", (long long)done, done == 1 ? "" : "s");
+    rc = 0;
+    /* Every id asked for must have been a pending row (of --origin, when given). */
+    for (size_t i = 0; i < a->nids; i++) {
+        bool found = false;
+        for (size_t k = 0; k < pending.n && !found; k++)
+            found = pending.v[k] == a->ids[i];
+        if (!found) {
+            fprintf(stderr, "engage dlq discard: row %lld is not a pending row%s%s\n",
+                    (long long)a->ids[i], a->origin ? " of origin " : "",
+                    a->origin ? a->origin : "");
+            rc = 1;
+        }
+    }
+    if (done != (int64_t)pending.n)
+        rc = 1; /* replayed or discarded by someone else meanwhile */
+out:
+    free(pending.v);
+    return rc;
 }
 
 /* ---- replay ----------------------------------------------------------------------------- */
@@ -578,7 +666,8 @@ static int cmd_replay(const struct dlq_args *a, const struct eng_options *o, str
 
 int eng_cmd_dlq(int argc, char **argv)
 {
-    if (argc < 2 || (strcmp(argv[1], "list") != 0 && strcmp(argv[1], "replay") != 0)) {
+    if (argc < 2 || (strcmp(argv[1], "list") != 0 && strcmp(argv[1], "replay") != 0 &&
+                      strcmp(argv[1], "discard") != 0)) {
         if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
                           strcmp(argv[1], "help") == 0)) {
             fputs(dlq_usage, stdout);
@@ -590,13 +679,16 @@ int eng_cmd_dlq(int argc, char **argv)
         return 2;
     }
     bool list = strcmp(argv[1], "list") == 0;
-    const char *usage = list ? list_usage : replay_usage;
+    bool discard = strcmp(argv[1], "discard") == 0;
+    const char *usage = list ? list_usage : discard ? discard_usage : replay_usage;
     /* argv + 1 is the subcommand's argv: argv[0] "list" or "replay". A copy, since
      * take_own_options compacts it. */
     int sub_argc = argc - 1;
     char **sub_argv = eng_calloc((size_t)sub_argc + 1, sizeof(char *));
     memcpy(sub_argv, argv + 1, (size_t)sub_argc * sizeof(char *));
-    sub_argv[0] = list ? "engage dlq list" : "engage dlq replay"; /* for getopt's messages */
+    sub_argv[0] = list      ? "engage dlq list" /* for getopt's messages */
+                  : discard ? "engage dlq discard"
+                            : "engage dlq replay";
 
     struct dlq_args a;
     memset(&a, 0, sizeof(a));
@@ -623,9 +715,9 @@ int eng_cmd_dlq(int argc, char **argv)
     }
     /* The replay prints what it did itself; the sink's own warnings would speak of the
      * scratch table. */
-    eng_log_set_level(list ? ENG_LOG_WARN : ENG_LOG_ERROR);
+    eng_log_set_level(list || discard ? ENG_LOG_WARN : ENG_LOG_ERROR);
     q = eng_dlq_create(eng_opt(&o, OPT_PG), eng_opt(&o, OPT_DLQ_TABLE));
-    rc = list ? cmd_list(&a, q) : cmd_replay(&a, &o, q);
+    rc = list ? cmd_list(&a, q) : discard ? cmd_discard(&a, q) : cmd_replay(&a, &o, q);
 out:
     eng_dlq_destroy(q);
     eng_options_free(&o);
