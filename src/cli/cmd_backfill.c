@@ -75,7 +75,7 @@ int eng_cmd_backfill(int argc, char **argv)
         status = 2;
         goto out;
     }
-    int crc = eng_cli_sinks_create(&o, false, &cs, &err);
+    int crc = eng_cli_sinks_create(&o, false, false, &cs, &err);
     if (crc == 2) {
         status = 2;
         goto out;

@@ -63,7 +63,7 @@ static void on_signal(int sig)
 
 static bool ready_hook(void *ctx, char *why, size_t whylen)
 {
-    return eng_pipeline_healthy(ctx, why, whylen);
+    return eng_cli_sinks_ready(ctx, why, whylen);
 }
 
 /* Takes the state directory's lock (flock on DIR/lock, created with the directory when
@@ -157,7 +157,7 @@ int eng_cmd_run(int argc, char **argv)
     lock_fd = lock_state_dir(eng_opt(&o, OPT_STATE_DIR));
     if (lock_fd < 0)
         goto out;
-    int crc = eng_cli_sinks_create(&o, true, &cs, &err);
+    int crc = eng_cli_sinks_create(&o, true, true, &cs, &err);
     if (crc == 2) {
         status = 2;
         goto out;
@@ -168,7 +168,7 @@ int eng_cmd_run(int argc, char **argv)
     eng_cli_catch_stop_signals(on_signal);
 
     if (strcmp(eng_opt(&o, OPT_ADMIN_ADDR), "off") != 0) {
-        struct eng_admin_hooks hooks = {.ready = ready_hook, .ctx = cs.pipeline};
+        struct eng_admin_hooks hooks = {.ready = ready_hook, .ctx = &cs};
         admin = eng_admin_start(eng_opt(&o, OPT_ADMIN_ADDR), hooks, &err);
         if (admin == NULL)
             goto fail;

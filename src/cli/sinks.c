@@ -9,6 +9,7 @@
 #include "../sink/http.h"
 #include "../sink/redis.h"
 #include "../sink/stdout.h"
+#include "../source/redis_repair.h"
 #include "sinks.h"
 
 /* The sink's URL, or NULL after printing why it is missing. */
@@ -66,7 +67,7 @@ void eng_cli_catch_stop_signals(void (*handler)(int))
     signal(SIGPIPE, SIG_IGN);
 }
 
-int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default,
+int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default, bool rebuild_redis,
                          struct eng_cli_sinks *out, struct eng_error *err)
 {
     struct eng_sink *sinks[8];
@@ -101,6 +102,17 @@ int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default,
         eng_redis_options_init(&ropt);
         ropt.seen_ttl_s = (uint32_t)seen_ttl;
         ropt.max_events_per_call = (uint32_t)call_events;
+        if (rebuild_redis) {
+            struct eng_redis_repair_options rr = {.conninfo = eng_opt(o, OPT_PG),
+                                                  .dlq_table = eng_opt(o, OPT_DLQ_TABLE),
+                                                  .redis_url = url,
+                                                  .redis = ropt,
+                                                  .state_dir = eng_opt(o, OPT_STATE_DIR)};
+            out->redis_repair = eng_redis_repair_create(&rr, err);
+            if (out->redis_repair == NULL)
+                goto fail;
+            eng_redis_repair_attach(out->redis_repair, &ropt);
+        }
         sinks[nsinks] = eng_redis_sink_create(url, &ropt, err);
         if (sinks[nsinks] == NULL)
             goto fail;
@@ -146,7 +158,16 @@ fail:
         eng_sink_destroy(sinks[i]);
     eng_dlq_destroy(out->http_dlq);
     out->http_dlq = NULL;
+    eng_redis_repair_destroy(out->redis_repair);
+    out->redis_repair = NULL;
     return status;
+}
+
+bool eng_cli_sinks_ready(struct eng_cli_sinks *cs, char *why, size_t whylen)
+{
+    if (!eng_pipeline_healthy(cs->pipeline, why, whylen))
+        return false;
+    return cs->redis_repair == NULL || eng_redis_repair_ready(cs->redis_repair, why, whylen);
 }
 
 void eng_cli_sinks_destroy(struct eng_cli_sinks *cs)
@@ -155,4 +176,6 @@ void eng_cli_sinks_destroy(struct eng_cli_sinks *cs)
     cs->pipeline = NULL;
     eng_dlq_destroy(cs->http_dlq);
     cs->http_dlq = NULL;
+    eng_redis_repair_destroy(cs->redis_repair); /* after the sinks that report to it */
+    cs->redis_repair = NULL;
 }

@@ -15,14 +15,20 @@
 struct eng_cli_sinks {
     struct eng_pipeline *pipeline;
     struct eng_dlq *http_dlq;
+    struct eng_redis_repair *redis_repair; /* NULL unless rebuild_redis and a Redis sink */
     char names[64]; /* "clickhouse,redis": for the log */
 };
 
 /* Creates every sink the options enable (a sink listed in --sinks, or, without --sinks, every
  * sink with a URL; the HTTP sink without --sinks only when http_by_default) and a pipeline
- * over them, not started. Returns 0; 2 after printing a usage error; 1 with err set. */
-int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default,
+ * over them, not started. With rebuild_redis, Redis is rebuilt from PostgreSQL whenever the
+ * Redis sink finds it lost what engage wrote (src/source/redis_repair.h). Returns 0; 2 after printing a usage error; 1 with err set. */
+int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default, bool rebuild_redis,
                          struct eng_cli_sinks *out, struct eng_error *err) ENG_MUSTCHECK;
+
+/* Ready when the pipeline is healthy and Redis is not being rebuilt; otherwise false with
+ * the reason in why. Any thread. */
+bool eng_cli_sinks_ready(struct eng_cli_sinks *cs, char *why, size_t whylen);
 
 /* Fills the HTTP sink's options from --http-batch, --http-timeout-ms, --http-max-attempts,
  * --http-retry-budget-ms, --http-inflight and --http-token-file (dlq left NULL). Returns

@@ -2,10 +2,12 @@
  * event ids (the seen-set) makes every application idempotent, so the pipeline may write a
  * batch again after a crash, a timeout or a lost reply and no value changes twice. */
 #include <ctype.h>
+#include <stdatomic.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -19,8 +21,9 @@
 
 /* The script, kept only here (no build step, nothing to keep in sync).
  *
- * ARGV: last_ttl, bucket_ttl, seen_ttl, top_ttl, nwin, then nwin minute names (YYYYMMDDHHMM)
- * of the top window (nwin = 0: no rebuild in this call), then 7 values per event:
+ * ARGV: last_ttl, bucket_ttl, seen_ttl, top_ttl, gen, seq, nwin, then nwin minute names
+ * (YYYYMMDDHHMM) of the top window (nwin = 0: no rebuild in this call), then 7 values per
+ * event:
  *   chunk (event_id >> 20), bit (event_id & (2^20 - 1)), content_id, event_ts_us, event_id,
  *   minute bucket ('' = too old to touch a bucket), json.
  * chunk, bit and the bucket name are computed in C so nothing depends on Lua arithmetic;
@@ -51,14 +54,35 @@
  * key it will write (its type, and that a count holds an integer) and writes nothing when
  * one is wrong: it answers ENGAGE_BADKEY naming the key, a permanent error for the events
  * that touch that key (the pipeline finds and parks them; the others are applied). An OOM
- * server refuses the first write (SETBIT) before anything changed, so OOM is retriable. */
+ * server refuses the first write (SETBIT) before anything changed, so OOM is retriable.
+ *
+ * Loss: the hash engage:mark holds a generation (gen, random, made when engage first finds
+ * no mark) and a write count (seq, +1 per call, in the same script as the counts). A call
+ * names the generation it expects and the highest count this process has seen; a Redis that
+ * restarted empty, was flushed, or failed over to a replica that missed writes answers
+ * ENGAGE_LOST and writes nothing. The seen-set and the counts were lost together, so
+ * writing every event of the table again (a whole-table backfill) makes them exact. */
 #define SEEN_BITS     20        /* ids per seen-set key: 2^20 (128 KiB of bits) */
 #define SEEN_LAST_BIT "1048575" /* 2^SEEN_BITS - 1, as the script spells it */
 
-static const char apply_script[] =
+/* In two parts, joined when a sink is created: C17 compilers need not take a string literal
+ * this long. The first checks, the second writes. */
+static const char apply_script_check[] =
     "local last_ttl, bucket_ttl, seen_ttl, top_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), "
     "ARGV[4]\n"
-    "local nwin = tonumber(ARGV[5])\n"
+    "local nwin = tonumber(ARGV[7])\n"
+    "if redis.call('TYPE', 'engage:mark')['ok'] ~= 'hash' then\n"
+    "  return redis.error_reply('ENGAGE_LOST engage:mark is gone')\n"
+    "end\n"
+    "local mark = redis.call('HMGET', 'engage:mark', 'gen', 'seq')\n"
+    "if mark[1] ~= ARGV[5] then\n"
+    "  return redis.error_reply('ENGAGE_LOST engage:mark holds generation ' .. tostring(mark[1]) ..\n"
+    "    ', not ' .. ARGV[5])\n"
+    "end\n"
+    "if (tonumber(mark[2]) or -1) < tonumber(ARGV[6]) then\n"
+    "  return redis.error_reply('ENGAGE_LOST engage:mark is at write ' .. tostring(mark[2]) ..\n"
+    "    ', this engage saw ' .. tonumber(ARGV[6]))\n"
+    "end\n"
     "local fresh = 0\n"
     "local counts, buckets, chunks = {}, {}, {}\n"
     "local bidx, bts, bid = {}, {}, {}\n"
@@ -80,7 +104,7 @@ static const char apply_script[] =
     "  return nil\n"
     "end\n"
     "local function check()\n"
-    "  for i = 6 + nwin, #ARGV, 7 do\n"
+    "  for i = 8 + nwin, #ARGV, 7 do\n"
     "    local cid = ARGV[i + 2]\n"
     "    local why = need('engage:seen:' .. ARGV[i], 'string') or\n"
     "      need('content:count:' .. cid, 'string') or need('content:last:' .. cid, 'string') or\n"
@@ -93,9 +117,10 @@ static const char apply_script[] =
     "  if nwin > 0 then return need('top:content:10m', 'zset') or need('engage:top:end', 'string') end\n"
     "  return nil\n"
     "end\n"
-    "local why = check()\n"
+    "local why = check()\n";
+static const char apply_script_write[] =
     "if why then return redis.error_reply('ENGAGE_BADKEY ' .. why) end\n"
-    "for i = 6 + nwin, #ARGV, 7 do\n"
+    "for i = 8 + nwin, #ARGV, 7 do\n"
     "  local seen = 'engage:seen:' .. ARGV[i]\n"
     "  if sized[seen] == nil then\n"
     "    sized[seen] = true\n"
@@ -147,9 +172,9 @@ static const char apply_script[] =
     "end\n"
     "if nwin > 0 then\n"
     "  local top, mark = 'top:content:10m', 'engage:top:end'\n"
-    "  if redis.call('GET', mark) == ARGV[6] and redis.call('EXISTS', top) == 1 then\n"
+    "  if redis.call('GET', mark) == ARGV[8] and redis.call('EXISTS', top) == 1 then\n"
     "    local inwin = {}\n"
-    "    for k = 1, nwin do inwin[ARGV[5 + k]] = true end\n"
+    "    for k = 1, nwin do inwin[ARGV[7 + k]] = true end\n"
     "    for bucket, z in pairs(buckets) do\n"
     "      if inwin[bucket] then\n"
     "        for cid, n in pairs(z) do redis.call('ZINCRBY', top, n, cid) end\n"
@@ -157,15 +182,17 @@ static const char apply_script[] =
     "    end\n"
     "  else\n"
     "    local keys = {}\n"
-    "    for k = 1, nwin do keys[k] = 'top:content:bucket:' .. ARGV[5 + k] end\n"
+    "    for k = 1, nwin do keys[k] = 'top:content:bucket:' .. ARGV[7 + k] end\n"
     "    redis.call('ZUNIONSTORE', top, nwin, unpack(keys))\n"
     "  end\n"
-    "  redis.call('SET', mark, ARGV[6], 'EX', top_ttl)\n"
+    "  redis.call('SET', mark, ARGV[8], 'EX', top_ttl)\n"
     "  redis.call('EXPIRE', top, top_ttl)\n"
     "end\n"
-    "return fresh\n";
+    "return {fresh, redis.call('HINCRBY', 'engage:mark', 'seq', 1)}\n";
 
-#define HEADER_ARGS         5  /* ARGV before the window names */
+#define HEADER_ARGS         7  /* ARGV before the window names */
+#define MARK_KEY            "engage:mark"
+#define SEQ_DIGITS          19 /* the write count as the script gets it, zero-padded */
 #define EVENT_ARGS          7  /* ARGV per event */
 #define CALL_PREFIX         3  /* EVALSHA sha 0 */
 #define NUM_SLOT            96 /* bytes of number text per event (79 used at most) */
@@ -177,6 +204,7 @@ struct redis_sink {
     struct eng_redis_url url;
     struct eng_redis_options opt;
     redisContext *ctx;
+    char *script; /* apply_script_check + apply_script_write */
     char sha[41];
 
     /* One call's argument vector, reused across calls. */
@@ -185,12 +213,19 @@ struct redis_sink {
     char *num; /* NUM_SLOT bytes per event */
     char header[4][16];
     char nwin_text[4];
+    /* The generation of Redis's data this process writes into ("" until the first open) and
+     * the highest write count it has seen, as the script reads them (fixed width). */
+    char gen[ENG_REDIS_GEN_LEN + 1];
+    char known_gen[ENG_REDIS_GEN_LEN + 1]; /* opt.known_gen, copied ("" none) */
+    int64_t seq;
+    char seq_text[24]; /* SEQ_DIGITS digits */
     char window[ENG_REDIS_MAX_TOP_MINUTES][13];
 
     struct eng_counter *m_events;
     struct eng_counter *m_batches;
     struct eng_counter *m_errors;
     struct eng_counter *m_duplicates;
+    struct eng_counter *m_lost;
     struct eng_gauge *m_skew;
 
     /* The server's clock (TIME), read once a minute and carried forward on the monotonic
@@ -426,7 +461,8 @@ static bool reply_error_retriable(const char *msg)
 /* Runs one command. On success returns 0 and *out (freed by the caller); a connection
  * failure drops the connection and returns a retriable ENG_EIO; an error reply returns
  * ENG_EIO classified by reply_error_retriable, with what as the message's subject. The
- * reply of a NOSCRIPT error is handed back in *out with rc 0, for the caller to handle. */
+ * reply of a NOSCRIPT or ENGAGE_LOST error is handed back in *out with rc 0, for the caller
+ * to handle. */
 static int command(struct redis_sink *r, int argc, const char **argv, const size_t *argvlen,
                    const char *what, redisReply **out, struct eng_error *err)
 {
@@ -438,7 +474,8 @@ static int command(struct redis_sink *r, int argc, const char **argv, const size
         drop_connection(r);
         return rc;
     }
-    if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) != 0) {
+    if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) != 0 &&
+        strncmp(reply->str, "ENGAGE_LOST", 11) != 0) {
         bool retriable = reply_error_retriable(reply->str);
         int rc = eng_error_set(err, ENG_EIO, retriable, "redis %s failed: %s", what, reply->str);
         freeReplyObject(reply);
@@ -452,8 +489,8 @@ static int command(struct redis_sink *r, int argc, const char **argv, const size
 
 static int load_script(struct redis_sink *r, struct eng_error *err)
 {
-    const char *argv[] = {"SCRIPT", "LOAD", apply_script};
-    const size_t len[] = {6, 4, sizeof(apply_script) - 1};
+    const char *argv[] = {"SCRIPT", "LOAD", r->script};
+    const size_t len[] = {6, 4, strlen(r->script)};
     redisReply *reply;
     int rc = command(r, 3, argv, len, "script load", &reply, err);
     if (rc != 0)
@@ -466,6 +503,121 @@ static int load_script(struct redis_sink *r, struct eng_error *err)
     }
     freeReplyObject(reply);
     return rc;
+}
+
+/* ---- loss detection (engage:mark) ---- */
+
+static const char mark_script[] =
+    "local t = redis.call('TYPE', KEYS[1])['ok']\n"
+    "if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end\n"
+    "local m = redis.call('HMGET', KEYS[1], 'gen', 'seq')\n"
+    "local behind = 0\n"
+    "if m[1] and m[1] == ARGV[2] and (tonumber(m[2]) or -1) < tonumber(ARGV[3]) then\n"
+    "  redis.call('DEL', KEYS[1])\n"
+    "  behind = 1\n"
+    "end\n"
+    "local created = redis.call('HSETNX', KEYS[1], 'gen', ARGV[1])\n"
+    "if created == 1 then redis.call('HSET', KEYS[1], 'seq', 0) end\n"
+    "m = redis.call('HMGET', KEYS[1], 'gen', 'seq')\n"
+    "return {created, behind, m[1], tonumber(m[2]) or 0}\n";
+
+static void set_seq(struct redis_sink *r, int64_t seq)
+{
+    r->seq = seq < 0 ? 0 : seq;
+    snprintf(r->seq_text, sizeof(r->seq_text), "%0*lld", SEQ_DIGITS, (long long)r->seq);
+}
+
+static void new_gen(char out[ENG_REDIS_GEN_LEN + 1])
+{
+    unsigned char raw[ENG_REDIS_GEN_LEN / 2];
+    if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw))
+        eng_die("getrandom failed");
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        out[2 * i] = "0123456789abcdef"[raw[i] >> 4];
+        out[2 * i + 1] = "0123456789abcdef"[raw[i] & 15];
+    }
+    out[ENG_REDIS_GEN_LEN] = '\0';
+}
+
+/* Why Redis no longer holds what engage wrote, or NULL when it does. */
+static const char *mark_loss(const struct redis_sink *r, bool created, bool behind,
+                             const char *gen)
+{
+    if (r->gen[0] != '\0') { /* this process wrote into r->gen */
+        if (behind)
+            return "engage:mark is behind the writes this engage made (a failover to a replica "
+                   "that missed them, or a restart from an older snapshot)";
+        if (created)
+            return "engage:mark is gone (a restart without persistence, or a flush)";
+        if (strcmp(gen, r->gen) != 0)
+            return "engage:mark holds another generation (lost and rebuilt elsewhere)";
+        return NULL;
+    }
+    if (r->known_gen[0] != '\0' && strcmp(gen, r->known_gen) != 0)
+        return created ? "there is no engage:mark, but the state directory says engage wrote "
+                         "to this redis before"
+                       : "engage:mark holds another generation than the state directory "
+                         "recorded (a rebuild did not finish, or another redis)";
+    return NULL;
+}
+
+/* Reads (or creates) engage:mark and takes up its generation; when Redis lost what this
+ * engage or the state directory knew it held, says so in the log and through on_mark. On
+ * every new connection and after ENGAGE_LOST. */
+static int mark_sync(struct redis_sink *r, struct eng_error *err)
+{
+    char fresh[ENG_REDIS_GEN_LEN + 1];
+    new_gen(fresh);
+    const char *argv[] = {"EVAL", mark_script, "1", MARK_KEY, fresh, r->gen, r->seq_text};
+    const size_t len[] = {4, sizeof(mark_script) - 1, 1, strlen(MARK_KEY), ENG_REDIS_GEN_LEN,
+                          strlen(r->gen), strlen(r->seq_text)};
+    redisReply *reply;
+    int rc = command(r, 7, argv, len, "mark", &reply, err);
+    if (rc != 0)
+        return rc;
+    redisReply **e = reply->element;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
+        e[0]->type != REDIS_REPLY_INTEGER || e[1]->type != REDIS_REPLY_INTEGER ||
+        e[2]->type != REDIS_REPLY_STRING || e[2]->len != ENG_REDIS_GEN_LEN ||
+        e[3]->type != REDIS_REPLY_INTEGER) {
+        freeReplyObject(reply);
+        return eng_error_set(err, ENG_EPROTO, false,
+                             "redis engage:mark: unexpected reply (not a hash engage wrote?)");
+    }
+    const char *lost = mark_loss(r, e[0]->integer == 1, e[1]->integer == 1, e[2]->str);
+    memcpy(r->gen, e[2]->str, ENG_REDIS_GEN_LEN + 1);
+    set_seq(r, e[3]->integer);
+    freeReplyObject(reply);
+    if (lost != NULL) {
+        eng_counter_add(r->m_lost, 1);
+        eng_error("msg=\"redis lost what engage wrote\" why=\"%s\" generation=%s action=\"%s\"",
+                  lost, r->gen,
+                  r->opt.on_mark != NULL ? "rebuild it from postgresql"
+                                         : "none here: engage run rebuilds it when it connects");
+    }
+    if (r->opt.on_mark != NULL)
+        r->opt.on_mark(r->opt.mark_ctx, r->gen, lost != NULL, lost);
+    return 0;
+}
+
+/* Warns once per process when Redis keeps no append-only file: a restart then loses every
+ * write since the last snapshot, and engage has to rebuild Redis from PostgreSQL. */
+static void warn_without_aof(struct redis_sink *r)
+{
+    static atomic_bool warned;
+    const char *argv[] = {"CONFIG", "GET", "appendonly"};
+    const size_t len[] = {6, 3, 10};
+    redisReply *reply = redisCommandArgv(r->ctx, 3, argv, len);
+    if (reply == NULL)
+        return; /* the next command reports the connection */
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[1]->type == REDIS_REPLY_STRING &&
+        strcmp(reply->element[1]->str, "no") == 0 && !atomic_exchange(&warned, true))
+        eng_warn("msg=\"redis keeps no append-only file (appendonly no): a restart loses what "
+                 "engage wrote since the last snapshot; engage then rebuilds it from "
+                 "PostgreSQL and is not ready meanwhile\" host=%s port=%d",
+                 r->url.host, r->url.port);
+    freeReplyObject(reply);
 }
 
 /* Runs a command whose reply only says OK or an error, on a context of its own. */
@@ -529,13 +681,17 @@ static int redis_open(struct eng_sink *s, struct eng_error *err)
     drop_connection(r);
     r->ctx = eng_redis_connect(&r->url, r->opt.connect_timeout_ms, r->opt.command_timeout_ms, err);
     int rc = r->ctx == NULL ? err->code : load_script(r, err);
+    if (rc == 0) {
+        warn_without_aof(r);
+        rc = mark_sync(r, err);
+    }
     if (rc != 0) {
         drop_connection(r);
         eng_counter_add(r->m_errors, 1);
         return rc;
     }
-    eng_info("msg=\"redis sink connected\" host=%s port=%d db=%d", r->url.host, r->url.port,
-             r->url.db);
+    eng_info("msg=\"redis sink connected\" host=%s port=%d db=%d generation=%s", r->url.host,
+             r->url.port, r->url.db, r->gen);
     return 0;
 }
 
@@ -622,6 +778,8 @@ static int build_call(struct redis_sink *r, const struct eng_batch *b, uint32_t 
     push_arg(r, &argc, "0", 1);
     for (int i = 0; i < 4; i++)
         push_arg(r, &argc, r->header[i], strlen(r->header[i]));
+    push_arg(r, &argc, r->gen, ENG_REDIS_GEN_LEN);
+    push_arg(r, &argc, r->seq_text, SEQ_DIGITS);
     if (with_window) {
         push_arg(r, &argc, r->nwin_text, strlen(r->nwin_text));
         for (uint32_t w = 0; w < r->opt.top_minutes; w++)
@@ -657,34 +815,42 @@ static int build_call(struct redis_sink *r, const struct eng_batch *b, uint32_t 
     return argc;
 }
 
-/* Runs one prepared call, reloading the script once on NOSCRIPT (after a server restart or
- * SCRIPT FLUSH). Adds the number of events not seen before to *fresh. */
+/* Runs one prepared call, reloading the script on NOSCRIPT (after a server restart or SCRIPT
+ * FLUSH) and taking up Redis's new generation on ENGAGE_LOST (the loss is reported through
+ * mark_sync; the call then writes into the new generation). Adds the number of events not
+ * seen before to *fresh. */
 static int run_call(struct redis_sink *r, int argc, uint64_t *fresh, struct eng_error *err)
 {
-    for (int attempt = 0;; attempt++) {
+    for (int attempt = 0; attempt < 4; attempt++) {
         redisReply *reply;
         int rc = command(r, argc, r->argv, r->argvlen, "apply script", &reply, err);
         if (rc != 0)
             return rc;
-        if (reply->type == REDIS_REPLY_INTEGER && reply->integer >= 0) {
-            *fresh += (uint64_t)reply->integer;
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+            reply->element[0]->type == REDIS_REPLY_INTEGER && reply->element[0]->integer >= 0 &&
+            reply->element[1]->type == REDIS_REPLY_INTEGER) {
+            *fresh += (uint64_t)reply->element[0]->integer;
+            if (reply->element[1]->integer > r->seq)
+                set_seq(r, reply->element[1]->integer);
             freeReplyObject(reply);
             return 0;
         }
-        if (reply->type == REDIS_REPLY_ERROR && attempt == 0) { /* NOSCRIPT */
+        bool lost = reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "ENGAGE_LOST", 11) == 0;
+        if (reply->type == REDIS_REPLY_ERROR) {
+            eng_info("msg=\"redis sink %s\" reply=\"%s\"",
+                     lost ? "found redis without what it wrote" : "reloading its script",
+                     reply->str);
             freeReplyObject(reply);
-            eng_info("msg=\"redis sink reloading its script after NOSCRIPT\"");
-            rc = load_script(r, err);
+            rc = lost ? mark_sync(r, err) : load_script(r, err);
             if (rc != 0)
                 return rc;
-            continue; /* r->argv[1] points at r->sha, now the reloaded one */
+            continue; /* r->argv points at r->sha, r->gen and r->seq_text, now updated */
         }
-        rc = eng_error_set(err, ENG_EPROTO, false, "redis apply script: unexpected reply%s%s",
-                           reply->type == REDIS_REPLY_ERROR ? ": " : "",
-                           reply->type == REDIS_REPLY_ERROR ? reply->str : "");
         freeReplyObject(reply);
-        return rc;
+        return eng_error_set(err, ENG_EPROTO, false, "redis apply script: unexpected reply");
     }
+    return eng_error_set(err, ENG_EIO, true,
+                         "redis apply script: the script or the mark changed on every attempt");
 }
 
 static int redis_write(struct eng_sink *s, const struct eng_batch *b, struct eng_error *err)
@@ -754,6 +920,7 @@ static void redis_destroy(struct eng_sink *s)
     struct redis_sink *r = (struct redis_sink *)s;
     drop_connection(r);
     eng_redis_url_free(&r->url);
+    free(r->script);
     free(r->argv);
     free(r->argvlen);
     free(r->num);
@@ -776,6 +943,9 @@ struct eng_sink *eng_redis_sink_create(const char *url, const struct eng_redis_o
     if (opt != NULL) {
         o.seen_ttl_s = opt->seen_ttl_s;
         o.now_us = opt->now_us;
+        o.known_gen = opt->known_gen;
+        o.on_mark = opt->on_mark;
+        o.mark_ctx = opt->mark_ctx;
 #define TAKE(f)                                                                                    \
     if (opt->f != 0)                                                                               \
         o.f = opt->f;
@@ -812,6 +982,10 @@ struct eng_sink *eng_redis_sink_create(const char *url, const struct eng_redis_o
     }
     r->base.ops = &redis_ops;
     r->opt = o;
+    r->script = eng_malloc(sizeof(apply_script_check) + sizeof(apply_script_write));
+    memcpy(r->script, apply_script_check, sizeof(apply_script_check) - 1);
+    memcpy(r->script + sizeof(apply_script_check) - 1, apply_script_write,
+           sizeof(apply_script_write));
     size_t cap = CALL_PREFIX + HEADER_ARGS + ENG_REDIS_MAX_TOP_MINUTES +
                  (size_t)EVENT_ARGS * o.max_events_per_call;
     r->argv = eng_calloc(cap, sizeof(*r->argv));
@@ -822,6 +996,10 @@ struct eng_sink *eng_redis_sink_create(const char *url, const struct eng_redis_o
     put_i64(r->header[2], o.seen_ttl_s);
     put_i64(r->header[3], o.top_ttl_s);
     put_i64(r->nwin_text, o.top_minutes);
+    set_seq(r, 0);
+    if (o.known_gen != NULL && strlen(o.known_gen) == ENG_REDIS_GEN_LEN)
+        memcpy(r->known_gen, o.known_gen, sizeof(r->known_gen));
+    r->opt.known_gen = NULL; /* the caller's string is not kept */
 
     r->m_events = eng_metrics_counter("engage_sink_events_total", "sink=\"redis\"",
                                       "Events written to a sink.");
@@ -831,6 +1009,8 @@ struct eng_sink *eng_redis_sink_create(const char *url, const struct eng_redis_o
                                       "Failed sink operations (connect or write).");
     r->m_skew = eng_metrics_gauge("engage_clock_skew_seconds", "against=\"redis\"",
                                   "This machine's wall clock minus the Redis server's");
+    r->m_lost = eng_metrics_counter("engage_redis_lost_total", NULL,
+                                    "Times Redis was found without what engage wrote to it.");
     r->m_duplicates =
         eng_metrics_counter("engage_redis_duplicates_total", NULL,
                             "Events the Redis sink skipped because they were already applied.");

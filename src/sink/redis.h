@@ -4,6 +4,7 @@
 #ifndef ENG_SINK_REDIS_H
 #define ENG_SINK_REDIS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "sink.h"
@@ -17,11 +18,14 @@
  * and, for the sink's own bookkeeping, under a prefix of their own:
  *   engage:seen:{event_id >> 20}        bitmap, bit event_id & (2^20 - 1): events applied
  *   engage:last:{content_id}            "event_ts_us:event_id" of the value in content:last
+ *   engage:mark                         hash: gen (the generation of this data) and seq (script
+ *                                       calls applied), checked by every call: see redis.c
  *   engage:top:end                      the window end top:content:10m was built for: while it
  *                                       holds, a batch adds its increments to the union instead
  *                                       of rebuilding it (cost per batch, not per content) */
 
 #define ENG_REDIS_MAX_TOP_MINUTES 60
+#define ENG_REDIS_GEN_LEN         16 /* hex digits of a generation of Redis's data */
 
 /* Zero fields take the default written beside them, except seen_ttl_s (0: never expires). */
 struct eng_redis_options {
@@ -36,6 +40,14 @@ struct eng_redis_options {
     /* Wall clock in UTC microseconds, used for the bucket cut-off and the top window;
      * NULL means eng_clock_wall_us. Tests inject a fixed clock. */
     int64_t (*now_us)(void);
+    /* The generation of Redis's data (engage:mark) the state directory last knew complete, or
+     * NULL: a Redis found with another generation, or none, lost what engage wrote. */
+    const char *known_gen;
+    /* Called on the sink's thread after every connection and after a loss with the
+     * generation the sink now writes into; lost is true (and why says how) when Redis no
+     * longer holds what engage wrote. NULL: a loss is only logged. */
+    void (*on_mark)(void *ctx, const char *gen, bool lost, const char *why);
+    void *mark_ctx;
 };
 
 /* Fills opt with the defaults. */

@@ -30,6 +30,8 @@ TOP_STALE_S = 40
 # top:content:10m and the window end it was built for (engage:top:end), TTL 120 s.
 TOP_KEYS = ("top:content:10m", "engage:top:end")
 EXPECTED_KEYS = ("content:count:", "content:last:", "top:content:bucket:", "engage:seen:", "engage:last:")
+# engage:mark: the generation of Redis's data and the script calls applied (loss detection), no TTL.
+MARK_KEY = "engage:mark"
 
 
 def bytes_client(url):
@@ -179,7 +181,7 @@ def check_redis(url, db_uri, expected, require_late=True):
     cb = bytes_client(url)
     try:
         keys = scan_keys(c)
-        stray = [k for k in keys if not k.startswith(EXPECTED_KEYS) and k not in TOP_KEYS]
+        stray = [k for k in keys if not k.startswith(EXPECTED_KEYS) and k not in TOP_KEYS + (MARK_KEY,)]
         assert not stray, f"keys engage must not write: {stray[:10]}"
 
         # content:count:{id} = PostgreSQL's count per content_id; no TTL
@@ -225,7 +227,7 @@ def check_redis(url, db_uri, expected, require_late=True):
             pipe.ttl(k)
         ttls = dict(zip(keys, pipe.execute()))
         for k, ttl in ttls.items():
-            if k.startswith(("content:count:", "engage:seen:")):
+            if k.startswith(("content:count:", "engage:seen:")) or k == MARK_KEY:
                 bound = None
             elif k.startswith(("content:last:", "engage:last:")):
                 bound = LAST_TTL
@@ -261,6 +263,8 @@ def snapshot(url):
                 value = c.get(k)
             elif kind == "zset":
                 value = tuple(c.zrange(k, 0, -1, withscores=True))
+            elif kind == "hash":
+                value = {f.decode(): v.decode() for f, v in c.hgetall(k).items()}
             else:
                 value = ("unexpected type", kind)
             out[k] = (kind, value, c.execute_command("PEXPIRETIME", k))

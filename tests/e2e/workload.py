@@ -180,6 +180,7 @@ class Workload:
         pace: mean seconds between a session's transactions (0 = as fast as
         possible). With background, returns a join() callable instead of waiting."""
         stop = threading.Event()
+        before = len(self.expected)
         updater = threading.Thread(target=self._updater, args=(stop, self.rng.random()))
         if update_content:
             updater.start()
@@ -196,7 +197,7 @@ class Workload:
                 updater.join()
             if self.errors:
                 raise self.errors[0]
-            assert len(self.expected) == total, (len(self.expected), total)
+            assert len(self.expected) == before + total, (len(self.expected), before, total)
             return self
 
         return join if background else join()
