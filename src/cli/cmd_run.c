@@ -47,6 +47,8 @@ static const char usage[] =
     "  --http-max-attempts N  attempts before an event is parked in the DLQ (default 8)\n"
     "  --http-retry-budget-ms N  longest one batch may retry before parking (default 60000)\n"
     "  --http-inflight N      concurrent API requests (default 4)\n"
+    "  --http-rate R          requests per second to the API, all in flight together, for\n"
+    "                         an API with a published limit (default 0: no limit)\n"
     "  --http-token-file F    bearer token file (or ENGAGE_HTTP_TOKEN); never logged\n"
     "  --log-level LEVEL      debug, info, warn, error (default info)\n"
     "  --config FILE          `name = value` lines with these option names (ENGAGE_CONFIG)\n"

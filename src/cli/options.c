@@ -39,6 +39,7 @@ static const struct opt_def defs[OPT__COUNT] = {
     [OPT_HTTP_RETRY_BUDGET_MS] = {"http-retry-budget-ms", "ENGAGE_HTTP_RETRY_BUDGET_MS", "60000"},
     [OPT_HTTP_INFLIGHT] = {"http-inflight", "ENGAGE_HTTP_INFLIGHT", "4"},
     [OPT_HTTP_TOKEN_FILE] = {"http-token-file", "ENGAGE_HTTP_TOKEN_FILE", NULL},
+    [OPT_HTTP_RATE] = {"http-rate", "ENGAGE_HTTP_RATE", "0"},
     [OPT_DLQ_TABLE] = {"dlq-table", "ENGAGE_DLQ_TABLE", "engage_dlq"},
     [OPT_SEEN_TTL] = {"seen-ttl", "ENGAGE_SEEN_TTL", "0"},
     [OPT_REDIS_CALL_EVENTS] = {"redis-call-events", "ENGAGE_REDIS_CALL_EVENTS", "1000"},
@@ -168,6 +169,24 @@ bool eng_opt_int(const struct eng_options *o, enum eng_opt_id id, int64_t min, i
     if (!eng_parse_i64(s, strlen(s), &v) || v < min || v > max) {
         fprintf(stderr, "engage: --%s must be an integer from %lld to %lld, not \"%s\"\n",
                 defs[id].name, (long long)min, (long long)max, s);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+bool eng_opt_double(const struct eng_options *o, enum eng_opt_id id, double min, double max,
+                    double *out)
+{
+    const char *s = o->v[id];
+    if (s == NULL)
+        return true;
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || errno != 0 || !(v >= min && v <= max)) {
+        fprintf(stderr, "engage: --%s must be a number from %g to %g, not \"%s\"\n",
+                defs[id].name, min, max, s);
         return false;
     }
     *out = v;

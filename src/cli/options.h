@@ -32,6 +32,7 @@ enum eng_opt_id {
     OPT_HTTP_RETRY_BUDGET_MS,
     OPT_HTTP_INFLIGHT,
     OPT_HTTP_TOKEN_FILE,
+    OPT_HTTP_RATE,
     OPT_DLQ_TABLE,
     OPT_SEEN_TTL,
     OPT_REDIS_CALL_EVENTS,
@@ -71,6 +72,11 @@ bool eng_options_scrub_secrets(char *arg);
 /* Checks --sinks: every name in the list is a sink this build has. Returns false after
  * printing a usage error. */
 bool eng_opt_sinks_valid(const struct eng_options *o);
+
+/* Parses a decimal option (e.g. "2.5") into *out within [min, max]; prints an error and returns
+ * false when it does not parse. A missing option keeps *out. */
+bool eng_opt_double(const struct eng_options *o, enum eng_opt_id id, double min, double max,
+                    double *out);
 
 /* True when sink name ("clickhouse", "redis", "http") is enabled: listed in --sinks, or, when
  * --sinks is absent, configured with a URL. */

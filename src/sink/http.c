@@ -21,7 +21,10 @@
  * Retries (decided in http_policy.c): 408, 429, 5xx, timeouts and connection errors are
  * retried after max(full-jitter capped exponential backoff, Retry-After); a Retry-After also
  * holds every request of the sink until it passes, since a rate limit is the API's, not a
- * request's. Other 4xx answers are parked at once. The circuit breaker opens after
+ * request's; once it has passed, one request goes alone, and the others follow only after
+ * an answer that is not another Retry-After. With opt.rate, a token bucket (one token,
+ * refilled at the rate) spaces every request of the sink, retries included. Other 4xx
+ * answers are parked at once. The circuit breaker opens after
  * breaker_failures consecutive failed requests; while it is open nothing is sent and waiting
  * requests spend their budget; after breaker_open_ms one probe request decides. */
 #include <inttypes.h>
@@ -81,6 +84,8 @@ struct http_sink {
     struct eng_http_breaker breaker;
     uint64_t rng;
     int64_t hold_until_us;
+    bool after_hold; /* the last answer set a hold: one request at a time until another */
+    struct eng_http_rate rate;
 
     pthread_mutex_t multi_lock; /* guards `multi` against eng_http_sink_cancel */
     CURLM *multi;
@@ -427,6 +432,9 @@ static bool finish_attempt(struct http_sink *s, struct http_slot *sl, CURLcode r
         retry_after > 0) {
         if (now + retry_after > s->hold_until_us)
             s->hold_until_us = now + retry_after;
+        s->after_hold = true;
+    } else if (!transport) {
+        s->after_hold = false;
     }
     enum eng_http_giveup why;
     int64_t next = eng_http_retry_next(&s->policy, &r->retry, now, retry_after, &why);
@@ -604,7 +612,9 @@ static int http_write(struct eng_sink *sink, const struct eng_batch *b, struct e
         }
         now = eng_clock_mono_us();
         int64_t wake = now + 1000000;
-        bool blocked = in_flight == s->opt.max_in_flight; /* no request can start now */
+        /* no request can start now: every slot is busy, or the API asked us to wait and a
+         * request is already out to find whether it still does */
+        bool blocked = in_flight == s->opt.max_in_flight || (s->after_hold && in_flight > 0);
         while (lo < nreq && (reqs[lo].state == REQ_DONE || reqs[lo].state == REQ_PARK))
             lo++;
         for (uint32_t i = lo; i < nreq; i++) {
@@ -621,6 +631,9 @@ static int http_write(struct eng_sink *sink, const struct eng_batch *b, struct e
             }
             if (!blocked) {
                 int64_t t = r->next_at_us > s->hold_until_us ? r->next_at_us : s->hold_until_us;
+                int64_t rate_at = eng_http_rate_ready_at(&s->rate, now);
+                if (rate_at > t)
+                    t = rate_at;
                 if (t > now) {
                     if (t < wake)
                         wake = t;
@@ -630,9 +643,12 @@ static int http_write(struct eng_sink *sink, const struct eng_batch *b, struct e
                 set_breaker_gauge(s);
                 if (g != ENG_HTTP_BREAKER_DENY) {
                     start_attempt(s, b, r, free_slot(s), now, g == ENG_HTTP_BREAKER_PROBE);
-                    if (r->state == REQ_IN_FLIGHT)
+                    if (r->state == REQ_IN_FLIGHT) {
                         in_flight++;
-                    blocked = in_flight == s->opt.max_in_flight;
+                        eng_http_rate_take(&s->rate, now);
+                    }
+                    blocked =
+                        in_flight == s->opt.max_in_flight || (s->after_hold && in_flight > 0);
                     continue;
                 }
                 t = eng_http_breaker_retry_at(&s->breaker);
@@ -874,7 +890,7 @@ struct eng_sink *eng_http_sink_create(const char *base_url, const struct eng_htt
     }
     if (o.batch_size == 0 || o.max_in_flight == 0 || o.max_in_flight > 1024 || o.timeout_ms <= 0 ||
         o.retry_budget_ms <= 0 || o.backoff_base_ms <= 0 || o.backoff_cap_ms < o.backoff_base_ms ||
-        o.breaker_open_ms < 0 || o.connect_timeout_ms < 0) {
+        o.breaker_open_ms < 0 || o.connect_timeout_ms < 0 || !(o.rate >= 0)) {
         eng_error_set(err, ENG_EINVAL, false, "http: invalid options");
         return NULL;
     }
@@ -925,6 +941,7 @@ struct eng_sink *eng_http_sink_create(const char *base_url, const struct eng_htt
     /* An attempt with less than this left would only time out. */
     s->policy.min_attempt_us = ms_to_us(o.timeout_ms < 100 ? o.timeout_ms : 100);
     eng_http_breaker_init(&s->breaker, o.breaker_failures, ms_to_us(o.breaker_open_ms));
+    eng_http_rate_init(&s->rate, o.rate, 1);
 
     s->slots = eng_calloc(o.max_in_flight, sizeof(*s->slots));
     for (uint32_t i = 0; i < o.max_in_flight; i++) {
@@ -955,9 +972,9 @@ struct eng_sink *eng_http_sink_create(const char *base_url, const struct eng_htt
                                          "HTTP sink request duration, per attempt");
     set_breaker_gauge(s);
     eng_info("msg=\"http sink ready\" batch_size=%u max_in_flight=%u timeout_ms=%lld "
-             "max_attempts=%u retry_budget_ms=%lld breaker_failures=%u bearer=%s dlq=%s",
+             "max_attempts=%u retry_budget_ms=%lld breaker_failures=%u rate=%g bearer=%s dlq=%s",
              o.batch_size, o.max_in_flight, (long long)o.timeout_ms, o.max_attempts,
-             (long long)o.retry_budget_ms, o.breaker_failures, auth ? "yes" : "no",
+             (long long)o.retry_budget_ms, o.breaker_failures, o.rate, auth ? "yes" : "no",
              o.dlq ? "yes" : "no");
     return &s->base;
 }

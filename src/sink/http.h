@@ -26,6 +26,8 @@ struct eng_http_options {
     const char *token_file;    /* bearer token file; NULL: $ENGAGE_HTTP_TOKEN; neither: none */
     struct eng_dlq *dlq;       /* borrowed; NULL: undeliverable events fail the write instead */
     uint64_t seed;             /* jitter seed; 0: from the clock */
+    double rate;               /* requests per second over all in flight (retries included);
+                                  0: no limit. Requests are spaced 1/rate apart, no burst */
 };
 
 /* Fills opt with the defaults: batch 1, 8 in flight, timeout 5 s, 8 attempts, budget 30 s,

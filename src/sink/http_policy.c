@@ -253,3 +253,30 @@ int64_t eng_http_breaker_retry_at(const struct eng_http_breaker *b)
         return 0;
     return b->opened_at_us + b->open_us;
 }
+
+void eng_http_rate_init(struct eng_http_rate *r, double per_second, uint32_t burst)
+{
+    r->interval_us = 0;
+    r->burst_us = 0;
+    r->tat_us = 0;
+    if (!(per_second > 0))
+        return;
+    double iv = 1e6 / per_second;
+    r->interval_us = iv < 1 ? 1 : iv > 86400e6 ? (int64_t)86400e6 : (int64_t)iv;
+    r->burst_us = (int64_t)(burst > 1 ? burst - 1 : 0) * r->interval_us;
+}
+
+int64_t eng_http_rate_ready_at(const struct eng_http_rate *r, int64_t now_us)
+{
+    if (r->interval_us == 0)
+        return now_us;
+    int64_t at = r->tat_us - r->burst_us;
+    return at > now_us ? at : now_us;
+}
+
+void eng_http_rate_take(struct eng_http_rate *r, int64_t now_us)
+{
+    if (r->interval_us == 0)
+        return;
+    r->tat_us = (r->tat_us > now_us ? r->tat_us : now_us) + r->interval_us;
+}

@@ -116,4 +116,22 @@ bool eng_http_breaker_record(struct eng_http_breaker *b, int64_t now_us, bool fa
 /* When open: the time the half-open probe becomes possible; otherwise 0. */
 int64_t eng_http_breaker_retry_at(const struct eng_http_breaker *b);
 
+/* A request rate limit shared by every request of a sink (--http-rate), as a token bucket of
+ * `burst` tokens refilled at `per_second` (kept as GCRA: the time the next request conforms).
+ * A rate of 0 is no limit. */
+struct eng_http_rate {
+    int64_t interval_us; /* 1 s / rate; 0: unlimited */
+    int64_t burst_us;    /* (burst - 1) * interval: how far ahead of the schedule may be spent */
+    int64_t tat_us;      /* theoretical arrival time of the next request */
+};
+
+/* per_second 0 (or less) disables the limit; burst is taken as at least 1. */
+void eng_http_rate_init(struct eng_http_rate *r, double per_second, uint32_t burst);
+
+/* The earliest time a request may start (<= now_us when one may start now). */
+int64_t eng_http_rate_ready_at(const struct eng_http_rate *r, int64_t now_us);
+
+/* Spends one token for a request starting at now_us. */
+void eng_http_rate_take(struct eng_http_rate *r, int64_t now_us);
+
 #endif

@@ -337,6 +337,55 @@ static void test_breaker_disabled(void **state)
     assert_int_equal(b.state, ENG_HTTP_BREAKER_CLOSED);
 }
 
+/* Issue 8, item 5: --http-rate spaces the requests of the whole sink. */
+static void test_rate_spaces_requests(void **state)
+{
+    (void)state;
+    struct eng_http_rate r;
+    eng_http_rate_init(&r, 4, 1); /* 4 per second: one every 250 ms, no burst */
+    int64_t now = 10 * SEC;
+    assert_int_equal(eng_http_rate_ready_at(&r, now), now); /* the first goes at once */
+    eng_http_rate_take(&r, now);
+    assert_int_equal(eng_http_rate_ready_at(&r, now), now + 250 * MS);
+    assert_int_equal(eng_http_rate_ready_at(&r, now + 100 * MS), now + 250 * MS);
+    eng_http_rate_take(&r, now + 250 * MS);
+    assert_int_equal(eng_http_rate_ready_at(&r, now + 250 * MS), now + 500 * MS);
+    /* an idle time earns no burst: after 10 s, one at once, the next 250 ms later */
+    now += 10 * SEC;
+    assert_int_equal(eng_http_rate_ready_at(&r, now), now);
+    eng_http_rate_take(&r, now);
+    assert_int_equal(eng_http_rate_ready_at(&r, now), now + 250 * MS);
+
+    /* in any second at most `rate` requests start, taking each as soon as allowed */
+    eng_http_rate_init(&r, 20, 1);
+    int64_t t = 0, starts[100];
+    for (int i = 0; i < 100; i++) {
+        t = eng_http_rate_ready_at(&r, t);
+        starts[i] = t;
+        eng_http_rate_take(&r, t);
+    }
+    for (int i = 20; i < 100; i++)
+        assert_true(starts[i] - starts[i - 20] >= SEC);
+
+    /* a burst of 3, then the rate */
+    eng_http_rate_init(&r, 10, 3);
+    now = 50 * SEC;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(eng_http_rate_ready_at(&r, now), now);
+        eng_http_rate_take(&r, now);
+    }
+    assert_int_equal(eng_http_rate_ready_at(&r, now), now + 100 * MS);
+
+    /* 0 is no limit */
+    eng_http_rate_init(&r, 0, 1);
+    eng_http_rate_take(&r, now);
+    eng_http_rate_take(&r, now);
+    assert_int_equal(eng_http_rate_ready_at(&r, now), now);
+    eng_http_rate_init(&r, 0.5, 1); /* one every 2 s */
+    eng_http_rate_take(&r, now);
+    assert_int_equal(eng_http_rate_ready_at(&r, now), now + 2 * SEC);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -350,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_parse_retry_after),
         cmocka_unit_test(test_breaker_transitions),
         cmocka_unit_test(test_breaker_disabled),
+        cmocka_unit_test(test_rate_spaces_requests),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
