@@ -3,12 +3,26 @@
 #   make demo     install what is missing, build, start a local stack, stream sample events
 #   make test     install what is missing, build with ASan+UBSan, run every test
 #   make bench    the benchmarks in bench/ (figures printed, baseline in the same run)
+#   make install  the binary, man page, systemd unit, sysusers entry, alerts and dashboard
+#                 under PREFIX (/usr/local), staged under DESTDIR when set; make uninstall
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 SAN_FLAGS  := -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all build asan deps demo test unit e2e bench clean format
+.PHONY: all build asan deps demo test unit e2e bench clean format install uninstall
+
+PREFIX         ?= /usr/local
+BINDIR         ?= $(PREFIX)/bin
+MANDIR         ?= $(PREFIX)/share/man
+DATADIR        ?= $(PREFIX)/share/engage
+DOCDIR         ?= $(PREFIX)/share/doc/engage
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR    ?= $(PREFIX)/lib/sysusers.d
+INSTALLED      := $(BINDIR)/engage $(MANDIR)/man1/engage.1 $(SYSTEMDUNITDIR)/engage.service \
+                  $(SYSUSERSDIR)/engage.conf $(DOCDIR)/engage.env.example \
+                  $(DATADIR)/prometheus/alerts.yml $(DATADIR)/prometheus/prometheus.yml \
+                  $(DATADIR)/grafana/engage.json
 
 all: build
 
@@ -42,6 +56,25 @@ e2e: asan
 
 bench: deps build
 	@bash bench/run.sh $(BUILD)
+
+# The unit names the binary where it is installed (BINDIR, without DESTDIR).
+install: build
+	install -D -m 0755 $(BUILD)/engage $(DESTDIR)$(BINDIR)/engage
+	install -D -m 0644 man/engage.1 $(DESTDIR)$(MANDIR)/man1/engage.1
+	install -d -m 0755 $(DESTDIR)$(SYSTEMDUNITDIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' deploy/systemd/engage.service.in >$(DESTDIR)$(SYSTEMDUNITDIR)/engage.service.tmp
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/engage.service.tmp
+	mv $(DESTDIR)$(SYSTEMDUNITDIR)/engage.service.tmp $(DESTDIR)$(SYSTEMDUNITDIR)/engage.service
+	install -D -m 0644 deploy/systemd/engage.sysusers $(DESTDIR)$(SYSUSERSDIR)/engage.conf
+	install -D -m 0644 deploy/systemd/engage.env.example $(DESTDIR)$(DOCDIR)/engage.env.example
+	install -D -m 0644 deploy/prometheus/alerts.yml $(DESTDIR)$(DATADIR)/prometheus/alerts.yml
+	install -D -m 0644 deploy/prometheus/prometheus.yml $(DESTDIR)$(DATADIR)/prometheus/prometheus.yml
+	install -D -m 0644 deploy/grafana/engage.json $(DESTDIR)$(DATADIR)/grafana/engage.json
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	-rmdir $(DESTDIR)$(DATADIR)/prometheus $(DESTDIR)$(DATADIR)/grafana $(DESTDIR)$(DATADIR) \
+	    $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 format:
 	clang-format -i src/*/*.c src/*/*.h tests/unit/*.c
