@@ -233,9 +233,10 @@ static int identify_system(struct pgsrc *s, struct eng_error *err)
     if (s->system_id[0] != '\0' && strcmp(sysid, s->system_id) != 0)
         return eng_error_set(err, ENG_EFATAL, false,
                              "server system identifier changed from %s to %s: this is not the "
-                             "server the checkpoint belongs to (runbook: if the database was "
-                             "restored or replaced, remove the state file and re-run a "
-                             "backfill for the gap)",
+                             "server the checkpoint belongs to (runbook for a replaced server, "
+                             "docs/runbook.md: renumber its events past the largest event_id "
+                             "the sinks hold and set its sequence past it, remove the slot's "
+                             ".state, .bound and .sinks files, run, then backfill everything)",
                              s->system_id, sysid);
     memcpy(s->system_id, sysid, sizeof(sysid));
     return 0;
@@ -365,9 +366,11 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
             if (strcmp(st.system_id, s->system_id) != 0)
                 return eng_error_set(err, ENG_EFATAL, false,
                                      "state file belongs to server %s, this is server %s "
-                                     "(runbook: use another --state-dir, or remove the file if "
-                                     "the server was replaced, and backfill the gap)",
-                                     st.system_id, s->system_id);
+                                     "(runbook for a replaced server, docs/runbook.md: renumber "
+                                     "its events past the largest event_id the sinks hold and "
+                                     "set its sequence past it, remove %s/%s.state, .bound and "
+                                     ".sinks, run, then backfill everything)",
+                                     st.system_id, s->system_id, s->opt->state_dir, slot);
             if (!exists)
                 return eng_error_set(err, ENG_EFATAL, false,
                                      "replication slot \"%s\" is gone but a checkpoint exists "

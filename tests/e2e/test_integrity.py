@@ -4,6 +4,7 @@ PostgreSQL's value, the event is parked with a reason, or engage stops with a
 non-zero exit and a runbook line."""
 
 import re
+import secrets
 
 import lib
 from test_pipeline import ch_count, metrics, run_args, slot_row, wait_streaming
@@ -170,3 +171,68 @@ def test_item9_oversized_row_is_parked_and_the_rest_flows(stack, db, clean_sinks
     assert last["event_id"] == 36
     assert proc.alive()
     assert proc.stop() == 0
+
+
+def test_item7_server_replacement_runbook(stack, db, clean_sinks, engage, tmp_path):
+    """A new PostgreSQL server whose event ids start again at 1: engage refuses the old
+    server's checkpoint with a runbook, and following docs/runbook.md step by step (renumber
+    the new server's events past the largest id in the sinks, move the sequence, remove the
+    slot's files, run, backfill) ends with every event of both servers once in every sink,
+    none taken for a replay of another."""
+    from conftest import TestDatabase
+    from redis_expect import seen_count
+
+    new_name = "engage_t_" + secrets.token_hex(6)
+    new = TestDatabase(db.name, lib.pg_create_database(stack.pg_uri, new_name))  # slot = db.name
+    try:
+        content = "INSERT INTO content VALUES (1, 'video', 300, 't'), (2, 'podcast', 1200, 'p')"
+        db.exec(content)
+        new.exec(content)
+        env = stack.engage_env(db.uri, sinks=("clickhouse", "redis"))
+        proc = engage(*run_args(db, tmp_path), env=env)
+        wait_streaming(db, proc)
+        insert_events(db, 300, content_id=1)
+        lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 300 and seen_count(stack.redis_url) == 300,
+                     60, what="the old server's 300 events in both sinks")
+        assert proc.stop() == 0
+
+        # The old server goes away; its replacement already took 200 events, ids 1..200.
+        lib.wait_for(lambda: not slot_row(db)[0][0], 30, what="the slot to be released")
+        db.exec("SELECT pg_drop_replication_slot(%s)", (db.name,))
+        insert_events(new, 200, content_id=2)
+        state = tmp_path / "state"
+        text = (state / f"{db.name}.state").read_text()  # another server's identifier, as on a new one
+        (state / f"{db.name}.state").write_text(re.sub(r"^system_id .*$", "system_id 7000000000000000001",
+                                                       text, count=1, flags=re.M))
+        new_env = stack.engage_env(new.uri, sinks=("clickhouse", "redis"))
+        proc = engage(*run_args(db, tmp_path), env=new_env, name="engage-new-server")
+        log = exits_with_runbook(proc, r"state file belongs to server 7000000000000000001")
+        assert "docs/runbook.md" in log
+
+        # docs/runbook.md, "A new PostgreSQL server", steps 2-5.
+        m = int(lib.ch_query(stack.clickhouse_url, "SELECT max(event_id) FROM engagement.events_enriched")[0][0])
+        assert m == 300
+        new.exec("BEGIN; UPDATE engagement_events SET event_id = event_id + %s WHERE event_id <= %s; "
+                 "SELECT setval('engagement_events_event_id_seq', greatest((SELECT max(event_id) "
+                 "FROM engagement_events), %s)); COMMIT", (m, m, m))
+        for suffix in ("state", "bound", "sinks"):
+            (state / f"{db.name}.{suffix}").unlink()
+        proc = engage(*run_args(db, tmp_path), env=new_env, name="engage-after-runbook")
+        wait_streaming(new, proc)
+        backfill = engage("backfill", "--start", "-infinity", "--end", "infinity", "--state-dir",
+                          str(state), "--sinks", "clickhouse,redis", env=new_env, name="backfill")
+        assert backfill.wait(120) == 0, backfill.log_tail()
+        insert_events(new, 100, content_id=1)  # and the stream goes on
+
+        lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 600 and seen_count(stack.redis_url) == 600,
+                     60, what="600 events in both sinks")
+        want = sorted(tuple(map(str, r)) for src in (db, new) for r in src.query(
+            "SELECT event_id, content_id, user_id FROM engagement_events"))
+        got = sorted(tuple(r) for r in lib.ch_query(
+            stack.clickhouse_url, "SELECT event_id, content_id, user_id FROM engagement.events_enriched FINAL"))
+        assert got == want, "ClickHouse does not hold exactly the events of both servers"
+        r = lib.redis_client(stack.redis_url)
+        assert (r.get("content:count:1"), r.get("content:count:2")) == ("400", "200")
+        assert proc.stop() == 0, proc.log_tail()
+    finally:
+        lib.pg_drop_database(stack.pg_uri, new_name)
