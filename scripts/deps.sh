@@ -18,6 +18,7 @@ DEB_PACKAGES=(
     libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev libcmocka-dev librdkafka-dev
     clickhouse-server clickhouse-client
     curl valgrind
+    faketime  # tests/e2e/test_clock.py: engage with its clock shifted
     # operations checks (tests/ops): promtool, compose validation, man page lint
     prometheus docker-compose mandoc man-db
 )
