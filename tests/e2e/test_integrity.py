@@ -236,3 +236,36 @@ def test_item7_server_replacement_runbook(stack, db, clean_sinks, engage, tmp_pa
         assert proc.stop() == 0, proc.log_tail()
     finally:
         lib.pg_drop_database(stack.pg_uri, new_name)
+
+
+def test_item10_failed_state_save_holds_the_checkpoint(stack, db, clean_sinks, engage, tmp_path):
+    """A content change must be on file before the flush LSN passes it (events replayed
+    after a crash are enriched as they were the first time). While the state file cannot
+    be written, the slot is not confirmed past the change, and the save is tried again
+    until it works; then the file holds the new row and the slot moves on."""
+    from workload import lsn_int
+
+    db.exec("INSERT INTO content VALUES (1, 'video', 300, 't')")
+    env = stack.engage_env(db.uri, sinks=("clickhouse",))
+    proc = engage(*run_args(db, tmp_path), env=env)
+    wait_streaming(db, proc)
+    insert_events(db, 3)
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 3, 60, what="three events")
+
+    blocker = tmp_path / "state" / f"{db.name}.state.tmp"
+    blocker.mkdir()  # the save's temporary file cannot be created, even by root
+    db.exec("UPDATE content SET length_seconds = 777 WHERE content_id = 1")
+    change_lsn = lsn_int(db.scalar("SELECT pg_current_wal_insert_lsn()::text"))
+    insert_events(db, 5)
+    lib.wait_for(lambda: ch_count(stack.clickhouse_url) == 8, 60, what="the later events in ClickHouse")
+    lib.wait_for(lambda: proc.log_text().count("could not save state; checkpoint held") >= 2, 60,
+                 what="the save to fail and be tried again")
+    confirmed = lsn_int(slot_row(db)[0][1])
+    assert confirmed < change_lsn, "the slot was confirmed past a content change that is not on file"
+
+    blocker.rmdir()
+    lib.wait_for(lambda: lsn_int(slot_row(db)[0][1]) >= change_lsn, 60,
+                 what="the slot to move past the change once the save works")
+    text = (tmp_path / "state" / f"{db.name}.state").read_text()
+    assert re.search(r"^1 777 ", text, re.M), f"the state file lacks the new row:\n{text}"
+    assert proc.stop() == 0, proc.log_tail()
