@@ -47,7 +47,7 @@ elif [ "$(python3 -c 'import sys; print(sys.prefix)')" = /usr ]; then
     system_python=true
 fi
 if $system_python; then
-    DEB_PACKAGES+=(python3-pytest python3-psycopg2 python3-redis)
+    DEB_PACKAGES+=(python3-pytest python3-psycopg2 python3-redis python3-yaml)
 fi
 
 missing=()
@@ -81,13 +81,14 @@ if ! $system_python; then
     python3 -c 'import pytest' 2>/dev/null || pip_missing+=(pytest)
     python3 -c 'import psycopg2' 2>/dev/null || pip_missing+=(psycopg2-binary)
     python3 -c 'import redis' 2>/dev/null || pip_missing+=(redis)
+    python3 -c 'import yaml' 2>/dev/null || pip_missing+=(pyyaml)
     if [ "${#pip_missing[@]}" -gt 0 ]; then
         PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}"
         for p in "${pip_missing[@]}"; do echo "installed pip: $p"; done
     fi
 fi
 
-python3 -c 'import pytest, psycopg2, redis' || {
-    echo "deps.sh: python3 still cannot import pytest, psycopg2 and redis" >&2
+python3 -c 'import pytest, psycopg2, redis, yaml' || {
+    echo "deps.sh: python3 still cannot import pytest, psycopg2, redis and yaml" >&2
     exit 1
 }
