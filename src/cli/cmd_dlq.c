@@ -379,6 +379,18 @@ static void mark_seen(struct round *rr, int64_t id)
 }
 
 /* Scan callback: takes rows into the round until it is full or the position changes. */
+
+/* Why a dead-letter row of this origin is not something replay can send to the API. */
+static const char *not_replayable_why(const char *origin)
+{
+    if (strcmp(origin, "source") == 0 || strcmp(origin, "backfill") == 0)
+        return "bad input, not an event: fix the row at the source";
+    if (strcmp(origin, "clickhouse") == 0 || strcmp(origin, "redis") == 0)
+        return "that sink refused the event for good (see its reason): fix the sink (its "
+               "column or key), then backfill the event's time with --sinks set to it and "
+               "discard the row";
+    return "no event payload";
+}
 static bool gather(const struct eng_dlq_row *r, void *ctx)
 {
     struct round *rr = ctx;
@@ -395,11 +407,8 @@ static bool gather(const struct eng_dlq_row *r, void *ctx)
     mark_seen(rr, r->id);
     if (!http) {
         fprintf(stderr,
-                "engage dlq replay: row %lld (origin %s, %s) is not an event the API can take; "
-                "not replayed\n",
-                (long long)r->id, r->origin,
-                strcmp(r->origin, "source") == 0 ? "bad input: fix it at the source"
-                                                 : "no event payload");
+                "engage dlq replay: row %lld (origin %s) is not replayed: %s\n",
+                (long long)r->id, r->origin, not_replayable_why(r->origin));
         rr->refused++;
         return true;
     }
