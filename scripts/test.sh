@@ -36,23 +36,30 @@ fi
 echo "== end-to-end tests (pytest, real PostgreSQL, ClickHouse, Redis)"
 python3 -m pytest -v -rfE -p no:cacheprovider --junitxml="$logdir/e2e.xml" tests/e2e 2>&1 \
     | tee "$logdir/e2e.log"
-read -r e2e_pass e2e_fail e2e_skip < <(python3 - "$logdir/e2e.xml" <<'PY'
+echo "== operations checks (tests/ops: compose, promtool, dashboard, man page, make install)"
+python3 -m pytest -v -rfE -p no:cacheprovider --junitxml="$logdir/ops.xml" tests/ops 2>&1 \
+    | tee "$logdir/ops.log"
+# Counted with the e2e tests: passed, failed (a suite that did not run counts as one), skipped.
+read -r e2e_pass e2e_fail e2e_skip < <(python3 - "$logdir/e2e.xml" "$logdir/ops.xml" <<'PY'
 import sys, xml.etree.ElementTree as ET
-try:
-    root = ET.parse(sys.argv[1]).getroot()
-except Exception:
-    print(0, 1, 0); sys.exit()
-suites = [root] if root.tag == "testsuite" else list(root)
-t = sum(int(s.get("tests", 0)) for s in suites)
-f = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
-s = sum(int(s.get("skipped", 0)) for s in suites)
-print(t - f - s, f if t else 1, s)
+tp = tf = ts = 0
+for path in sys.argv[1:]:
+    try:
+        root = ET.parse(path).getroot()
+    except Exception:
+        tf += 1; continue
+    suites = [root] if root.tag == "testsuite" else list(root)
+    t = sum(int(s.get("tests", 0)) for s in suites)
+    f = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+    s = sum(int(s.get("skipped", 0)) for s in suites)
+    tp += t - f - s; tf += f if t else 1; ts += s
+print(tp, tf, ts)
 PY
 )
 passed=$((unit_ok + vg_ok + e2e_pass))
 failed=$((unit_fail + vg_fail + e2e_fail))
 echo
 echo "unit: $unit_ok passed, $unit_fail failed; valgrind: $vg_ok passed, $vg_fail failed;" \
-    "e2e: $e2e_pass passed, $e2e_fail failed, $e2e_skip skipped"
+    "e2e and ops: $e2e_pass passed, $e2e_fail failed, $e2e_skip skipped"
 echo "$passed passed, $failed failed, $e2e_skip skipped"
 [ "$failed" = 0 ]
