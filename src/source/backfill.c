@@ -193,10 +193,23 @@ static void show_progress(struct backfill *b, bool last)
         return;
     b->last_progress_us = now;
     double secs = (double)(now - b->started_us) / 1e6;
-    uint64_t done = b->stats->events;
+    uint64_t done = b->stats->events + b->stats->parked; /* rows of the range seen */
     double pct = b->stats->total ? 100.0 * (double)done / (double)b->stats->total : 100.0;
-    fprintf(stderr, "\rbackfill: %5.1f%%  %" PRIu64 " of %" PRIu64 " events  %.0f/s   ",
-            pct > 100.0 ? 100.0 : pct, done, b->stats->total, secs > 0 ? (double)done / secs : 0.0);
+    double rate = secs > 0 ? (double)done / secs : 0.0;
+    /* Time left at the rate so far; unknown until something was done. */
+    char eta[32] = "--:--";
+    if (done >= b->stats->total) {
+        snprintf(eta, sizeof(eta), "0:00");
+    } else if (rate > 0) {
+        uint64_t left = (uint64_t)((double)(b->stats->total - done) / rate + 0.5);
+        if (left >= 3600)
+            snprintf(eta, sizeof(eta), "%" PRIu64 ":%02u:%02u", left / 3600,
+                     (unsigned)(left / 60 % 60), (unsigned)(left % 60));
+        else
+            snprintf(eta, sizeof(eta), "%u:%02u", (unsigned)(left / 60), (unsigned)(left % 60));
+    }
+    fprintf(stderr, "\rbackfill: %5.1f%%  %" PRIu64 " of %" PRIu64 " rows  %.0f/s  ETA %s   ",
+            pct > 100.0 ? 100.0 : pct, done, b->stats->total, rate, eta);
     if (last)
         fputc('\n', stderr);
     fflush(stderr);
