@@ -4,6 +4,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../core/clock.h"
 #include "../core/log.h"
 #include "../source/backfill.h"
 #include "commands.h"
@@ -35,10 +36,26 @@ static const char usage[] =
     "  --log-level LEVEL      debug, info, warn, error (default info)\n"
     "  --config FILE          `name = value` lines with these option names (ENGAGE_CONFIG)\n"
     "\n"
+    "On a terminal, a progress line on stderr: events done of the total, rate, time left. At\n"
+    "the end, one summary line on stdout (`backfill done: ...` or `backfill stopped: ...`).\n"
+    "\n"
     "Exit status: 0 when the whole range is durable in every sink, 1 on an error, 2 on a usage\n"
     "error, 3 when stopped before the end (run it again to resume).\n";
 
 static volatile sig_atomic_t stop_requested;
+
+/* The line a person or a script reads at the end, whether or not stderr is a terminal. */
+static void print_summary(const char *what, const struct eng_backfill_stats *st, int64_t us,
+                          const char *sinks)
+{
+    double secs = (double)us / 1e6;
+    printf("backfill %s: %llu events in %.1f s (%.0f/s) to %s; %llu parked in the dead-letter "
+           "table, %llu without a content row%s\n",
+           what, (unsigned long long)st->events, secs,
+           secs > 0 ? (double)st->events / secs : 0.0, sinks, (unsigned long long)st->parked,
+           (unsigned long long)st->misses, st->resumed ? "; resumed from an earlier run" : "");
+    fflush(stdout);
+}
 
 static void on_signal(int sig)
 {
@@ -97,11 +114,14 @@ int eng_cmd_backfill(int argc, char **argv)
         .progress = isatty(STDERR_FILENO) == 1,
         .dlq = dlq,
     };
-    struct eng_backfill_stats st;
+    struct eng_backfill_stats st = {0};
     eng_info("msg=\"starting backfill\" sinks=%s", cs.names);
+    int64_t started = eng_clock_mono_us();
     int rc = eng_backfill_run(&bopt, cs.pipeline, &stop_requested, &st, &err);
     if (rc == ENG_ESTOPPED) {
         eng_warn("msg=\"%s\" events=%llu", err.msg, (unsigned long long)st.events);
+        print_summary("stopped (run it again to resume)", &st, eng_clock_mono_us() - started,
+                      cs.names);
         status = 3;
         goto out;
     }
@@ -110,6 +130,7 @@ int eng_cmd_backfill(int argc, char **argv)
     eng_info("msg=\"backfill done\" events=%llu parked=%llu content_misses=%llu resumed=%s",
              (unsigned long long)st.events, (unsigned long long)st.parked,
              (unsigned long long)st.misses, st.resumed ? "yes" : "no");
+    print_summary("done", &st, eng_clock_mono_us() - started, cs.names);
     status = 0;
     goto out;
 fail:
