@@ -12,11 +12,8 @@ RUN apt-get update \
         libcmocka-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY meson.build Makefile ./
-COPY src ./src
-COPY tests/unit ./tests/unit
-COPY tests/sinkcheck ./tests/sinkcheck
-COPY man ./man
+# The whole tree but what .dockerignore leaves out (build directories, .git, state).
+COPY . ./
 RUN meson setup /build --buildtype=release --prefix=/usr/local \
  && ninja -C /build engage \
  && install -D -m 755 /build/engage /out/usr/local/bin/engage \
