@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,14 +73,9 @@ static char *trim(char *s)
     return s;
 }
 
-/* Fills options not yet set from the config file. */
-static int read_config(struct eng_options *o, const char *path)
+/* Fills options not yet set from the lines of f (path names it in messages). */
+static int read_config_stream(struct eng_options *o, FILE *f, const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        fprintf(stderr, "engage: could not open config file \"%s\": %s\n", path, strerror(errno));
-        return -1;
-    }
     char *line = NULL;
     size_t cap = 0;
     int lineno = 0, rc = 0;
@@ -106,6 +102,32 @@ static int read_config(struct eng_options *o, const char *path)
             o->v[id] = eng_strdup(val);
     }
     free(line);
+    return rc;
+}
+
+/* Fills options not yet set from the config file. */
+static int read_config(struct eng_options *o, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "engage: could not open config file \"%s\": %s\n", path, strerror(errno));
+        return -1;
+    }
+    int rc = read_config_stream(o, f, path);
+    fclose(f);
+    return rc;
+}
+
+int eng_options_config_text(struct eng_options *o, const char *text, size_t len, const char *name)
+{
+    if (len == 0)
+        return 0; /* fmemopen refuses an empty buffer; an empty file sets nothing */
+    FILE *f = fmemopen((void *)(uintptr_t)text, len, "r");
+    if (f == NULL) {
+        fprintf(stderr, "engage: could not read config \"%s\": %s\n", name, strerror(errno));
+        return -1;
+    }
+    int rc = read_config_stream(o, f, name);
     fclose(f);
     return rc;
 }

@@ -55,6 +55,12 @@ int eng_options_parse(struct eng_options *o, int argc, char **argv, const char *
 
 void eng_options_free(struct eng_options *o);
 
+/* Reads config-file text (len bytes, not necessarily NUL-terminated) into the options not
+ * set yet, as --config does with a file; name is used in messages. Returns 0 or -1 after
+ * printing why. For the fuzz target and eng_options_parse; any thread. */
+int eng_options_config_text(struct eng_options *o, const char *text, size_t len,
+                            const char *name);
+
 /* The value of id, or NULL. */
 const char *eng_opt(const struct eng_options *o, enum eng_opt_id id);
 

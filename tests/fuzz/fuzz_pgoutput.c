@@ -1,11 +1,8 @@
-/* libFuzzer harness for the pgoutput decoder.
- *
- * Build and run (clang only; not in meson.build):
- *   clang -std=c17 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
- *       tests/fuzz/fuzz_pgoutput.c src/decode/pgoutput.c src/core/error.c -o fuzz_pgoutput
- *   mkdir -p corpus && n=0 && grep -v '^#' tests/unit/data/pgoutput_v1*.hex |
- *       while read -r h; do n=$((n+1)); printf '%s' "$h" | xxd -r -p > corpus/rec$n; done
- *   ./fuzz_pgoutput -max_total_time=300 corpus
+/* Fuzz target for the pgoutput decoder, built by meson (tests/fuzz/meson.build) and run for
+ * a bounded time by `make test` (meson test --suite fuzz) from the recorded messages in
+ * tests/unit/data/pgoutput_v1*.hex. By hand, longer:
+ *   FUZZ_SECONDS=300 meson test -C build-asan --suite fuzz pgoutput
+ * or with clang as a libFuzzer target: meson setup ... -Dlibfuzzer=true.
  *
  * The input is decoded twice: once whole, as one message (so the recorded messages are
  * good seeds), then as a sequence of messages, each prefixed by a 2-byte big-endian length,
