@@ -1,16 +1,18 @@
 # engage: the README's commands. Meson does the building; this file only wires steps.
 #   make          build ./build/engage (release-ish: -O2 -g)
 #   make demo     install what is missing, build, start a local stack, stream sample events
-#   make test     install what is missing, build with ASan+UBSan, run every test
+#   make test     install what is missing, build with ASan+UBSan and with TSan, run every test
+#                 (unit, fuzz targets for a bounded time, valgrind, TSan, end-to-end)
 #   make bench    the benchmarks in bench/ (figures printed, baseline in the same run)
 #   make install  the binary, man page, systemd unit, sysusers entry, alerts and dashboard
 #                 under PREFIX (/usr/local), staged under DESTDIR when set; make uninstall
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 SAN_FLAGS  := -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all build asan deps demo test unit e2e bench clean format install uninstall
+.PHONY: all build asan tsan fuzz deps demo test unit e2e bench clean format install uninstall
 
 PREFIX         ?= /usr/local
 BINDIR         ?= $(PREFIX)/bin
@@ -36,20 +38,29 @@ $(ASAN_BUILD)/build.ninja:
 	meson setup $(ASAN_BUILD) --buildtype=debug -Db_sanitize=address,undefined \
 	    -Db_lundef=false -Dc_args="$(SAN_FLAGS)" -Dc_link_args="$(SAN_FLAGS)"
 
+$(TSAN_BUILD)/build.ninja:
+	meson setup $(TSAN_BUILD) --buildtype=debug -Db_sanitize=thread -Db_lundef=false
+
 build: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
 asan: $(ASAN_BUILD)/build.ninja
 	ninja -C $(ASAN_BUILD)
 
+tsan: $(TSAN_BUILD)/build.ninja
+	ninja -C $(TSAN_BUILD)
+
 demo: deps build
 	@bash scripts/demo.sh $(BUILD)/engage
 
-test: deps build asan
-	@bash scripts/test.sh $(ASAN_BUILD)
+test: deps build asan tsan
+	@TSAN_BUILD=$(TSAN_BUILD) bash scripts/test.sh $(ASAN_BUILD)
 
 unit: asan
-	meson test -C $(ASAN_BUILD) --print-errorlogs
+	meson test -C $(ASAN_BUILD) --no-suite fuzz --print-errorlogs
+
+fuzz: asan
+	meson test -C $(ASAN_BUILD) --suite fuzz --print-errorlogs
 
 e2e: asan
 	ENGAGE_BIN=$(ASAN_BUILD)/engage python3 -m pytest -q tests/e2e
@@ -80,4 +91,4 @@ format:
 	clang-format -i src/*/*.c src/*/*.h tests/unit/*.c
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)
