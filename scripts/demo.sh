@@ -82,22 +82,38 @@ wait_until "the API to receive the 5 events" 30 api_has_5
 echo "== engage backfill --start '-infinity' --end now: the 2 events from before the slot (the"
 echo "   streamed events in the range are delivered again and change nothing)"
 "$engage" backfill --start '-infinity' --end "$(date -u '+%Y-%m-%d %H:%M:%S')" \
-    --state-dir "$dir/state" 2>&1 | grep -E 'backfill (starting|done)' | sed 's/^/  /'
+    --state-dir "$dir/state" 2>>"$dir/backfill.log" | sed 's/^/  /'
 wait_until "ClickHouse to hold all 7 events" 30 ch_has 7
 
 echo
 echo "== ClickHouse: SELECT * FROM engagement.events_enriched FINAL"
 curl -s "$ENGAGE_CLICKHOUSE" --data-binary \
     'SELECT * FROM engagement.events_enriched FINAL ORDER BY event_id FORMAT PrettyCompactNoEscapes'
+cat <<'EOF'
+  7 rows: the 5 events streamed as they were inserted, and events 1 and 2 from yesterday,
+  which existed before engage's slot and came through the backfill.
+  Event 5: its content has no length_seconds, so the derived fields are NULL.
+  Event 7: content_id 42 has no row in `content`. The event is still delivered, with the
+  content fields and the derived ones NULL, and counted in engage_enrich_misses_total.
+EOF
 echo
 echo "== Redis"
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 for k in $(rcli --scan --pattern 'content:count:*' | sort); do echo "$k = $(rcli get "$k")"; done
 echo "content:last:1 = $(rcli get content:last:1)"
 echo "top:content:10m (content_id score) = $(rcli zrevrange top:content:10m 0 -1 withscores | paste -sd' ')"
+cat <<'EOF'
+  content:count:1 is 3: every event of content 1, yesterday's included. top:content:10m gives
+  content 1 only 2: it counts the last 10 minutes of event time, and yesterday's event is
+  older than the minute buckets' 15-minute TTL, so it touches no bucket.
+EOF
 echo
 echo "== external API (mock): GET /stats"
 curl -s "$ENGAGE_HTTP/stats"; echo
+cat <<'EOF'
+  The API received 5 events, ClickHouse and Redis 7: the backfill writes to ClickHouse and
+  Redis only, unless --sinks names the API too (engage backfill --sinks clickhouse,redis,http).
+EOF
 echo
 echo "== engage /metrics (excerpt)"
 curl -s "http://$ENGAGE_ADMIN_ADDR/metrics" | grep -E '^engage_(source_events|sink_acked_events|enrich_misses)' || true
@@ -108,4 +124,8 @@ echo
 echo "== engage top"
 "$engage" top | cat
 echo
-echo "demo: done (logs in $dir while it runs)"
+if [ -n "${ENGAGE_DEMO_KEEP:-}" ]; then
+    echo "demo: done; logs in $dir (engage.log, mock-api.log, backfill.log, stack/)"
+else
+    echo "demo: done; the stack and its logs in $dir are removed now (ENGAGE_DEMO_KEEP=1 keeps them)"
+fi
