@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,13 +28,113 @@
 #define ADMIN_PER_IP_CONNECTIONS   16
 #define ADMIN_CONNECTION_TIMEOUT_S 3
 #define ADMIN_CONNECTION_MEMORY    (16 * 1024)
+/* A request's headers must be complete this long after its connection opened or the previous
+ * answer was sent, however slowly they trickle in (which the inactivity timeout alone cannot
+ * catch); a reaper thread shuts such connections down. */
+#define ADMIN_HEADER_DEADLINE_US (5 * 1000000)
+#define ADMIN_REAP_TICK_MS       250
 #define READY_WHY_LEN              1024
+
+/* One open connection, for the header deadline. The slot is freed (fd invalid) by MHD's
+ * closed notification, which comes before MHD closes the socket, and the reaper shuts a
+ * socket down only under the same lock: it never touches a descriptor MHD has let go. */
+struct admin_conn {
+    MHD_socket fd;   /* MHD_INVALID_SOCKET: a free slot */
+    bool waiting;    /* for a request's headers, since since_us */
+    int64_t since_us;
+};
 
 struct eng_admin {
     struct MHD_Daemon *daemon;
     struct eng_admin_hooks hooks;
     uint16_t port;
+
+    pthread_mutex_t lock; /* guards conns and stopping */
+    pthread_cond_t cond;  /* CLOCK_MONOTONIC; wakes the reaper to stop */
+    bool stopping;
+    bool reaper_started;
+    pthread_t reaper;
+    struct admin_conn conns[ADMIN_MAX_CONNECTIONS];
 };
+
+static struct admin_conn *conn_slot(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci != NULL ? ci->socket_context : NULL;
+}
+
+/* On MHD's thread: a connection opened or closed. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct eng_admin *a = cls;
+    pthread_mutex_lock(&a->lock);
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        for (size_t i = 0; ci != NULL && i < ADMIN_MAX_CONNECTIONS; i++) {
+            struct admin_conn *s = &a->conns[i];
+            if (s->fd == MHD_INVALID_SOCKET) {
+                s->fd = ci->connect_fd;
+                s->waiting = true;
+                s->since_us = eng_clock_mono_us();
+                *socket_context = s;
+                break;
+            }
+        }
+    } else if (*socket_context != NULL) {
+        struct admin_conn *s = *socket_context;
+        s->fd = MHD_INVALID_SOCKET;
+        s->waiting = false;
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&a->lock);
+}
+
+/* On MHD's thread: the headers of a request are in (waiting = false), or its answer was
+ * sent and the connection waits for the next request (waiting = true). */
+static void conn_set_waiting(struct eng_admin *a, struct MHD_Connection *c, bool waiting)
+{
+    struct admin_conn *s = conn_slot(c);
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&a->lock);
+    s->waiting = waiting;
+    s->since_us = eng_clock_mono_us();
+    pthread_mutex_unlock(&a->lock);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)req_cls;
+    (void)toe;
+    conn_set_waiting(cls, c, true);
+}
+
+static void *reaper_main(void *arg)
+{
+    struct eng_admin *a = arg;
+    pthread_mutex_lock(&a->lock);
+    while (!a->stopping) {
+        int64_t now = eng_clock_mono_us();
+        for (size_t i = 0; i < ADMIN_MAX_CONNECTIONS; i++) {
+            struct admin_conn *s = &a->conns[i];
+            if (s->fd != MHD_INVALID_SOCKET && s->waiting &&
+                now - s->since_us > ADMIN_HEADER_DEADLINE_US) {
+                shutdown(s->fd, SHUT_RDWR); /* MHD sees the end and closes it */
+                s->waiting = false;
+            }
+        }
+        int64_t until = now + ADMIN_REAP_TICK_MS * 1000;
+        struct timespec ts = {.tv_sec = (time_t)(until / 1000000),
+                              .tv_nsec = (long)(until % 1000000) * 1000};
+        pthread_cond_timedwait(&a->cond, &a->lock, &ts);
+    }
+    pthread_mutex_unlock(&a->lock);
+    return NULL;
+}
 
 int eng_admin_parse_addr(const char *host_port, char *host, size_t hostlen, uint16_t *port,
                          struct eng_error *err)
@@ -202,6 +303,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     (void)upload_data;
     (void)upload_data_size;
     (void)req_cls;
+    conn_set_waiting(a, c, false);
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return reply_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
     if (strcmp(url, "/metrics") == 0)
@@ -231,6 +333,14 @@ struct eng_admin *eng_admin_start(const char *host_port, struct eng_admin_hooks 
     struct eng_admin *a = eng_calloc(1, sizeof(*a));
     a->hooks = hooks;
     a->port = eng_net_bound_port(fd);
+    for (size_t i = 0; i < ADMIN_MAX_CONNECTIONS; i++)
+        a->conns[i].fd = MHD_INVALID_SOCKET;
+    pthread_mutex_init(&a->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&a->cond, &ca);
+    pthread_condattr_destroy(&ca);
     a->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         on_request, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, or MHD says so */
@@ -238,9 +348,17 @@ struct eng_admin *eng_admin_start(const char *host_port, struct eng_admin_hooks 
         (unsigned int)ADMIN_MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         (unsigned int)ADMIN_PER_IP_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)ADMIN_CONNECTION_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)ADMIN_CONNECTION_MEMORY, MHD_OPTION_END);
-    if (a->daemon == NULL) {
-        close(fd);
+        (size_t)ADMIN_CONNECTION_MEMORY, MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, a, MHD_OPTION_END);
+    if (a->daemon != NULL && pthread_create(&a->reaper, NULL, reaper_main, a) == 0)
+        a->reaper_started = true;
+    if (a->daemon == NULL || !a->reaper_started) {
+        if (a->daemon != NULL)
+            MHD_stop_daemon(a->daemon); /* closes fd */
+        else
+            close(fd);
+        pthread_cond_destroy(&a->cond);
+        pthread_mutex_destroy(&a->lock);
         free(a);
         eng_error_set(err, ENG_EIO, false, "could not serve on \"%.100s\": libmicrohttpd failed",
                       host_port);
@@ -260,6 +378,13 @@ void eng_admin_stop(struct eng_admin *a)
 {
     if (a == NULL)
         return;
+    pthread_mutex_lock(&a->lock);
+    a->stopping = true;
+    pthread_cond_signal(&a->cond);
+    pthread_mutex_unlock(&a->lock);
+    pthread_join(a->reaper, NULL); /* first: it must not shut down a socket MHD closes */
     MHD_stop_daemon(a->daemon);
+    pthread_cond_destroy(&a->cond);
+    pthread_mutex_destroy(&a->lock);
     free(a);
 }
