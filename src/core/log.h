@@ -8,7 +8,8 @@
  *   as `\"` and `\\`, and control characters as `\n`, `\r`, `\t` or `\xNN`;
  * - outside quotes, a value that is empty or holds a space, `=`, `"`, `\` or a control
  *   character is written quoted as a whole, escaped the same way.
- * Numbers are written as printf writes them. A line longer than the buffer is cut, its open
+ * Numbers are written as printf writes them; a string's precision (%.*s) is honoured, its
+ * width ignored. A line longer than the buffer is cut, its open
  * quote closed and `truncated=true` appended. Every line starts with ts= and level=, then the
  * format, which must start with msg=. */
 #ifndef ENG_LOG_H
