@@ -54,8 +54,9 @@ def test_item5_http_rate_spaces_every_request(stack, db, engage, tmp_path):
     busiest = max(sum(1 for x in t[i:] if x < t[i] + 1000) for i in range(len(t)))
     span = (t[-1] - t[0]) / 1000
     print(f"--http-rate {rate}: {n} requests over {span:.2f} s, at most {busiest} in any second")
-    # spaced 50 ms apart: 20 in any second (one more for the arrival jitter on loopback)
-    assert busiest <= rate + 1, busiest
+    # sent 50 ms apart: 20 in any second of sending; the mock's arrival times add the jitter
+    # of its threads' scheduling, which can squeeze one or two more into a second
+    assert busiest <= rate + 2, busiest
     assert span >= (n - 1) / rate * 0.9, span
     assert proc.stop() == 0
 
