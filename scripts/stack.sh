@@ -184,7 +184,11 @@ pg_init() {
         die "initdb failed (log: $DIR/pg/initdb.log)"
     fi
     as_pg tee "$DIR/pg/data/pg_hba.conf" >/dev/null <<'EOF'
-# written by engage scripts/stack.sh: loopback only, no passwords
+# written by engage scripts/stack.sh: loopback only, no passwords but for the role
+# engage_pw, which tests use to see a wrong password refused (it does not exist until a
+# test creates it)
+host    all          engage_pw   127.0.0.1/32  scram-sha-256
+host    replication  engage_pw   127.0.0.1/32  scram-sha-256
 local   all          all                 trust
 local   replication  all                 trust
 host    all          all   127.0.0.1/32  trust

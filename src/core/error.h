@@ -17,7 +17,13 @@ enum eng_errcode {
     ENG_EAGAIN = -5,   /* try again later (timeout, queue full) */
     ENG_ESTOPPED = -6, /* shutdown was requested */
     ENG_EFATAL = -7,   /* cannot continue without an operator (dropped slot, ...) */
+    /* A server refused us for a reason of configuration: authentication, rights, a missing
+     * database. Retriable for a short while only (ENG_DENIED_GRACE_US: a server that is
+     * starting or being reconfigured may refuse briefly), then fatal. */
+    ENG_EDENIED = -8,
 };
+
+#define ENG_DENIED_GRACE_US INT64_C(20000000)
 
 /* The error kept by a module or returned through an out-parameter: the code, whether the
  * operation may succeed when retried (decided where the error is understood), and a

@@ -52,6 +52,7 @@ struct sink_lane {
     char last_error[sizeof(((struct eng_error *)0)->msg)];
     struct eng_dlq *dlq; /* this lane's own connection to the dead-letter table, or NULL */
     uint32_t parked;     /* events parked while writing the current batch */
+    int64_t denied_since_us; /* first of the ENG_EDENIED failures in a row (0: none) */
     /* metrics */
     struct eng_counter *m_batches, *m_events, *m_failures, *m_spilled, *m_parked;
     struct eng_histogram *m_latency, *m_write;
@@ -74,6 +75,12 @@ struct eng_pipeline {
     bool stopping;
     atomic_bool failed;
     struct eng_error failure; /* the first permanent error, guarded by lock */
+    /* The source's connection, as it reports it (guarded by lock); NULL name: no source has
+     * reported, and readiness is the sinks' alone. */
+    const char *source_name;
+    bool source_ok;
+    char source_error[200];
+    struct eng_gauge *m_source_connected;
     struct eng_histogram *m_batch_size;
     struct eng_counter *m_skipped;
     /* The progress file, rewritten after every acknowledgement (NULL: not kept). */
@@ -99,6 +106,18 @@ static void deadline_from_now(struct timespec *ts, int64_t us)
     int64_t ns = ts->tv_nsec + (us % 1000000) * 1000;
     ts->tv_sec += (time_t)(us / 1000000 + ns / 1000000000);
     ts->tv_nsec = (long)(ns % 1000000000);
+}
+
+static void lane_set_health(struct sink_lane *l, bool ok, const char *msg);
+
+/* A sink's report of one attempt inside a write (see eng_sink.report). */
+static void lane_report(struct eng_sink *s, bool ok, const char *why)
+{
+    struct sink_lane *l = s->report_ctx;
+    if (!ok)
+        eng_counter_add(l->m_failures, 1);
+    if (ok != l->healthy || !ok)
+        lane_set_health(l, ok, ok ? "" : why);
 }
 
 static int lane_park(struct eng_sink *s, const struct eng_batch *b, const struct eng_event *e,
@@ -147,6 +166,9 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
     pthread_mutex_init(&p->progress_lock, NULL);
     p->m_skipped = eng_metrics_counter("engage_sink_skipped_events_total", NULL,
                                        "Redelivered events a sink had already made durable");
+    p->m_source_connected =
+        eng_metrics_gauge("engage_source_connected", NULL,
+                          "1 while the source is connected and streaming, 0 while it is not");
     p->m_batch_size = eng_metrics_histogram("engage_batch_close_age_seconds", NULL,
                                             "Age of a batch when it was submitted");
     p->lanes = eng_calloc(n, sizeof(*p->lanes));
@@ -160,6 +182,8 @@ struct eng_pipeline *eng_pipeline_create(struct eng_sink **sinks, size_t n,
         l->ring = eng_calloc(p->depth, sizeof(*l->ring));
         l->take = eng_calloc(p->depth, sizeof(*l->take));
         l->healthy = true;
+        l->sink->report = lane_report;
+        l->sink->report_ctx = l;
         cond_init(&l->not_empty);
         if (opt != NULL && opt->dlq_conninfo != NULL) {
             l->dlq = eng_dlq_create(opt->dlq_conninfo, opt->dlq_table);
@@ -244,7 +268,10 @@ static void pipeline_fail(struct eng_pipeline *p, const char *sink, const struct
     eng_error("msg=\"sink failed permanently; stopping\" sink=%s error=\"%s\"", sink, err->msg);
 }
 
-enum { TRY_DURABLE, TRY_REFUSED, TRY_STOPPED };
+/* TRY_BROKEN: the sink itself cannot work (it cannot be opened for good, or its server has
+ * refused us for configuration reasons for longer than ENG_DENIED_GRACE_US): no event is at
+ * fault and the pipeline stops. */
+enum { TRY_DURABLE, TRY_REFUSED, TRY_STOPPED, TRY_BROKEN };
 
 /* Writes b (or spills it) until it is durable, retrying retriable errors with backoff.
  * TRY_REFUSED: the sink refused it with an error that retrying cannot change (err set). */
@@ -255,7 +282,8 @@ static int lane_try(struct sink_lane *l, bool *open, struct eng_backoff *bo,
     for (;;) {
         eng_error_clear(err);
         int rc = 0;
-        if (!*open) {
+        bool opening = !*open;
+        if (opening) {
             rc = eng_sink_open(l->sink, err);
             if (rc == 0)
                 *open = true;
@@ -270,6 +298,7 @@ static int lane_try(struct sink_lane *l, bool *open, struct eng_backoff *bo,
                     lane_set_health(l, true, "");
                 }
                 eng_backoff_reset(bo);
+                l->denied_since_us = 0;
                 return TRY_DURABLE;
             }
         }
@@ -279,8 +308,17 @@ static int lane_try(struct sink_lane *l, bool *open, struct eng_backoff *bo,
             eng_sink_close(l->sink);
             *open = false;
         }
+        if (err->code == ENG_EDENIED) {
+            int64_t now = eng_clock_mono_us();
+            if (l->denied_since_us == 0)
+                l->denied_since_us = now;
+            if (now - l->denied_since_us > ENG_DENIED_GRACE_US)
+                return TRY_BROKEN;
+        } else {
+            l->denied_since_us = 0;
+        }
         if (!err->retriable)
-            return TRY_REFUSED;
+            return opening ? TRY_BROKEN : TRY_REFUSED;
         int64_t delay = eng_backoff_next(bo);
         if (!lane_sleep(l, delay))
             return TRY_STOPPED;
@@ -346,7 +384,12 @@ static bool lane_deliver(struct sink_lane *l, bool *open, struct eng_backoff *bo
                           "fault (last: %s)",
                           l->parked, err.msg);
     }
-    if (rc == TRY_REFUSED)
+    if (rc == TRY_BROKEN)
+        eng_error_set(&err, ENG_EFATAL, false,
+                      "%s (runbook: the %s sink cannot work as configured: check its URL, user, "
+                      "password and rights, then start engage again)",
+                      err.msg, l->sink->ops->name);
+    if (rc == TRY_REFUSED || rc == TRY_BROKEN)
         pipeline_fail(l->p, l->sink->ops->name, &err);
     return rc == TRY_DURABLE;
 }
@@ -860,6 +903,17 @@ bool eng_pipeline_wait_idle(struct eng_pipeline *p, int64_t timeout_us)
     return idle;
 }
 
+void eng_pipeline_source_health(struct eng_pipeline *p, const char *source, bool ok,
+                                const char *why)
+{
+    pthread_mutex_lock(&p->lock);
+    p->source_name = source;
+    p->source_ok = ok;
+    snprintf(p->source_error, sizeof(p->source_error), "%s", ok ? "" : why);
+    eng_gauge_set(p->m_source_connected, ok ? 1 : 0);
+    pthread_mutex_unlock(&p->lock);
+}
+
 bool eng_pipeline_healthy(struct eng_pipeline *p, char *why, size_t whylen)
 {
     bool ok = true;
@@ -867,12 +921,17 @@ bool eng_pipeline_healthy(struct eng_pipeline *p, char *why, size_t whylen)
     if (whylen > 0)
         why[0] = '\0';
     pthread_mutex_lock(&p->lock);
+    if (p->source_name != NULL) {
+        ok = p->source_ok;
+        int w = snprintf(why, whylen, "source=%s", p->source_ok ? "ok" : p->source_error);
+        used += w > 0 ? (size_t)w : 0;
+    }
     for (size_t i = 0; i < p->nlanes; i++) {
         struct sink_lane *l = &p->lanes[i];
         ok = ok && l->healthy;
         if (used < whylen) {
-            int w = snprintf(why + used, whylen - used, "%s%s=%s", i ? " " : "", l->sink->ops->name,
-                             l->healthy ? "ok" : l->last_error);
+            int w = snprintf(why + used, whylen - used, "%s%s=%s", used ? " " : "",
+                             l->sink->ops->name, l->healthy ? "ok" : l->last_error);
             used += w > 0 ? (size_t)w : 0;
         }
     }

@@ -77,6 +77,12 @@ bool eng_pipeline_wait_idle(struct eng_pipeline *p, int64_t timeout_us);
 /* Sink health for /readyz and status: writes "name=ok" or "name=<last error>" per sink. */
 bool eng_pipeline_healthy(struct eng_pipeline *p, char *why, size_t whylen);
 
+/* The source says whether it is connected and streaming (source is a static name, why the
+ * reason when not); from then on eng_pipeline_healthy covers it, and the gauge
+ * engage_source_connected follows it. Any thread. */
+void eng_pipeline_source_health(struct eng_pipeline *p, const char *source, bool ok,
+                                const char *why);
+
 /* Stops the sink threads after their current write; queued batches are abandoned (the
  * source redelivers them after the checkpoint). NULL is a no-op. */
 void eng_pipeline_stop(struct eng_pipeline *p);

@@ -345,6 +345,15 @@ static int http_error(struct eng_error *err, const char *what, long status,
     bool retriable = eng_clickhouse_retriable(status, code);
     char msg[EXCERPT_LEN + 1];
     excerpt(body, resp->len, msg, sizeof(msg));
+    /* UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD, IP_ADDRESS_NOT_ALLOWED,
+     * DATABASE_ACCESS_DENIED, ACCESS_DENIED, AUTHENTICATION_FAILED; HTTP 401 and 403. */
+    static const int denied[] = {192, 193, 194, 195, 291, 497, 516};
+    bool is_denied = status == 401 || status == 403;
+    for (size_t i = 0; i < sizeof(denied) / sizeof(denied[0]); i++)
+        is_denied = is_denied || code == denied[i];
+    if (is_denied)
+        return eng_error_set(err, ENG_EDENIED, true, "clickhouse: %s failed: HTTP %ld: %s", what,
+                             status, msg);
     return eng_error_set(err, retriable ? ENG_EIO : ENG_EINVAL, retriable,
                          "clickhouse: %s failed: HTTP %ld: %s", what, status, msg);
 }

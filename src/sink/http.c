@@ -398,6 +398,7 @@ static bool finish_attempt(struct http_sink *s, struct http_slot *sl, CURLcode r
     r->last_status = status;
 
     if (out == ENG_HTTP_DELIVERED) {
+        eng_sink_report(&s->base, true, NULL);
         r->state = REQ_DONE;
         eng_buf_free(&r->body);
         eng_counter_add(s->m_events, r->n);
@@ -423,6 +424,10 @@ static bool finish_attempt(struct http_sink *s, struct http_slot *sl, CURLcode r
         snprintf(r->last_error, sizeof(r->last_error), "HTTP %ld%s%.80s", status,
                  snip[0] ? ": " : "", snip);
     }
+
+    char report[sizeof(r->last_error) + 32];
+    snprintf(report, sizeof(report), "http: %s", r->last_error);
+    eng_sink_report(&s->base, false, report);
 
     int64_t retry_after = 0;
     struct curl_header *hdr = NULL;

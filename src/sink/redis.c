@@ -458,6 +458,15 @@ static bool reply_error_retriable(const char *msg)
     return false;
 }
 
+/* A wrong password or user, no rights, a database the server does not have: an operator's
+ * fix (ENG_EDENIED: retried for a short while, then fatal). */
+static bool reply_denied(const char *msg)
+{
+    return strncmp(msg, "WRONGPASS", 9) == 0 || strncmp(msg, "NOAUTH", 6) == 0 ||
+           strncmp(msg, "NOPERM", 6) == 0 || strstr(msg, "invalid password") != NULL ||
+           strstr(msg, "DB index is out of range") != NULL;
+}
+
 /* Runs one command. On success returns 0 and *out (freed by the caller); a connection
  * failure drops the connection and returns a retriable ENG_EIO; an error reply returns
  * ENG_EIO classified by reply_error_retriable, with what as the message's subject. The
@@ -476,8 +485,10 @@ static int command(struct redis_sink *r, int argc, const char **argv, const size
     }
     if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) != 0 &&
         strncmp(reply->str, "ENGAGE_LOST", 11) != 0) {
-        bool retriable = reply_error_retriable(reply->str);
-        int rc = eng_error_set(err, ENG_EIO, retriable, "redis %s failed: %s", what, reply->str);
+        bool denied = reply_denied(reply->str);
+        bool retriable = denied || reply_error_retriable(reply->str);
+        int rc = eng_error_set(err, denied ? ENG_EDENIED : ENG_EIO, retriable, "redis %s failed: %s",
+                               what, reply->str);
         freeReplyObject(reply);
         if (retriable)
             drop_connection(r);
@@ -629,7 +640,9 @@ static int setup_command(redisContext *c, const struct eng_redis_url *u, int arg
         return eng_error_set(err, ENG_EIO, true, "redis %s failed on \"%s:%d\": %s", argv[0],
                              u->host, u->port, c->errstr);
     int rc = 0;
-    if (reply->type == REDIS_REPLY_ERROR)
+    if (reply->type == REDIS_REPLY_ERROR && reply_denied(reply->str))
+        rc = eng_error_set(err, ENG_EDENIED, true, "redis %s failed: %s", argv[0], reply->str);
+    else if (reply->type == REDIS_REPLY_ERROR)
         rc = eng_error_set(err, ENG_EIO, reply_error_retriable(reply->str), "redis %s failed: %s",
                            argv[0], reply->str);
     freeReplyObject(reply);

@@ -52,7 +52,19 @@ struct eng_sink {
     int (*park)(struct eng_sink *s, const struct eng_batch *b, const struct eng_event *e,
                 const char *reason, struct eng_error *err);
     void *park_ctx;
+    /* Set by the pipeline before the first open (NULL: nobody listens): a sink that retries
+     * inside one write (the HTTP sink) reports each failed attempt (ok false, why) and each
+     * success, so that readiness and engage_sink_write_failures_total see a failing server
+     * while the write goes on. The sink's own thread only. */
+    void (*report)(struct eng_sink *s, bool ok, const char *why);
+    void *report_ctx;
 };
+
+static inline void eng_sink_report(struct eng_sink *s, bool ok, const char *why)
+{
+    if (s->report != NULL)
+        s->report(s, ok, why);
+}
 
 static inline int eng_sink_open(struct eng_sink *s, struct eng_error *err)
 {

@@ -314,6 +314,24 @@ static int check_checkpoint(struct pgsrc *s, const struct eng_pg_state *st, bool
     return 0;
 }
 
+/* Drops the slot this start has just created, when what must follow its creation failed: a
+ * start that fails must not leave a slot behind pinning WAL. */
+static void drop_new_slot(struct pgsrc *s)
+{
+    char sql[160];
+    snprintf(sql, sizeof(sql), "DROP_REPLICATION_SLOT %s", s->opt->slot);
+    PGresult *r = PQexec(s->repl, sql);
+    if (PQresultStatus(r) == PGRES_COMMAND_OK)
+        eng_info("msg=\"dropped the replication slot this start created\" slot=%s",
+                 s->opt->slot);
+    else
+        eng_error("msg=\"could not drop the replication slot this start created; drop it by "
+                  "hand\" slot=%s error=\"%s\"",
+                  s->opt->slot, PQerrorMessage(s->repl));
+    PQclear(r);
+    eng_content_cache_clear(s->durable);
+}
+
 /* Makes sure the slot exists (creating it, with its snapshot's content, if this is a fresh
  * start) and that the caches belong to the checkpoint. Sets *start to the position to
  * stream from. */
@@ -418,10 +436,11 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
         snprintf(snapshot, sizeof(snapshot), "%s", PQgetvalue(r, 0, 2));
         PQclear(r);
         /* The snapshot stays valid while the replication connection runs no other command. */
-        if (eng_pg_load_content(s->conn, snapshot, s->durable, err) != 0)
+        if (eng_pg_load_content(s->conn, snapshot, s->durable, err) != 0 ||
+            save_state(s, consistent, err) != 0 || save_bound(s, consistent, err) != 0) {
+            drop_new_slot(s);
             return err->code;
-        if (save_state(s, consistent, err) != 0 || save_bound(s, consistent, err) != 0)
-            return err->code;
+        }
         s->confirmed = consistent;
         eng_info("msg=\"created replication slot\" slot=%s content_rows=%u", slot,
                  eng_content_cache_count(s->durable));
@@ -1016,6 +1035,7 @@ static int session(struct pgsrc *s, struct eng_error *err)
     PQclear(r);
     eng_info("msg=\"streaming\" slot=%s publication=%s from=%s", s->opt->slot, s->opt->publication,
              lsn);
+    eng_pipeline_source_health(s->p, "pg", true, NULL);
     s->dec = eng_pgo_decoder_create();
     s->batch = eng_batch_create(s->opt->batch_max_events);
     s->batch_deadline = 0;
@@ -1073,9 +1093,12 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
     struct eng_backoff bo;
     eng_backoff_init(&bo, 200000, 10000000, (uint64_t)eng_clock_mono_us());
     int rc = 0;
+    int64_t denied_since = 0; /* first of the ENG_EDENIED failures in a row */
+    eng_pipeline_source_health(p, "pg", false, "connecting");
     for (;;) {
         eng_error_clear(err);
         rc = session(&s, err);
+        eng_pipeline_source_health(p, "pg", false, rc == 0 ? "stopped" : err->msg);
         if (eng_pipeline_failed(p, err)) {
             rc = ENG_EFATAL;
             break;
@@ -1083,6 +1106,16 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
         if (rc == ENG_ESTOPPED || *stop) {
             rc = 0;
             break;
+        }
+        if (rc == ENG_EDENIED) {
+            if (denied_since == 0)
+                denied_since = eng_clock_mono_us();
+            if (eng_clock_mono_us() - denied_since > ENG_DENIED_GRACE_US) {
+                rc = ENG_EFATAL;
+                break;
+            }
+        } else {
+            denied_since = 0;
         }
         if (rc == ENG_EFATAL || (rc != 0 && !err->retriable))
             break;

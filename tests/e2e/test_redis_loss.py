@@ -20,17 +20,19 @@ from workload import Workload
 class BareRedis:
     """A redis-server of this test's own: no snapshot, no append-only file."""
 
-    def __init__(self, dir):
+    def __init__(self, dir, password=None):
         self.dir = dir
         self.port = lib.free_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
+        self.password = password
+        self.url = f"redis://{':' + password + '@' if password else ''}127.0.0.1:{self.port}"
         self.proc = None
         self.log = open(dir / "redis.log", "ab")
 
     def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
+             "--appendonly", "no", "--dir", str(self.dir),
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=self.log, stderr=subprocess.STDOUT)
 
         def answers():
