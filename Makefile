@@ -84,8 +84,8 @@ install: build
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
-	-rmdir $(DESTDIR)$(DATADIR)/prometheus $(DESTDIR)$(DATADIR)/grafana $(DESTDIR)$(DATADIR) \
-	    $(DESTDIR)$(DOCDIR) 2>/dev/null
+	rmdir $(DESTDIR)$(DATADIR)/prometheus $(DESTDIR)$(DATADIR)/grafana $(DESTDIR)$(DATADIR) \
+	    $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 
 format:
 	clang-format -i src/*/*.c src/*/*.h tests/unit/*.c
