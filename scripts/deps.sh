@@ -19,8 +19,8 @@ DEB_PACKAGES=(
     clickhouse-server clickhouse-client
     curl valgrind
     faketime  # tests/e2e/test_clock.py: engage with its clock shifted
-    # operations checks (tests/ops): promtool, compose validation, man page lint
-    prometheus docker-compose mandoc man-db
+    # operations checks (tests/ops): promtool, compose validation, man page lint, unit verify
+    prometheus docker-compose mandoc man-db systemd
 )
 
 SUDO=()
