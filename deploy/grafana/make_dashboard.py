@@ -80,6 +80,8 @@ stat("Dead letters (1 h)",
 endrow(4)
 
 row("Source: PostgreSQL logical replication")
+ts("Source connected", [(f'engage_source_connected{{{SEL}}}', "{{instance}}")], "short",
+   "1 while the replication connection is up and streaming, 0 while it is not")
 ts("Replication lag (seconds)", [(f'engage_replication_lag_seconds{{{SEL}}}', "{{instance}}")], "s",
    "Age of the oldest transaction decoded and not yet durable in every sink")
 ts("Replication lag (bytes of WAL)", [(f'engage_replication_lag_bytes{{{SEL}}}', "{{instance}}")],
