@@ -39,6 +39,35 @@ def test_item5_retry_after_holds_every_request(stack, db, engage, tmp_path):
     assert proc.stop() == 0
 
 
+def test_item5_after_a_hold_one_request_goes_alone(stack, db, engage, tmp_path):
+    """While the API keeps answering 429 with Retry-After 1, the sink sends one request per
+    window (the one that finds out whether the limit still holds), not one per slot."""
+    mock = Mock(engage, tmp_path, "--status-429-rate", "1", "--retry-after", "1")
+    db.exec("INSERT INTO content VALUES (1, 'video', 300, 't')")
+    proc = engage(*http_args(db, tmp_path, mock, "--http-batch", "1", "--http-inflight", "4",
+                             "--http-max-attempts", "100"))
+    wait_streaming(db, proc)
+    db.exec("INSERT INTO engagement_events(content_id, user_id, duration_ms) "
+            "SELECT 1, g, 1000 FROM generate_series(1, 12) g")
+
+    def first_429():
+        answered = [e["mono_ms"] + e["duration_ms"] for e in mock.log() if e["status"] == 429]
+        return min(answered) if answered else None
+
+    t0 = lib.wait_for(first_429, 30, what="a 429")
+    lib.wait_for(lambda: max(e["mono_ms"] for e in mock.log()) > t0 + 4000, 30,
+                 what="4 s of 429s")
+    mock.control(clear=True)
+    lib.wait_for(lambda: mock.stats()["unique"] == 12, 60, interval=0.2, what="12 events")
+    later = sorted(e["mono_ms"] for e in mock.log() if t0 + IN_FLIGHT_MS < e["mono_ms"] < t0 + 4000)
+    gaps = [b - a for a, b in zip(later, later[1:])]
+    print(f"429 always, Retry-After 1, 4 in flight: {len(later)} requests in the 4 s after the "
+          f"first 429, gaps {gaps} ms")
+    assert 2 <= len(later) <= 5, later  # one per window (4 slots would send up to 16)
+    assert all(g >= 900 for g in gaps), gaps
+    assert proc.stop() == 0
+
+
 def test_item5_http_rate_spaces_every_request(stack, db, engage, tmp_path):
     rate, n = 20, 60
     mock = Mock(engage, tmp_path)
