@@ -17,7 +17,7 @@
 #include "../core/buf.h"
 #include "../core/log.h"
 #include "admin.h"
-#include "metrics.h"
+#include "../core/metrics.h"
 
 /* Abuse bounds (issue 8, item 7). A probe must get through while others hold connections:
  * one client address holds at most ADMIN_PER_IP_CONNECTIONS (MHD accepts and at once closes

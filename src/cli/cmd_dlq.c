@@ -25,7 +25,7 @@
 
 #include "../core/log.h"
 #include "../core/pgtext.h"
-#include "../pipeline/dlq.h"
+#include "../dlq/dlq.h"
 #include "../sink/http.h"
 #include "commands.h"
 #include "options.h"

@@ -10,7 +10,7 @@
 
 #include "../admin/admin.h"
 #include "../core/log.h"
-#include "../pipeline/dlq.h"
+#include "../dlq/dlq.h"
 #include "../pipeline/pipeline.h"
 #include "../source/pg.h"
 #include "commands.h"

@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include "../core/buf.h"
-#include "../pipeline/dlq.h"
-#include "../source/pgconn.h"
+#include "../dlq/dlq.h"
+#include "../db/pgconn.h"
 #include "commands.h"
 #include "options.h"
 #include "sinks.h"
@@ -103,7 +103,7 @@ static bool check_slot(const char *conninfo, struct report *rep)
     eng_error_clear(&err);
     rep->lag_bytes = -1;
     rep->slot_state = "unknown";
-    PGconn *c = eng_pg_connect(conninfo, false, &err);
+    PGconn *c = eng_pg_connect(conninfo, "engage-status", false, &err);
     if (c == NULL) {
         rep->slot_error = eng_strdup(err.msg);
         return false;

@@ -7,7 +7,7 @@
 #include <stdbool.h>
 
 #include "../core/error.h"
-#include "../pipeline/dlq.h"
+#include "../dlq/dlq.h"
 #include "../pipeline/pipeline.h"
 #include "../sink/http.h"
 #include "options.h"

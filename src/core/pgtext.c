@@ -1,3 +1,8 @@
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
 #include "pgtext.h"
 
 bool eng_parse_i64(const char *s, size_t n, int64_t *out)
@@ -151,4 +156,24 @@ void eng_format_minute(int64_t us, char out[13])
     for (int i = 0; i < 12; i++)
         out[i] = ts[pick[i]];
     out[12] = '\0';
+}
+
+bool eng_lsn_parse(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long hi = strtoull(s, &end, 16);
+    if (end == s || *end != '/' || errno != 0 || hi > UINT32_MAX)
+        return false;
+    const char *lo_s = end + 1;
+    unsigned long long lo = strtoull(lo_s, &end, 16);
+    if (end == lo_s || *end != '\0' || errno != 0 || lo > UINT32_MAX)
+        return false;
+    *out = (uint64_t)hi << 32 | (uint64_t)lo;
+    return true;
+}
+
+void eng_lsn_format(uint64_t lsn, char *out, size_t len)
+{
+    snprintf(out, len, "%" PRIX32 "/%" PRIX32, (uint32_t)(lsn >> 32), (uint32_t)lsn);
 }

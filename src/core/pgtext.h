@@ -29,4 +29,9 @@ void eng_format_minute(int64_t us, char out[13]);
 int64_t eng_days_from_civil(int64_t y, unsigned m, unsigned d);
 void eng_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d);
 
+/* Parses "X/X" into an LSN; formats one as PostgreSQL does ("16/B374D848"; out of at least
+ * 20 bytes). */
+bool eng_lsn_parse(const char *s, uint64_t *out);
+void eng_lsn_format(uint64_t lsn, char *out, size_t len);
+
 #endif

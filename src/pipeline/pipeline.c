@@ -8,12 +8,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../admin/metrics.h"
+#include "../core/metrics.h"
 #include "../core/backoff.h"
 #include "../core/clock.h"
 #include "../core/log.h"
-#include "../source/state.h"
-#include "dlq.h"
+#include "../core/durable.h"
+#include "../core/pgtext.h"
+#include "../dlq/dlq.h"
 #include "pipeline.h"
 
 /* Events one batch may have parked by a sink before the sink is taken to be broken rather
@@ -282,11 +283,12 @@ static int lane_try(struct sink_lane *l, bool *open, struct eng_backoff *bo,
     for (;;) {
         eng_error_clear(err);
         int rc = 0;
-        bool opening = !*open;
-        if (opening) {
+        bool open_failed = false;
+        if (!*open) {
             rc = eng_sink_open(l->sink, err);
             if (rc == 0)
                 *open = true;
+            open_failed = rc != 0;
         }
         if (rc == 0) {
             int64_t t0 = eng_clock_mono_us();
@@ -318,7 +320,7 @@ static int lane_try(struct sink_lane *l, bool *open, struct eng_backoff *bo,
             l->denied_since_us = 0;
         }
         if (!err->retriable)
-            return opening ? TRY_BROKEN : TRY_REFUSED;
+            return open_failed ? TRY_BROKEN : TRY_REFUSED;
         int64_t delay = eng_backoff_next(bo);
         if (!lane_sleep(l, delay))
             return TRY_STOPPED;
@@ -384,11 +386,13 @@ static bool lane_deliver(struct sink_lane *l, bool *open, struct eng_backoff *bo
                           "fault (last: %s)",
                           l->parked, err.msg);
     }
-    if (rc == TRY_BROKEN)
+    if (rc == TRY_BROKEN) {
+        struct eng_error why = err;
         eng_error_set(&err, ENG_EFATAL, false,
                       "%s (runbook: the %s sink cannot work as configured: check its URL, user, "
                       "password and rights, then start engage again)",
-                      err.msg, l->sink->ops->name);
+                      why.msg, l->sink->ops->name);
+    }
     if (rc == TRY_REFUSED || rc == TRY_BROKEN)
         pipeline_fail(l->p, l->sink->ops->name, &err);
     return rc == TRY_DURABLE;
@@ -447,9 +451,18 @@ static const struct eng_event *last_event(struct eng_batch *const *bs, uint32_t 
     return NULL;
 }
 
-/* Rewrites the progress file with every sink's last durable event. Not fsynced: it only
- * spares redeliveries, so a version lost by a machine crash costs duplicates, never events
- * (it is written after the acknowledgement, so it is never ahead of a sink). */
+static int write_progress(FILE *f, void *arg, struct eng_error *err)
+{
+    const struct eng_buf *text = arg;
+    if (fwrite(text->data, 1, text->len, f) != text->len)
+        return eng_error_set(err, ENG_EIO, true, "short write");
+    return 0;
+}
+
+/* Rewrites the progress file with every sink's last durable event, through the one
+ * durable-replace helper (a crash leaves the old or the new file, whole). It is written
+ * after the acknowledgement, so it is never ahead of a sink; a save that fails costs
+ * redeliveries after a restart (written again idempotently), never events. */
 static void progress_save(struct eng_pipeline *p)
 {
     pthread_mutex_lock(&p->progress_lock);
@@ -472,23 +485,16 @@ static void progress_save(struct eng_pipeline *p)
     }
     pthread_mutex_unlock(&p->lock);
 
-    size_t plen = strlen(p->progress_path);
-    char *tmp = eng_malloc(plen + 5);
-    memcpy(tmp, p->progress_path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-    FILE *f = fopen(tmp, "w");
-    bool ok = f != NULL && fwrite(text.data, 1, text.len, f) == text.len;
-    if (f != NULL && fclose(f) != 0)
-        ok = false;
-    if (ok && rename(tmp, p->progress_path) != 0)
-        ok = false;
-    if (!ok) {
-        /* Each sink's redeliveries after a restart are then written again (idempotently). */
+    char *dir = eng_strdup(p->progress_path);
+    char *slash = strrchr(dir, '/');
+    const char *name = slash != NULL ? slash + 1 : dir;
+    if (slash != NULL)
+        *slash = '\0';
+    struct eng_error err;
+    if (eng_durable_replace(slash != NULL ? dir : ".", name, write_progress, &text, &err) != 0)
         eng_warn("msg=\"could not write the sink progress file\" path=\"%s\" error=\"%s\"",
-                 p->progress_path, strerror(errno));
-        unlink(tmp);
-    }
-    free(tmp);
+                 p->progress_path, err.msg);
+    free(dir);
     eng_buf_free(&text);
     pthread_mutex_unlock(&p->progress_lock);
 }

@@ -7,7 +7,7 @@
 
 #include <curl/curl.h>
 
-#include "../admin/metrics.h"
+#include "../core/metrics.h"
 #include "../core/log.h"
 #include "../core/pgtext.h"
 #include "../core/url.h"

@@ -37,9 +37,10 @@
 
 #include <curl/curl.h>
 
-#include "../admin/metrics.h"
+#include "../core/metrics.h"
 #include "../core/clock.h"
 #include "../core/log.h"
+#include "../core/pgtext.h"
 #include "http.h"
 #include "http_policy.h"
 
@@ -486,11 +487,6 @@ static struct http_slot *free_slot(struct http_sink *s)
     return NULL;
 }
 
-static void format_position(uint64_t pos, char *out, size_t cap)
-{
-    snprintf(out, cap, "%X/%X", (unsigned)(pos >> 32), (unsigned)(pos & 0xffffffffu));
-}
-
 /* Parks every REQ_PARK request's events in one DLQ transaction. */
 static int park_all(struct http_sink *s, const struct eng_batch *b, struct http_req *reqs,
                     uint32_t nreq, struct eng_error *err)
@@ -508,7 +504,7 @@ static int park_all(struct http_sink *s, const struct eng_batch *b, struct http_
                              "is configured",
                              n);
     char position[40];
-    format_position(b->position, position, sizeof(position));
+    eng_lsn_format(b->position, position, sizeof(position));
     struct eng_dlq_item *items = eng_calloc(n, sizeof(*items));
     size_t k = 0;
     const char *example = NULL;

@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "../core/error.h"
-#include "../pipeline/dlq.h"
+#include "../dlq/dlq.h"
 #include "sink.h"
 
 struct eng_http_options {

@@ -13,7 +13,7 @@
 
 #include <hiredis/hiredis.h>
 
-#include "../admin/metrics.h"
+#include "../core/metrics.h"
 #include "../core/clock.h"
 #include "../core/log.h"
 #include "../core/url.h"

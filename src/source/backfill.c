@@ -32,7 +32,9 @@
 #include "../core/pgtext.h"
 #include "../enrich/enrich.h"
 #include "backfill.h"
-#include "pgconn.h"
+#include "../core/durable.h"
+#include "../db/pgconn.h"
+#include "pgschema.h"
 
 #define KEY_TEXT_MAX 64 /* a timestamp's or a bigint's text */
 
@@ -57,6 +59,7 @@ struct backfill {
     struct eng_content_cache *cache;
     char start[KEY_TEXT_MAX], end[KEY_TEXT_MAX]; /* as PostgreSQL normalizes them */
     char state_path[4096];
+    char state_name[40]; /* backfill-<hash of the range>.state */
     struct page_key after; /* the last row submitted (before the first row at the start) */
     uint64_t pages;        /* submitted */
     uint64_t durable_page; /* saved as the resume point */
@@ -68,7 +71,7 @@ struct backfill {
 static int connect_and_prepare(struct backfill *b, struct eng_error *err)
 {
     PQfinish(b->conn);
-    b->conn = eng_pg_connect(b->opt->conninfo, false, err);
+    b->conn = eng_pg_connect(b->opt->conninfo, "engage-backfill", false, err);
     if (b->conn == NULL)
         return err->code;
     /* Timestamps come back as 'YYYY-MM-DD HH:MM:SS[.ffffff]', whatever the server's default. */
@@ -144,27 +147,31 @@ static void load_resume(struct backfill *b)
     b->stats->resumed = true;
 }
 
-/* Writes the resume point (temporary file and rename: a crash leaves the old or the new). */
+struct resume_text {
+    const struct backfill *b;
+    const struct page_key *key;
+};
+
+static int write_resume(FILE *f, void *arg, struct eng_error *err)
+{
+    const struct resume_text *r = arg;
+    (void)err;
+    fprintf(f, "engage-backfill 1 %s|%s\nafter %s\t%s\n", r->b->start, r->b->end, r->key->ts,
+            r->key->id);
+    return 0;
+}
+
+/* Writes the resume point through the durable-replace helper (a crash leaves the old or the
+ * new file, whole). A save that fails costs pages read again on a resume, never events. */
 static void save_resume(struct backfill *b, const struct page_key *key)
 {
     if (b->opt->state_dir == NULL)
         return;
-    char tmp[4200];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", b->state_path);
-    FILE *f = fopen(tmp, "w");
-    bool ok = f != NULL;
-    if (ok) {
-        fprintf(f, "engage-backfill 1 %s|%s\nafter %s\t%s\n", b->start, b->end, key->ts, key->id);
-        ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-        ok = fclose(f) == 0 && ok;
-    }
-    if (ok && rename(tmp, b->state_path) != 0)
-        ok = false;
-    if (!ok) {
+    struct resume_text r = {b, key};
+    struct eng_error err;
+    if (eng_durable_replace(b->opt->state_dir, b->state_name, write_resume, &r, &err) != 0)
         eng_warn("msg=\"could not save the backfill resume point\" path=\"%s\" error=\"%s\"",
-                 b->state_path, strerror(errno));
-        unlink(tmp);
-    }
+                 b->state_path, err.msg);
 }
 
 /* Moves the resume point to the last page every sink has made durable. */
@@ -445,8 +452,9 @@ int eng_backfill_run(const struct eng_backfill_options *opt, struct eng_pipeline
         }
         char range[2 * KEY_TEXT_MAX + 2];
         snprintf(range, sizeof(range), "%s|%s", b.start, b.end);
-        snprintf(b.state_path, sizeof(b.state_path), "%s/backfill-%016" PRIx64 ".state",
-                 opt->state_dir, fnv1a(range, 0xcbf29ce484222325ull));
+        snprintf(b.state_name, sizeof(b.state_name), "backfill-%016" PRIx64 ".state",
+                 fnv1a(range, 0xcbf29ce484222325ull));
+        snprintf(b.state_path, sizeof(b.state_path), "%s/%s", opt->state_dir, b.state_name);
         load_resume(&b);
     }
     warn_without_index(&b);

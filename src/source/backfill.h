@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "../core/error.h"
-#include "../pipeline/dlq.h"
+#include "../dlq/dlq.h"
 #include "../pipeline/pipeline.h"
 
 struct eng_backfill_options {

@@ -13,7 +13,7 @@
 #include <sys/select.h>
 #include <time.h>
 
-#include "../admin/metrics.h"
+#include "../core/metrics.h"
 #include "../core/backoff.h"
 #include "../core/buf.h"
 #include "../core/clock.h"
@@ -22,7 +22,8 @@
 #include "../decode/pgoutput.h"
 #include "../enrich/enrich.h"
 #include "pg.h"
-#include "pgconn.h"
+#include "../db/pgconn.h"
+#include "pgschema.h"
 #include "state.h"
 
 enum rel_role { REL_OTHER, REL_EVENTS, REL_CONTENT };
@@ -999,10 +1000,10 @@ static int stream(struct pgsrc *s, struct eng_error *err)
 static int session(struct pgsrc *s, struct eng_error *err)
 {
     uint64_t start = 0;
-    s->conn = eng_pg_connect(s->opt->conninfo, false, err);
+    s->conn = eng_pg_connect(s->opt->conninfo, "engage", false, err);
     if (s->conn == NULL)
         return err->code;
-    s->repl = eng_pg_connect(s->opt->conninfo, true, err);
+    s->repl = eng_pg_connect(s->opt->conninfo, "engage", true, err);
     if (s->repl == NULL)
         return err->code;
     if (check_server(s, err) != 0 || eng_pg_check_schema(s->conn, err) != 0 ||
@@ -1020,17 +1021,13 @@ static int session(struct pgsrc *s, struct eng_error *err)
     PGresult *r = PQexec(s->repl, sql);
     s->streaming = PQresultStatus(r) == PGRES_COPY_BOTH;
     if (!s->streaming) {
-        char msg[200];
-        snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
-        msg[strcspn(msg, "\n")] = '\0';
-        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-        /* 55006: the slot is active for another process (another instance, or our previous
-         * connection not yet gone): worth retrying. */
-        bool retriable = state == NULL || strcmp(state, "55006") == 0 ||
-                         strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0;
+        /* 55006 (the slot is held by another process, or by our previous connection not yet
+         * gone) is transient; a statement the server refuses is not. */
+        int rc = eng_pg_error(err, s->repl, r, "could not start replication");
         PQclear(r);
-        return eng_error_set(err, retriable ? ENG_EIO : ENG_EFATAL, retriable,
-                             "could not start replication: %s", msg);
+        if (rc == ENG_EINVAL)
+            err->code = ENG_EFATAL;
+        return err->code;
     }
     PQclear(r);
     eng_info("msg=\"streaming\" slot=%s publication=%s from=%s", s->opt->slot, s->opt->publication,

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #include "../core/error.h"
-#include "../pipeline/dlq.h"
+#include "../dlq/dlq.h"
 #include "../pipeline/pipeline.h"
 
 struct eng_pg_source_options {

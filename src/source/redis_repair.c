@@ -7,10 +7,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "../admin/metrics.h"
+#include "../core/metrics.h"
 #include "../core/clock.h"
 #include "../core/log.h"
-#include "../pipeline/dlq.h"
+#include "../dlq/dlq.h"
 #include "../pipeline/pipeline.h"
 #include "backfill.h"
 #include "redis_repair.h"

@@ -8,7 +8,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../core/durable.h"
 #include "../core/error.h"
+#include "../core/pgtext.h"
 #include "../enrich/content.h"
 
 struct eng_pg_state {
@@ -16,12 +18,6 @@ struct eng_pg_state {
     uint64_t lsn;       /* every transaction ending at or before it is durable everywhere */
 };
 
-/* Writes one callback's output to DIR/NAME so that after a crash at any step either the old
- * or the new file is there, whole: a temporary file, fsync, rename, fsync of the directory
- * (created if needed). write returns 0 or an error; every state file goes through here. */
-typedef int eng_file_writer(FILE *f, void *arg, struct eng_error *err);
-int eng_durable_replace(const char *dir, const char *name, eng_file_writer *write, void *arg,
-                        struct eng_error *err) ENG_MUSTCHECK;
 
 /* The confirm bound (DIR/<slot>.bound): a position at or past every flush LSN engage ever
  * sent for the slot, written before the flush LSN passes it. A slot whose confirmed
@@ -42,8 +38,5 @@ int eng_pg_state_save(const char *dir, const char *slot, const struct eng_pg_sta
 int eng_pg_state_load(const char *dir, const char *slot, struct eng_pg_state *st,
                       struct eng_content_cache *cache, struct eng_error *err) ENG_MUSTCHECK;
 
-/* Parses "X/X" and formats an LSN (buffer of at least 20 bytes). */
-bool eng_lsn_parse(const char *s, uint64_t *out);
-void eng_lsn_format(uint64_t lsn, char *out, size_t len);
 
 #endif

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "admin/metrics.h"
+#include "core/metrics.h"
 #include "core/clock.h"
 #include "enrich/content.h"
 #include "enrich/enrich.h"

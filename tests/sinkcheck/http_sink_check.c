@@ -24,10 +24,10 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 
-#include "admin/metrics.h"
+#include "core/metrics.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "pipeline/dlq.h"
+#include "dlq/dlq.h"
 #include "sink/http.h"
 
 static int failures;

@@ -31,7 +31,7 @@
 
 #include <hiredis/hiredis.h>
 
-#include "admin/metrics.h"
+#include "core/metrics.h"
 #include "core/clock.h"
 #include "sink/redis.h"
 

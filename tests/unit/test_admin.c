@@ -18,7 +18,7 @@
 #include <cmocka.h>
 
 #include "admin/admin.h"
-#include "admin/metrics.h"
+#include "core/metrics.h"
 
 static void addr_ok(const char *in, const char *host, uint16_t port)
 {

@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "admin/metrics.h"
+#include "core/metrics.h"
 
 static char *render(void)
 {

@@ -1,84 +1,11 @@
+/* engage: what the source reads from PostgreSQL besides the stream (see pgschema.h). */
 #include <stdio.h>
 #include <string.h>
 
 #include "../core/pgtext.h"
+#include "../db/pgconn.h"
 #include "../enrich/enrich.h"
-#include "pgconn.h"
-
-int eng_pg_fail(struct eng_error *err, PGconn *c, const char *what)
-{
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s", c ? PQerrorMessage(c) : "no connection");
-    msg[strcspn(msg, "\n")] = '\0';
-    return eng_error_set(err, ENG_EIO, true, "%s: %s", what, msg);
-}
-
-PGresult *eng_pg_exec(PGconn *c, const char *sql, int nparams, const char *const *params,
-                      struct eng_error *err, const char *what)
-{
-    PGresult *r = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-        return r;
-    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-    bool retriable = PQstatus(c) != CONNECTION_OK || (state && strncmp(state, "08", 2) == 0) ||
-                     (state && strncmp(state, "57P", 3) == 0);
-    /* No rights (42501) or authorization (class 28): an operator's fix, retried briefly. */
-    bool denied = state && (strcmp(state, "42501") == 0 || strncmp(state, "28", 2) == 0);
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
-    msg[strcspn(msg, "\n")] = '\0';
-    eng_error_set(err, denied ? ENG_EDENIED : retriable ? ENG_EIO : ENG_EINVAL, retriable || denied,
-                  "%s: %s", what, msg);
-    PQclear(r);
-    return NULL;
-}
-
-/* A failed connection has no SQLSTATE in libpq, only the server's message: these are the
- * refusals of configuration (28P01, 28000, 3D000, 42501 and libpq's own), in the server's
- * English messages (engage's connections do not set lc_messages; a server configured for
- * another language makes them look transient, retried for ever as before). */
-static bool connect_denied(const char *msg)
-{
-    static const char *const denied[] = {
-        "password authentication failed",
-        "authentication failed for user", /* peer, ident, ldap, ... */
-        "no pg_hba.conf entry",
-        "does not exist",                   /* role or database */
-        "must be superuser or replication", /* replication without the REPLICATION attribute */
-        "permission denied",
-        "no password supplied",
-        "password is required",
-    };
-    for (size_t i = 0; i < sizeof(denied) / sizeof(denied[0]); i++) {
-        if (strstr(msg, denied[i]) != NULL)
-            return true;
-    }
-    return false;
-}
-
-PGconn *eng_pg_connect(const char *conninfo, bool replication, struct eng_error *err)
-{
-    const char *keys[] = {"application_name", "dbname", replication ? "replication" : NULL, NULL};
-    const char *vals[] = {"engage", conninfo, "database", NULL};
-    PGconn *c = PQconnectdbParams(keys, vals, 1);
-    if (PQstatus(c) != CONNECTION_OK) {
-        eng_pg_fail(err, c,
-                    replication ? "could not open replication connection"
-                                : "could not connect to PostgreSQL");
-        if (c != NULL && connect_denied(PQerrorMessage(c))) {
-            err->code = ENG_EDENIED;
-            size_t used = strlen(err->msg);
-            snprintf(err->msg + used, sizeof(err->msg) - used,
-                     " (runbook: check the user, password and database of --pg, ENGAGE_PG or "
-                     "the password file, and that the role may log in%s)",
-                     replication ? " with REPLICATION: ALTER ROLE name REPLICATION" : "");
-        }
-        PQfinish(c);
-        return NULL;
-    }
-    return c;
-}
+#include "pgschema.h"
 
 int eng_pg_load_content(PGconn *c, const char *snapshot, struct eng_content_cache *cache,
                         struct eng_error *err)

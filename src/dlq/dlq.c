@@ -25,6 +25,7 @@
 
 #include "../core/buf.h"
 #include "../core/log.h"
+#include "../db/pgconn.h"
 #include "dlq.h"
 
 #define PARK_CHUNK 256
@@ -67,44 +68,17 @@ void eng_dlq_destroy(struct eng_dlq *q)
     free(q);
 }
 
-/* Retriable: the connection is gone, or the server says the failure is transient (class 08
- * connection exception, 57P01..57P03 shutdown / cannot connect now, 40001 serialization,
- * 40P01 deadlock, 53300 too many connections). */
-static bool sqlstate_retriable(const char *state)
-{
-    if (state == NULL || strlen(state) != 5)
-        return true; /* no SQLSTATE: the failure happened below the protocol */
-    return strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0 ||
-           strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
-           strcmp(state, "53300") == 0;
-}
-
-static void one_line(char *dst, size_t cap, const char *src)
-{
-    size_t j = 0;
-    for (size_t i = 0; src != NULL && src[i] != '\0' && j + 1 < cap; i++)
-        dst[j++] = (src[i] == '\n' || src[i] == '\r' || src[i] == '\t') ? ' ' : src[i];
-    while (j > 0 && dst[j - 1] == ' ')
-        j--;
-    dst[j] = '\0';
-}
-
 /* Sets err from a failed result (res may be NULL) and drops the connection, so the next call
  * starts from a fresh one whatever state the failure left this one in. */
 static int fail(struct eng_dlq *q, const PGresult *res, const char *what, struct eng_error *err)
 {
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    const char *msg = res ? PQresultErrorMessage(res) : NULL;
-    if (msg == NULL || *msg == '\0')
-        msg = q->conn ? PQerrorMessage(q->conn) : "no connection";
-    bool retriable =
-        (q->conn == NULL || PQstatus(q->conn) != CONNECTION_OK) || sqlstate_retriable(state);
-    char line[240];
-    one_line(line, sizeof(line), msg);
+    char subject[160];
+    snprintf(subject, sizeof(subject), "dlq: could not %s \"%s\"", what, q->table);
+    eng_pg_error(err, q->conn, res, subject);
     drop_conn(q);
-    return eng_error_set(err, retriable ? ENG_EIO : ENG_EFATAL, retriable,
-                         "dlq: could not %s \"%s\": %s%s%s", what, q->table, line,
-                         state ? " sqlstate=" : "", state ? state : "");
+    if (!err->retriable)
+        err->code = ENG_EFATAL;
+    return err->code;
 }
 
 /* Quotes a possibly schema-qualified name ("s.t") part by part. */
@@ -158,11 +132,6 @@ static int exec_ok(struct eng_dlq *q, const char *sql, const char *what, struct 
     return 0;
 }
 
-static void ignore_notice(void *arg, const char *message)
-{
-    (void)arg;
-    (void)message;
-}
 
 /* Connects if needed, creates the table and prepares the park statement. */
 static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
@@ -172,16 +141,12 @@ static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
     if (q->ready)
         return 0;
     if (q->conn == NULL) {
-        /* Our defaults come first so that anything in the user's conninfo overrides them. */
-        const char *const keys[] = {"connect_timeout", "application_name", "dbname", NULL};
-        const char *const vals[] = {"10", "engage-dlq", q->conninfo, NULL};
-        q->conn = PQconnectdbParams(keys, vals, 1);
-        if (q->conn == NULL)
-            eng_die("out of memory in PQconnectdbParams");
-        if (PQstatus(q->conn) != CONNECTION_OK)
-            return fail(q, NULL, "connect to the database of", err);
-        /* "relation already exists, skipping" and the like are not worth a line on stderr. */
-        PQsetNoticeProcessor(q->conn, ignore_notice, NULL);
+        q->conn = eng_pg_connect(q->conninfo, "engage-dlq", false, err);
+        if (q->conn == NULL) {
+            struct eng_error why = *err;
+            return eng_error_set(err, why.code, why.retriable, "dlq \"%s\": %s", q->table,
+                                 why.msg);
+        }
     }
     if (q->table_sql == NULL) {
         q->table_sql = quote_qualified(q->conn, q->table, NULL);
@@ -298,17 +263,11 @@ static int park_chunk(struct eng_dlq *q, const struct eng_dlq_item *items, size_
              * Keep reading up to the sync point so the connection stays usable for the
              * rollback (fail() drops it anyway). */
             struct eng_error tmp;
-            char state_copy[8] = "";
-            const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-            if (state)
-                snprintf(state_copy, sizeof(state_copy), "%s", state);
-            char line[200];
-            one_line(line, sizeof(line), PQresultErrorMessage(res));
-            bool retriable = sqlstate_retriable(state_copy[0] ? state_copy : NULL) ||
-                             PQstatus(q->conn) != CONNECTION_OK;
-            rc = eng_error_set(&tmp, retriable ? ENG_EIO : ENG_EFATAL, retriable,
-                               "dlq: could not insert into \"%s\": %s%s%s", q->table, line,
-                               state_copy[0] ? " sqlstate=" : "", state_copy);
+            char subject[160];
+            snprintf(subject, sizeof(subject), "dlq: could not insert into \"%s\"", q->table);
+            rc = eng_pg_error(&tmp, q->conn, res, subject);
+            if (!tmp.retriable)
+                rc = tmp.code = ENG_EFATAL;
             if (err != NULL)
                 *err = tmp;
         }

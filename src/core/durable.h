@@ -1,0 +1,16 @@
+/* engage: state files that survive a crash at any moment. Ownership: nothing is retained. */
+#ifndef ENG_CORE_DURABLE_H
+#define ENG_CORE_DURABLE_H
+
+#include <stdio.h>
+
+#include "error.h"
+
+/* Writes one callback's output to DIR/NAME so that after a crash at any step either the old
+ * or the new file is there, whole: a temporary file, fsync, rename, fsync of the directory
+ * (created if needed). write returns 0 or an error; every state file goes through here. */
+typedef int eng_file_writer(FILE *f, void *arg, struct eng_error *err);
+int eng_durable_replace(const char *dir, const char *name, eng_file_writer *write, void *arg,
+                        struct eng_error *err) ENG_MUSTCHECK;
+
+#endif
