@@ -458,6 +458,48 @@ static const char *kind_name(uint8_t kind)
     }
 }
 
+static int decode_begin(struct rd *r, struct eng_pgo_msg *out)
+{
+    bool ok = rd_u64(r, &out->u.begin.final_lsn) && rd_i64(r, &out->u.begin.commit_time) &&
+              rd_u32(r, &out->u.begin.xid);
+    return ok ? 0 : ENG_EPROTO;
+}
+
+static int decode_commit(struct rd *r, struct eng_pgo_msg *out)
+{
+    bool ok = rd_u8(r, &out->u.commit.flags) && rd_u64(r, &out->u.commit.commit_lsn) &&
+              rd_u64(r, &out->u.commit.end_lsn) && rd_i64(r, &out->u.commit.commit_time);
+    return ok ? 0 : ENG_EPROTO;
+}
+
+static int decode_origin(struct rd *r, struct eng_pgo_msg *out)
+{
+    size_t n;
+    bool ok = rd_u64(r, &out->u.origin.lsn) && rd_str(r, &out->u.origin.name, &n);
+    return ok ? 0 : ENG_EPROTO;
+}
+
+static int decode_type(struct rd *r, struct eng_pgo_msg *out)
+{
+    size_t n;
+    bool ok = rd_u32(r, &out->u.type.oid) && rd_str(r, &out->u.type.nspname, &n) &&
+              rd_str(r, &out->u.type.name, &n);
+    return ok ? 0 : ENG_EPROTO;
+}
+
+static int decode_message(struct rd *r, struct eng_pgo_msg *out)
+{
+    const char *s;
+    size_t n;
+    uint32_t len;
+    if (!rd_u8(r, &out->u.message.flags) || !rd_u64(r, &out->u.message.lsn) ||
+        !rd_str(r, &out->u.message.prefix, &n) || !rd_u32(r, &len) || !rd_bytes(r, len, &s))
+        return ENG_EPROTO;
+    out->u.message.len = len;
+    out->u.message.content = s;
+    return 0;
+}
+
 int eng_pgo_decode(struct eng_pgo_decoder *d, const uint8_t *buf, size_t len,
                    struct eng_pgo_msg *out, struct eng_error *err)
 {
@@ -470,35 +512,25 @@ int eng_pgo_decode(struct eng_pgo_decoder *d, const uint8_t *buf, size_t len,
                              (unsigned)buf[0]);
 
     struct rd r = {.p = buf, .len = len, .off = 1, .what = what, .err = err};
-    const char *s;
-    size_t n;
-    uint32_t u32;
-    int rc = ENG_EPROTO;
+    int rc;
     out->kind = (char)buf[0];
 
     switch (buf[0]) {
     case ENG_PGO_BEGIN:
-        if (rd_u64(&r, &out->u.begin.final_lsn) && rd_i64(&r, &out->u.begin.commit_time) &&
-            rd_u32(&r, &out->u.begin.xid))
-            rc = 0;
+        rc = decode_begin(&r, out);
         break;
     case ENG_PGO_COMMIT:
-        if (rd_u8(&r, &out->u.commit.flags) && rd_u64(&r, &out->u.commit.commit_lsn) &&
-            rd_u64(&r, &out->u.commit.end_lsn) && rd_i64(&r, &out->u.commit.commit_time))
-            rc = 0;
+        rc = decode_commit(&r, out);
         break;
     case ENG_PGO_ORIGIN:
-        if (rd_u64(&r, &out->u.origin.lsn) && rd_str(&r, &out->u.origin.name, &n))
-            rc = 0;
+        rc = decode_origin(&r, out);
         break;
     case ENG_PGO_RELATION:
         /* Checks its own trailing bytes: it must not store a relation it then rejects. */
         rc = decode_relation(d, &r, out);
         break;
     case ENG_PGO_TYPE:
-        if (rd_u32(&r, &out->u.type.oid) && rd_str(&r, &out->u.type.nspname, &n) &&
-            rd_str(&r, &out->u.type.name, &n))
-            rc = 0;
+        rc = decode_type(&r, out);
         break;
     case ENG_PGO_INSERT:
     case ENG_PGO_UPDATE:
@@ -509,12 +541,7 @@ int eng_pgo_decode(struct eng_pgo_decoder *d, const uint8_t *buf, size_t len,
         rc = decode_truncate(d, &r, out);
         break;
     case ENG_PGO_MESSAGE:
-        if (rd_u8(&r, &out->u.message.flags) && rd_u64(&r, &out->u.message.lsn) &&
-            rd_str(&r, &out->u.message.prefix, &n) && rd_u32(&r, &u32) && rd_bytes(&r, u32, &s)) {
-            out->u.message.len = u32;
-            out->u.message.content = s;
-            rc = 0;
-        }
+        rc = decode_message(&r, out);
         break;
     default:
         eng_die("kind_name and eng_pgo_decode disagree on 0x%02x", (unsigned)buf[0]);
