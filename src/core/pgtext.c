@@ -85,29 +85,50 @@ static bool leap(unsigned y)
     return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
 }
 
-bool eng_parse_timestamp(const char *s, size_t n, int64_t *out_us)
+struct civil_time {
+    unsigned y, mo, d, h, mi, sec;
+};
+
+/* "YYYY-MM-DD hh:mm:ss": the separators in place and every field digits. */
+static bool parse_civil_fields(const char *s, struct civil_time *t)
+{
+    if (s[4] != '-' || s[7] != '-' || s[10] != ' ' || s[13] != ':' || s[16] != ':')
+        return false;
+    return digits(s, 4, &t->y) && digits(s + 5, 2, &t->mo) && digits(s + 8, 2, &t->d) &&
+           digits(s + 11, 2, &t->h) && digits(s + 14, 2, &t->mi) && digits(s + 17, 2, &t->sec);
+}
+
+/* What follows the seconds: nothing, or ".f" to ".ffffff"; as microseconds. */
+static bool parse_fraction_us(const char *s, size_t n, unsigned *frac)
+{
+    *frac = 0;
+    if (n == 0)
+        return true;
+    size_t fn = n - 1;
+    if (s[0] != '.' || fn < 1 || fn > 6 || !digits(s + 1, fn, frac))
+        return false;
+    for (size_t i = fn; i < 6; i++)
+        *frac *= 10;
+    return true;
+}
+
+static bool valid_civil(const struct civil_time *t)
 {
     static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    unsigned y, mo, d, h, mi, sec, frac = 0;
-    if (n < 19 || s[4] != '-' || s[7] != '-' || s[10] != ' ' || s[13] != ':' || s[16] != ':')
+    if (t->y < 1 || t->mo < 1 || t->mo > 12 || t->d < 1 || t->h > 23 || t->mi > 59 || t->sec > 59)
         return false;
-    if (!digits(s, 4, &y) || !digits(s + 5, 2, &mo) || !digits(s + 8, 2, &d) ||
-        !digits(s + 11, 2, &h) || !digits(s + 14, 2, &mi) || !digits(s + 17, 2, &sec))
+    return t->d <= mdays[t->mo - 1] + (t->mo == 2 && leap(t->y));
+}
+
+bool eng_parse_timestamp(const char *s, size_t n, int64_t *out_us)
+{
+    struct civil_time t;
+    unsigned frac;
+    if (n < 19 || !parse_civil_fields(s, &t) || !parse_fraction_us(s + 19, n - 19, &frac) ||
+        !valid_civil(&t))
         return false;
-    if (n > 19) {
-        size_t fn = n - 20;
-        if (s[19] != '.' || fn < 1 || fn > 6 || !digits(s + 20, fn, &frac))
-            return false;
-        for (size_t i = fn; i < 6; i++)
-            frac *= 10;
-    }
-    if (y < 1 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 59)
-        return false;
-    unsigned dim = mdays[mo - 1] + (mo == 2 && leap(y));
-    if (d > dim)
-        return false;
-    int64_t days = eng_days_from_civil(y, mo, d);
-    *out_us = ((days * 86400) + (int64_t)h * 3600 + (int64_t)mi * 60 + sec) * 1000000 + frac;
+    int64_t days = eng_days_from_civil(t.y, t.mo, t.d);
+    *out_us = (days * 86400 + (int64_t)t.h * 3600 + (int64_t)t.mi * 60 + t.sec) * 1000000 + frac;
     return true;
 }
 
