@@ -1,6 +1,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "../core/pgtext.h"
 #include "http_policy.h"
 
 #define DAY_US ((int64_t)86400 * 1000000)
@@ -19,17 +20,6 @@ enum eng_http_outcome eng_http_classify(bool transport_error, long status)
 bool eng_http_breaker_failure(bool transport_error, long status)
 {
     return transport_error || status == 408 || (status >= 500 && status <= 599);
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil). */
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
 }
 
 static bool all_digits(const char *s, size_t n)
@@ -51,51 +41,93 @@ static int64_t parse_uint(const char *s, size_t n)
     return v;
 }
 
+/* The fields of an HTTP-date as its tokens are read; -1 (month: 0) until seen. */
+struct http_date {
+    int64_t month, day, year, hh, mi, ss;
+};
+
+static bool is_date_separator(char c)
+{
+    return c == ' ' || c == ',' || c == '-' || c == '\t';
+}
+
+/* An hh:mm:ss token (8 characters). */
+static bool take_time(struct http_date *d, const char *t)
+{
+    if (!all_digits(t, 2) || !all_digits(t + 3, 2) || !all_digits(t + 6, 2))
+        return false;
+    d->hh = parse_uint(t, 2);
+    d->mi = parse_uint(t + 3, 2);
+    d->ss = parse_uint(t + 6, 2);
+    return true;
+}
+
+/* A number: the first is the day, the second the year, a third is an error. */
+static bool take_number(struct http_date *d, const char *t, size_t n)
+{
+    if (n > 4)
+        return false;
+    if (d->day < 0)
+        d->day = parse_uint(t, n);
+    else if (d->year < 0)
+        d->year = parse_uint(t, n);
+    else
+        return false;
+    return true;
+}
+
+static void take_month(struct http_date *d, const char *t)
+{
+    static const char *const months[] = {"jan", "feb", "mar", "apr", "may", "jun",
+                                         "jul", "aug", "sep", "oct", "nov", "dec"};
+    for (int i = 0; i < 12; i++) {
+        if (strncasecmp(t, months[i], 3) == 0)
+            d->month = i + 1;
+    }
+}
+
+static bool take_token(struct http_date *d, const char *t, size_t n)
+{
+    if (n == 8 && t[2] == ':' && t[5] == ':')
+        return take_time(d, t);
+    if (all_digits(t, n))
+        return take_number(d, t, n);
+    if (n == 3)
+        take_month(d, t);
+    /* Anything else (weekday names, "GMT") carries no information we need. */
+    return true;
+}
+
+static bool http_date_complete(const struct http_date *d)
+{
+    return d->month != 0 && d->day >= 1 && d->day <= 31 && d->year >= 0 && d->hh >= 0 &&
+           d->hh <= 23 && d->mi <= 59 && d->ss <= 60;
+}
+
 /* Parses the three date forms of RFC 9110 section 5.6.7 by their tokens: a month name, an
  * hh:mm:ss token, and two numbers of which the first is the day and the second the year. */
 static bool parse_http_date(const char *s, int64_t *epoch_s)
 {
-    static const char *const months[] = {"jan", "feb", "mar", "apr", "may", "jun",
-                                         "jul", "aug", "sep", "oct", "nov", "dec"};
-    int64_t month = 0, day = -1, year = -1, hh = -1, mi = -1, ss = -1;
+    struct http_date d = {.month = 0, .day = -1, .year = -1, .hh = -1, .mi = -1, .ss = -1};
     const char *p = s;
     while (*p != '\0') {
-        while (*p == ' ' || *p == ',' || *p == '-' || *p == '\t')
+        while (is_date_separator(*p))
             p++;
         const char *t = p;
-        while (*p != '\0' && *p != ' ' && *p != ',' && *p != '-' && *p != '\t')
+        while (*p != '\0' && !is_date_separator(*p))
             p++;
         size_t n = (size_t)(p - t);
         if (n == 0)
             break;
-        if (n == 8 && t[2] == ':' && t[5] == ':') {
-            if (!all_digits(t, 2) || !all_digits(t + 3, 2) || !all_digits(t + 6, 2))
-                return false;
-            hh = parse_uint(t, 2);
-            mi = parse_uint(t + 3, 2);
-            ss = parse_uint(t + 6, 2);
-        } else if (all_digits(t, n)) {
-            if (n > 4)
-                return false;
-            if (day < 0)
-                day = parse_uint(t, n);
-            else if (year < 0)
-                year = parse_uint(t, n);
-            else
-                return false;
-        } else if (n == 3) {
-            for (int i = 0; i < 12; i++) {
-                if (strncasecmp(t, months[i], 3) == 0)
-                    month = i + 1;
-            }
-        }
-        /* Anything else (weekday names, "GMT") carries no information we need. */
+        if (!take_token(&d, t, n))
+            return false;
     }
-    if (month == 0 || day < 1 || day > 31 || year < 0 || hh < 0 || hh > 23 || mi > 59 || ss > 60)
+    if (!http_date_complete(&d))
         return false;
-    if (year < 100) /* RFC 850's two-digit year */
-        year += year < 70 ? 2000 : 1900;
-    *epoch_s = days_from_civil(year, month, day) * 86400 + hh * 3600 + mi * 60 + ss;
+    if (d.year < 100) /* RFC 850's two-digit year */
+        d.year += d.year < 70 ? 2000 : 1900;
+    int64_t days = eng_days_from_civil(d.year, (unsigned)d.month, (unsigned)d.day);
+    *epoch_s = days * 86400 + d.hh * 3600 + d.mi * 60 + d.ss;
     return true;
 }
 
