@@ -207,29 +207,95 @@ int eng_content_cache_save(const struct eng_content_cache *c, FILE *f, struct en
     return 0;
 }
 
+/* The header line; sets *expect to the row count it announces. */
+static bool read_header(FILE *f, char **line, size_t *cap, uint32_t *expect)
+{
+    static const char magic[] = "engage-content-cache 1 ";
+    if (getline(line, cap, f) < 0 || strncmp(*line, magic, sizeof(magic) - 1) != 0)
+        return false;
+    char *hend;
+    unsigned long ex = strtoul(*line + sizeof(magic) - 1, &hend, 10);
+    if (*hend != '\n' || ex > UINT32_MAX)
+        return false;
+    *expect = (uint32_t)ex;
+    return true;
+}
+
+/* "<content_id> ": returns what follows the space, or NULL. */
+static const char *parse_row_id(const char *p, struct eng_content *r)
+{
+    char *end;
+    long long id = strtoll(p, &end, 10);
+    if (end == p || *end != ' ' || id < INT32_MIN || id > INT32_MAX)
+        return NULL;
+    r->content_id = (int32_t)id;
+    return end + 1;
+}
+
+/* "<length_seconds or N> ": returns what follows the space, or NULL. */
+static const char *parse_row_length(const char *p, struct eng_content *r)
+{
+    if (*p == 'N') {
+        r->length_null = true;
+        p++;
+    } else {
+        char *end;
+        long long l = strtoll(p, &end, 10);
+        if (end == p || l < INT32_MIN || l > INT32_MAX)
+            return NULL;
+        r->length_seconds = (int32_t)l;
+        p = end;
+    }
+    return *p == ' ' ? p + 1 : NULL;
+}
+
+/* "-" or "=<hex bytes>". The bytes go to *type, which the caller frees (on failure too). */
+static bool parse_row_type(const char *p, struct eng_content *r, char **type)
+{
+    if (*p == '-') {
+        r->type_null = true;
+        return true;
+    }
+    if (*p++ != '=')
+        return false;
+    size_t hl = strcspn(p, "\n");
+    if (hl % 2 != 0)
+        return false;
+    *type = eng_malloc(hl / 2 + 1);
+    for (size_t k = 0; k < hl / 2; k++) {
+        int hi = eng_hex_digit(p[2 * k]), lo = eng_hex_digit(p[2 * k + 1]);
+        if (hi < 0 || lo < 0)
+            return false;
+        (*type)[k] = (char)(hi << 4 | lo);
+    }
+    r->content_type = *type;
+    r->type_len = (uint32_t)(hl / 2);
+    return true;
+}
+
+/* One row line; r borrows *type, which the caller frees (on failure too). */
+static bool parse_row(const char *line, struct eng_content *r, char **type)
+{
+    const char *p = parse_row_id(line, r);
+    if (p != NULL)
+        p = parse_row_length(p, r);
+    return p != NULL && parse_row_type(p, r, type);
+}
+
 int eng_content_cache_load(struct eng_content_cache *c, FILE *f, struct eng_error *err)
 {
     char *line = NULL;
     size_t cap = 0;
-    ssize_t len;
     uint32_t expect = 0, seen = 0;
     int rc = ENG_EPROTO;
     char *type = NULL;
 
     eng_content_cache_clear(c);
-    static const char magic[] = "engage-content-cache 1 ";
-    if (getline(&line, &cap, f) < 0 || strncmp(line, magic, sizeof(magic) - 1) != 0) {
+    if (!read_header(f, &line, &cap, &expect)) {
         eng_error_set(err, rc, false, "content cache file has no valid header");
         goto out;
     }
-    char *hend;
-    unsigned long ex = strtoul(line + sizeof(magic) - 1, &hend, 10);
-    if (*hend != '\n' || ex > UINT32_MAX) {
-        eng_error_set(err, rc, false, "content cache file has no valid header");
-        goto out;
-    }
-    expect = (uint32_t)ex;
-    while ((len = getline(&line, &cap, f)) >= 0) {
+    while (getline(&line, &cap, f) >= 0) {
         if (strcmp(line, "end\n") == 0) {
             if (seen != expect) {
                 eng_error_set(err, rc, false, "content cache file has %u rows, header says %u",
@@ -240,43 +306,8 @@ int eng_content_cache_load(struct eng_content_cache *c, FILE *f, struct eng_erro
             goto out;
         }
         struct eng_content r = {0};
-        char *p = line, *end;
-        long long id = strtoll(p, &end, 10);
-        if (end == p || *end != ' ' || id < INT32_MIN || id > INT32_MAX)
+        if (!parse_row(line, &r, &type))
             goto bad;
-        r.content_id = (int32_t)id;
-        p = end + 1;
-        if (*p == 'N') {
-            r.length_null = true;
-            p++;
-        } else {
-            long long l = strtoll(p, &end, 10);
-            if (end == p || l < INT32_MIN || l > INT32_MAX)
-                goto bad;
-            r.length_seconds = (int32_t)l;
-            p = end;
-        }
-        if (*p++ != ' ')
-            goto bad;
-        if (*p == '-') {
-            r.type_null = true;
-        } else if (*p == '=') {
-            p++;
-            size_t hl = strcspn(p, "\n");
-            if (hl % 2 != 0)
-                goto bad;
-            type = eng_malloc(hl / 2 + 1);
-            for (size_t k = 0; k < hl / 2; k++) {
-                int hi = eng_hex_digit(p[2 * k]), lo = eng_hex_digit(p[2 * k + 1]);
-                if (hi < 0 || lo < 0)
-                    goto bad;
-                type[k] = (char)(hi << 4 | lo);
-            }
-            r.content_type = type;
-            r.type_len = (uint32_t)(hl / 2);
-        } else {
-            goto bad;
-        }
         eng_content_cache_put(c, &r);
         free(type);
         type = NULL;
