@@ -52,10 +52,10 @@ static const char create_table_fmt[] =
 
 struct ch_sink {
     struct eng_sink base;
-    bool ts64;                   /* the table's event_ts is a DateTime64: send microseconds */
+    bool ts64;                    /* the table's event_ts is a DateTime64: send microseconds */
     int64_t ts_min_us, ts_max_us; /* what the table's event_ts holds */
     char ts_type[64];
-    struct eng_buf body;         /* an insert that differs from the batch's own JSON lines */
+    struct eng_buf body; /* an insert that differs from the batch's own JSON lines */
     struct eng_clickhouse_url url;
     char *database;
     char *insert_url;
@@ -119,89 +119,95 @@ static int url_fail(struct eng_clickhouse_url *u, struct eng_error *err, const c
     return eng_error_set(err, ENG_EINVAL, false, "invalid clickhouse url \"%s\": %s", shown, why);
 }
 
-int eng_clickhouse_url_parse(const char *url, struct eng_clickhouse_url *out, struct eng_error *err)
+/* "http://" or "https://": returns what follows, or NULL. */
+static const char *skip_scheme(const char *url, bool *tls)
 {
-    char shown[200];
-    char why[96];
-    memset(out, 0, sizeof(*out));
-    if (url == NULL)
-        url = "";
-    redact_url(url, shown, sizeof(shown));
-
-    const char *p;
-    if (strncasecmp(url, "http://", 7) == 0) {
-        p = url + 7;
-    } else if (strncasecmp(url, "https://", 8) == 0) {
-        p = url + 8;
-        out->tls = true;
-    } else {
-        return url_fail(out, err, shown, "expected http://[user:password@]host:port");
+    if (strncasecmp(url, "http://", 7) == 0)
+        return url + 7;
+    if (strncasecmp(url, "https://", 8) == 0) {
+        *tls = true;
+        return url + 8;
     }
+    return NULL;
+}
 
-    /* The last '@' ends the user info: nothing after the host may contain one, and a
-     * password with an unencoded '@', '/' or ':' still parses. */
+/* The user info before the last '@', if any: nothing after the host may contain one, and a
+ * password with an unencoded '@', '/' or ':' still parses. Returns where the host starts, or
+ * NULL on bad percent-encoding. */
+static const char *parse_userinfo(const char *p, struct eng_clickhouse_url *out)
+{
     const char *at = strrchr(p, '@');
-    const char *h = p;
-    if (at != NULL) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        size_t ulen = colon != NULL ? (size_t)(colon - p) : (size_t)(at - p);
-        out->user = eng_percent_decode(p, ulen);
-        out->password = colon != NULL ? eng_percent_decode(colon + 1, (size_t)(at - colon - 1))
-                                      : eng_strdup("");
-        if (out->user == NULL || out->password == NULL)
-            return url_fail(out, err, shown, "bad percent-encoding in the user info");
-        if (out->user[0] == '\0') {
-            free(out->user);
-            out->user = eng_strdup("default");
-        }
-        h = at + 1;
+    if (at == NULL)
+        return p;
+    const char *colon = memchr(p, ':', (size_t)(at - p));
+    size_t ulen = colon != NULL ? (size_t)(colon - p) : (size_t)(at - p);
+    out->user = eng_percent_decode(p, ulen);
+    out->password =
+        colon != NULL ? eng_percent_decode(colon + 1, (size_t)(at - colon - 1)) : eng_strdup("");
+    if (out->user == NULL || out->password == NULL)
+        return NULL;
+    if (out->user[0] == '\0') {
+        free(out->user);
+        out->user = eng_strdup("default");
     }
+    return at + 1;
+}
 
-    const char *q;
-    bool v6 = false;
-    if (*h == '[') {
-        const char *close = strchr(h, ']');
-        if (close == NULL)
-            return url_fail(out, err, shown, "unterminated '[' in the host");
-        for (const char *c = h + 1; c < close; c++) {
-            if (!isxdigit((unsigned char)*c) && *c != ':' && *c != '.')
-                return url_fail(out, err, shown, "bad IPv6 address");
-        }
-        if (close == h + 1)
-            return url_fail(out, err, shown, "missing host");
-        out->host = eng_strndup(h + 1, (size_t)(close - h - 1));
-        q = close + 1;
-        v6 = true;
-    } else {
-        q = h;
-        while (isalnum((unsigned char)*q) || *q == '-' || *q == '.' || *q == '_')
-            q++;
-        if (q == h)
-            return url_fail(out, err, shown, "missing host");
-        out->host = eng_strndup(h, (size_t)(q - h));
+/* "[v6 address]": returns what follows the ']', or NULL with *why. */
+static const char *parse_ipv6_host(const char *h, struct eng_clickhouse_url *out, const char **why)
+{
+    const char *close = strchr(h, ']');
+    if (close == NULL) {
+        *why = "unterminated '[' in the host";
+        return NULL;
     }
+    for (const char *c = h + 1; c < close; c++) {
+        if (!isxdigit((unsigned char)*c) && *c != ':' && *c != '.') {
+            *why = "bad IPv6 address";
+            return NULL;
+        }
+    }
+    if (close == h + 1) {
+        *why = "missing host";
+        return NULL;
+    }
+    out->host = eng_strndup(h + 1, (size_t)(close - h - 1));
+    return close + 1;
+}
 
-    out->port = out->tls ? 8443 : 8123;
-    if (*q == ':') {
+/* A host name or IPv4 address: returns what follows it, or NULL with *why. */
+static const char *parse_name_host(const char *h, struct eng_clickhouse_url *out, const char **why)
+{
+    const char *q = h;
+    while (isalnum((unsigned char)*q) || *q == '-' || *q == '.' || *q == '_')
         q++;
-        long port = 0;
-        int digits = 0;
-        while (isdigit((unsigned char)*q) && digits < 6) {
-            port = port * 10 + (*q - '0');
-            q++;
-            digits++;
-        }
-        if (digits == 0 || digits > 5 || port < 1 || port > 65535 || isdigit((unsigned char)*q))
-            return url_fail(out, err, shown, "bad port");
-        out->port = (int)port;
+    if (q == h) {
+        *why = "missing host";
+        return NULL;
     }
-    if (*q == '/')
-        q++;
-    if (*q != '\0') {
-        snprintf(why, sizeof(why), "unexpected \"%.40s\" after host:port", q);
-        return url_fail(out, err, shown, why);
-    }
+    out->host = eng_strndup(h, (size_t)(q - h));
+    return q;
+}
 
+/* The digits after ':': returns what follows them, or NULL when they are not a port. */
+static const char *parse_port(const char *q, int *port)
+{
+    long v = 0;
+    int digits = 0;
+    while (isdigit((unsigned char)*q) && digits < 6) {
+        v = v * 10 + (*q - '0');
+        q++;
+        digits++;
+    }
+    if (digits == 0 || digits > 5 || v < 1 || v > 65535 || isdigit((unsigned char)*q))
+        return NULL;
+    *port = (int)v;
+    return q;
+}
+
+/* endpoint (what curl is given) and display (what logs show: no password). */
+static void set_endpoint(struct eng_clickhouse_url *out, bool v6)
+{
     const char *scheme = out->tls ? "https" : "http";
     const char *lb = v6 ? "[" : "";
     const char *rb = v6 ? "]" : "";
@@ -212,6 +218,41 @@ int eng_clickhouse_url_parse(const char *url, struct eng_clickhouse_url *out, st
     out->display = eng_malloc(n);
     snprintf(out->display, n, "%s://%s%s%s%s%s:%d/", scheme, out->user ? out->user : "",
              out->user ? "@" : "", lb, out->host, rb, out->port);
+}
+
+int eng_clickhouse_url_parse(const char *url, struct eng_clickhouse_url *out, struct eng_error *err)
+{
+    char shown[200];
+    char why[96];
+    const char *fail = NULL;
+    memset(out, 0, sizeof(*out));
+    if (url == NULL)
+        url = "";
+    redact_url(url, shown, sizeof(shown));
+
+    const char *p = skip_scheme(url, &out->tls);
+    if (p == NULL)
+        return url_fail(out, err, shown, "expected http://[user:password@]host:port");
+    const char *h = parse_userinfo(p, out);
+    if (h == NULL)
+        return url_fail(out, err, shown, "bad percent-encoding in the user info");
+    bool v6 = *h == '[';
+    const char *q = v6 ? parse_ipv6_host(h, out, &fail) : parse_name_host(h, out, &fail);
+    if (q == NULL)
+        return url_fail(out, err, shown, fail);
+    out->port = out->tls ? 8443 : 8123;
+    if (*q == ':') {
+        q = parse_port(q + 1, &out->port);
+        if (q == NULL)
+            return url_fail(out, err, shown, "bad port");
+    }
+    if (*q == '/')
+        q++;
+    if (*q != '\0') {
+        snprintf(why, sizeof(why), "unexpected \"%.40s\" after host:port", q);
+        return url_fail(out, err, shown, why);
+    }
+    set_endpoint(out, v6);
     return 0;
 }
 
@@ -591,7 +632,8 @@ static const struct eng_buf *insert_body(struct ch_sink *s, const struct eng_bat
 {
     bool plain = !s->ts64;
     for (uint32_t i = 0; i < b->n && plain; i++)
-        plain = b->events[i].event_ts_us >= s->ts_min_us && b->events[i].event_ts_us <= s->ts_max_us;
+        plain =
+            b->events[i].event_ts_us >= s->ts_min_us && b->events[i].event_ts_us <= s->ts_max_us;
     *rc = 0;
     if (plain)
         return &b->jsonl;
@@ -624,10 +666,72 @@ static const struct eng_buf *insert_body(struct ch_sink *s, const struct eng_bat
     return own->len > 0 ? own : NULL;
 }
 
+/* CREATE DATABASE and CREATE TABLE, event_ts a DateTime64 where the server has one. */
+static int create_schema(struct ch_sink *s, struct eng_error *err)
+{
+    char sql[1024];
+    snprintf(sql, sizeof(sql), "CREATE DATABASE IF NOT EXISTS %s", s->database);
+    int rc = sink_sql(s, sql, "create database", err);
+    if (rc != 0)
+        return rc;
+    struct eng_error probe;
+    bool has64 = sink_sql(s, "SELECT toDateTime64('2000-01-01 00:00:00', 6, 'UTC')",
+                          "DateTime64 probe", &probe) == 0;
+    snprintf(sql, sizeof(sql), create_table_fmt, s->database, has64 ? TS_DATETIME64 : TS_DATETIME);
+    return sink_sql(s, sql, "create table", err);
+}
+
+/* Warns when a column's type differs from the one engage creates, and keeps event_ts's. */
+static void note_column_type(struct ch_sink *s, const char *name, const char *type, size_t tl)
+{
+    /* A table made by an older engage (or by hand) may hold the derived fields as Float64
+     * or event_ts in the server's zone: it still works, less exactly, so warn only. */
+    bool derived = strncmp(name, "engagement_", 11) == 0;
+    bool ts = strcmp(name, "event_ts") == 0;
+    if ((derived && !type_has(type, tl, "Decimal")) || (ts && !type_has(type, tl, "UTC")))
+        eng_warn("msg=\"clickhouse column differs from the one engage creates\" "
+                 "table=%s." ENG_CLICKHOUSE_TABLE " column=%s type=\"%.*s\"",
+                 s->database, name, (int)tl, type);
+    if (ts) {
+        /* TabSeparated escapes the quotes of DateTime('UTC'): drop the backslashes. */
+        size_t o = 0;
+        for (size_t k = 0; k < tl && o + 1 < sizeof(s->ts_type); k++) {
+            if (type[k] != '\\')
+                s->ts_type[o++] = type[k];
+        }
+        s->ts_type[o] = '\0';
+    }
+}
+
+/* The table has every column the enriched JSON carries. */
+static int check_columns(struct ch_sink *s, struct eng_error *err)
+{
+    char sql[1024];
+    snprintf(sql, sizeof(sql),
+             "SELECT name, type FROM system.columns WHERE database = '%s' AND "
+             "table = '" ENG_CLICKHOUSE_TABLE "' FORMAT TabSeparated",
+             s->database);
+    int rc = sink_sql(s, sql, "column check", err);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < sizeof(columns) / sizeof(columns[0]); i++) {
+        size_t tl = 0;
+        const char *type = column_type(&s->resp, columns[i], &tl);
+        if (type == NULL)
+            return eng_error_set(err, ENG_EINVAL, false,
+                                 "clickhouse: table %s." ENG_CLICKHOUSE_TABLE
+                                 " has no column \"%s\": it predates engage or was changed "
+                                 "(runbook: add the column, or drop the table and let engage "
+                                 "create it, then backfill)",
+                                 s->database, columns[i]);
+        note_column_type(s, columns[i], type, tl);
+    }
+    return 0;
+}
+
 static int ch_open(struct eng_sink *base, struct eng_error *err)
 {
     struct ch_sink *s = (struct ch_sink *)base;
-    char sql[1024];
     char version[64];
     int rc;
 
@@ -644,55 +748,12 @@ static int ch_open(struct eng_sink *base, struct eng_error *err)
     const char *ans = s->resp.data != NULL ? s->resp.data : "";
     snprintf(version, sizeof(version), "%.*s", (int)strcspn(ans, "\r\n"), ans);
 
-    snprintf(sql, sizeof(sql), "CREATE DATABASE IF NOT EXISTS %s", s->database);
-    rc = sink_sql(s, sql, "create database", err);
+    rc = create_schema(s, err);
     if (rc != 0)
         goto fail;
-    struct eng_error probe;
-    bool has64 = sink_sql(s, "SELECT toDateTime64('2000-01-01 00:00:00', 6, 'UTC')",
-                          "DateTime64 probe", &probe) == 0;
-    snprintf(sql, sizeof(sql), create_table_fmt, s->database, has64 ? TS_DATETIME64 : TS_DATETIME);
-    rc = sink_sql(s, sql, "create table", err);
+    rc = check_columns(s, err);
     if (rc != 0)
         goto fail;
-
-    snprintf(sql, sizeof(sql),
-             "SELECT name, type FROM system.columns WHERE database = '%s' AND "
-             "table = '" ENG_CLICKHOUSE_TABLE "' FORMAT TabSeparated",
-             s->database);
-    rc = sink_sql(s, sql, "column check", err);
-    if (rc != 0)
-        goto fail;
-    for (size_t i = 0; i < sizeof(columns) / sizeof(columns[0]); i++) {
-        size_t tl = 0;
-        const char *type = column_type(&s->resp, columns[i], &tl);
-        /* A table made by an older engage (or by hand) may hold the derived fields as Float64
-         * or event_ts in the server's zone: it still works, less exactly, so warn only. */
-        bool derived = strncmp(columns[i], "engagement_", 11) == 0;
-        if (type != NULL && ((derived && !type_has(type, tl, "Decimal")) ||
-                             (strcmp(columns[i], "event_ts") == 0 && !type_has(type, tl, "UTC"))))
-            eng_warn("msg=\"clickhouse column differs from the one engage creates\" "
-                     "table=%s." ENG_CLICKHOUSE_TABLE " column=%s type=\"%.*s\"",
-                     s->database, columns[i], (int)tl, type);
-        if (type != NULL && strcmp(columns[i], "event_ts") == 0) {
-            /* TabSeparated escapes the quotes of DateTime('UTC'): drop the backslashes. */
-            size_t o = 0;
-            for (size_t k = 0; k < tl && o + 1 < sizeof(s->ts_type); k++) {
-                if (type[k] != '\\')
-                    s->ts_type[o++] = type[k];
-            }
-            s->ts_type[o] = '\0';
-        }
-        if (type == NULL) {
-            rc = eng_error_set(err, ENG_EINVAL, false,
-                               "clickhouse: table %s." ENG_CLICKHOUSE_TABLE
-                               " has no column \"%s\": it predates engage or was changed "
-                               "(runbook: add the column, or drop the table and let engage "
-                               "create it, then backfill)",
-                               s->database, columns[i]);
-            goto fail;
-        }
-    }
     rc = ts_range(s, err);
     if (rc != 0)
         goto fail;
@@ -730,8 +791,8 @@ static int ch_write(struct eng_sink *base, const struct eng_batch *b, struct eng
         return 0; /* every event was parked */
     snprintf(what, sizeof(what), "insert of %u events", b->n);
     eng_buf_reset(&s->resp);
-    rc = perform(s->easy, s->insert_url, s->url.display, body->data, body->len, &s->resp,
-                 s->errbuf, what, &status, err);
+    rc = perform(s->easy, s->insert_url, s->url.display, body->data, body->len, &s->resp, s->errbuf,
+                 what, &status, err);
     if (rc == 0 && status != 200)
         rc = http_error(err, what, status, &s->resp);
     if (rc != 0) {
