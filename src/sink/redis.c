@@ -76,7 +76,8 @@ static const char apply_script_check[] =
     "end\n"
     "local mark = redis.call('HMGET', 'engage:mark', 'gen', 'seq')\n"
     "if mark[1] ~= ARGV[5] then\n"
-    "  return redis.error_reply('ENGAGE_LOST engage:mark holds generation ' .. tostring(mark[1]) ..\n"
+    "  return redis.error_reply('ENGAGE_LOST engage:mark holds generation ' .. tostring(mark[1]) "
+    "..\n"
     "    ', not ' .. ARGV[5])\n"
     "end\n"
     "if (tonumber(mark[2]) or -1) < tonumber(ARGV[6]) then\n"
@@ -114,7 +115,8 @@ static const char apply_script_check[] =
     "    end\n"
     "    if why then return why end\n"
     "  end\n"
-    "  if nwin > 0 then return need('top:content:10m', 'zset') or need('engage:top:end', 'string') end\n"
+    "  if nwin > 0 then return need('top:content:10m', 'zset') or need('engage:top:end', 'string') "
+    "end\n"
     "  return nil\n"
     "end\n"
     "local why = check()\n";
@@ -190,7 +192,7 @@ static const char apply_script_write[] =
     "end\n"
     "return {fresh, redis.call('HINCRBY', 'engage:mark', 'seq', 1)}\n";
 
-#define HEADER_ARGS         7  /* ARGV before the window names */
+#define HEADER_ARGS         7 /* ARGV before the window names */
 #define MARK_KEY            "engage:mark"
 #define SEQ_DIGITS          19 /* the write count as the script gets it, zero-padded */
 #define EVENT_ARGS          7  /* ARGV per event */
@@ -275,108 +277,140 @@ void eng_redis_url_free(struct eng_redis_url *u)
     memset(u, 0, sizeof(*u));
 }
 
-int eng_redis_url_parse(const char *url, struct eng_redis_url *out, struct eng_error *err)
+/* "redis://" (and a clear word on "rediss://", which is not supported). */
+static bool check_scheme(const char *url, struct eng_error *err)
 {
-    static const char scheme[] = "redis://";
-    const size_t scheme_len = sizeof(scheme) - 1;
-    int rc = ENG_EINVAL;
+    if (url != NULL && strncasecmp(url, "redis://", 8) == 0)
+        return true;
+    if (url != NULL && strncasecmp(url, "rediss://", 9) == 0)
+        eng_error_set(err, ENG_EINVAL, false,
+                      "invalid redis url: tls (rediss://) is not supported");
+    else
+        eng_error_set(err, ENG_EINVAL, false, "invalid redis url: it must start with \"redis://\"");
+    return false;
+}
 
-    memset(out, 0, sizeof(*out));
-    out->port = 6379;
-    if (url == NULL || strncasecmp(url, scheme, scheme_len) != 0) {
-        if (url != NULL && strncasecmp(url, "rediss://", 9) == 0)
-            eng_error_set(err, rc, false, "invalid redis url: tls (rediss://) is not supported");
-        else
-            eng_error_set(err, rc, false, "invalid redis url: it must start with \"redis://\"");
-        goto fail;
-    }
-    const char *auth = url + scheme_len;
-    const char *end = auth + strcspn(auth, "/?#");
-    if (*end == '?' || *end == '#' || (*end == '/' && strpbrk(end, "?#") != NULL)) {
-        eng_error_set(err, rc, false, "invalid redis url: query and fragment are not supported");
-        goto fail;
-    }
-
-    /* userinfo: the part before the last '@' of the authority (a password may hold '@' only
-     * percent-encoded, but be lenient like redis-cli and split at the last one). */
+/* The userinfo of the authority [auth, end): the part before the last '@' (a password may
+ * hold '@' only percent-encoded, but be lenient like redis-cli and split at the last one).
+ * Returns where the host starts, or NULL with err set. */
+static const char *parse_userinfo(const char *auth, const char *end, struct eng_redis_url *out,
+                                  struct eng_error *err)
+{
     const char *at = NULL;
     for (const char *p = auth; p < end; p++) {
         if (*p == '@')
             at = p;
     }
-    const char *host = auth;
-    if (at != NULL) {
-        const char *colon = memchr(auth, ':', (size_t)(at - auth));
-        const char *pass = auth;
-        if (colon != NULL) {
-            if (colon > auth) {
-                out->user = eng_percent_decode(auth, (size_t)(colon - auth));
-                if (out->user == NULL) {
-                    eng_error_set(err, rc, false, "invalid redis url: bad escape in the user");
-                    goto fail;
-                }
-            }
-            pass = colon + 1;
-        }
-        if (at > pass) {
-            out->password = eng_percent_decode(pass, (size_t)(at - pass));
-            if (out->password == NULL) {
-                eng_error_set(err, rc, false, "invalid redis url: bad escape in the password");
-                goto fail;
+    if (at == NULL)
+        return auth;
+    const char *colon = memchr(auth, ':', (size_t)(at - auth));
+    const char *pass = auth;
+    if (colon != NULL) {
+        if (colon > auth) {
+            out->user = eng_percent_decode(auth, (size_t)(colon - auth));
+            if (out->user == NULL) {
+                eng_error_set(err, ENG_EINVAL, false, "invalid redis url: bad escape in the user");
+                return NULL;
             }
         }
-        host = at + 1;
+        pass = colon + 1;
     }
+    if (at > pass) {
+        out->password = eng_percent_decode(pass, (size_t)(at - pass));
+        if (out->password == NULL) {
+            eng_error_set(err, ENG_EINVAL, false, "invalid redis url: bad escape in the password");
+            return NULL;
+        }
+    }
+    return at + 1;
+}
 
-    /* host[:port], IPv6 in brackets */
+/* The host in [host, end), IPv6 in brackets. Returns where it ends (at ':' or end), or NULL
+ * with err set. */
+static const char *parse_host(const char *host, const char *end, struct eng_redis_url *out,
+                              struct eng_error *err)
+{
     const char *host_end;
-    const char *port = NULL;
     if (*host == '[') {
         const char *close = memchr(host, ']', (size_t)(end - host));
         if (close == NULL || close == host + 1) {
-            eng_error_set(err, rc, false, "invalid redis url: bad ipv6 host");
-            goto fail;
+            eng_error_set(err, ENG_EINVAL, false, "invalid redis url: bad ipv6 host");
+            return NULL;
         }
         out->host = eng_strndup(host + 1, (size_t)(close - host - 1));
         host_end = close + 1;
         if (host_end < end && *host_end != ':') {
-            eng_error_set(err, rc, false, "invalid redis url: bad ipv6 host");
-            goto fail;
+            eng_error_set(err, ENG_EINVAL, false, "invalid redis url: bad ipv6 host");
+            return NULL;
         }
-    } else {
-        host_end = memchr(host, ':', (size_t)(end - host));
-        if (host_end == NULL)
-            host_end = end;
-        if (host_end == host) {
-            eng_error_set(err, rc, false, "invalid redis url: missing host");
-            goto fail;
-        }
-        out->host = eng_strndup(host, (size_t)(host_end - host));
+        return host_end;
     }
-    if (host_end < end) {
-        port = host_end + 1; /* after ':' */
-        long v;
-        if (!parse_uint(port, (size_t)(end - port), 65535, &v) || v == 0) {
-            eng_error_set(err, rc, false, "invalid redis url: bad port \"%.*s\"", (int)(end - port),
-                          port);
-            goto fail;
-        }
-        out->port = (int)v;
+    host_end = memchr(host, ':', (size_t)(end - host));
+    if (host_end == NULL)
+        host_end = end;
+    if (host_end == host) {
+        eng_error_set(err, ENG_EINVAL, false, "invalid redis url: missing host");
+        return NULL;
     }
+    out->host = eng_strndup(host, (size_t)(host_end - host));
+    return host_end;
+}
 
-    if (*end == '/' && end[1] != '\0') {
-        long v;
-        if (!parse_uint(end + 1, strlen(end + 1), INT_MAX, &v)) {
-            eng_error_set(err, rc, false, "invalid redis url: bad database \"%s\"", end + 1);
-            goto fail;
-        }
-        out->db = (int)v;
+/* ":port" in [p, end), or nothing (p == end). */
+static bool parse_port(const char *p, const char *end, struct eng_redis_url *out,
+                       struct eng_error *err)
+{
+    if (p == end)
+        return true;
+    const char *port = p + 1; /* after ':' */
+    long v;
+    if (!parse_uint(port, (size_t)(end - port), 65535, &v) || v == 0) {
+        eng_error_set(err, ENG_EINVAL, false, "invalid redis url: bad port \"%.*s\"",
+                      (int)(end - port), port);
+        return false;
     }
+    out->port = (int)v;
+    return true;
+}
+
+/* "/db" after the authority, or nothing. */
+static bool parse_db(const char *end, struct eng_redis_url *out, struct eng_error *err)
+{
+    if (*end != '/' || end[1] == '\0')
+        return true;
+    long v;
+    if (!parse_uint(end + 1, strlen(end + 1), INT_MAX, &v)) {
+        eng_error_set(err, ENG_EINVAL, false, "invalid redis url: bad database \"%s\"", end + 1);
+        return false;
+    }
+    out->db = (int)v;
+    return true;
+}
+
+int eng_redis_url_parse(const char *url, struct eng_redis_url *out, struct eng_error *err)
+{
+    memset(out, 0, sizeof(*out));
+    out->port = 6379;
+    if (!check_scheme(url, err))
+        goto fail;
+    const char *auth = url + 8;
+    const char *end = auth + strcspn(auth, "/?#");
+    if (*end == '?' || *end == '#' || (*end == '/' && strpbrk(end, "?#") != NULL)) {
+        eng_error_set(err, ENG_EINVAL, false,
+                      "invalid redis url: query and fragment are not supported");
+        goto fail;
+    }
+    const char *host = parse_userinfo(auth, end, out, err);
+    if (host == NULL)
+        goto fail;
+    const char *host_end = parse_host(host, end, out, err);
+    if (host_end == NULL || !parse_port(host_end, end, out, err) || !parse_db(end, out, err))
+        goto fail;
     return 0;
 
 fail:
     eng_redis_url_free(out);
-    return rc;
+    return ENG_EINVAL;
 }
 
 /* ---- argument text ---- */
@@ -487,8 +521,8 @@ static int command(struct redis_sink *r, int argc, const char **argv, const size
         strncmp(reply->str, "ENGAGE_LOST", 11) != 0) {
         bool denied = reply_denied(reply->str);
         bool retriable = denied || reply_error_retriable(reply->str);
-        int rc = eng_error_set(err, denied ? ENG_EDENIED : ENG_EIO, retriable, "redis %s failed: %s",
-                               what, reply->str);
+        int rc = eng_error_set(err, denied ? ENG_EDENIED : ENG_EIO, retriable,
+                               "redis %s failed: %s", what, reply->str);
         freeReplyObject(reply);
         if (retriable)
             drop_connection(r);
@@ -551,8 +585,7 @@ static void new_gen(char out[ENG_REDIS_GEN_LEN + 1])
 }
 
 /* Why Redis no longer holds what engage wrote, or NULL when it does. */
-static const char *mark_loss(const struct redis_sink *r, bool created, bool behind,
-                             const char *gen)
+static const char *mark_loss(const struct redis_sink *r, bool created, bool behind, const char *gen)
 {
     if (r->gen[0] != '\0') { /* this process wrote into r->gen */
         if (behind)
@@ -580,8 +613,13 @@ static int mark_sync(struct redis_sink *r, struct eng_error *err)
     char fresh[ENG_REDIS_GEN_LEN + 1];
     new_gen(fresh);
     const char *argv[] = {"EVAL", mark_script, "1", MARK_KEY, fresh, r->gen, r->seq_text};
-    const size_t len[] = {4, sizeof(mark_script) - 1, 1, strlen(MARK_KEY), ENG_REDIS_GEN_LEN,
-                          strlen(r->gen), strlen(r->seq_text)};
+    const size_t len[] = {4,
+                          sizeof(mark_script) - 1,
+                          1,
+                          strlen(MARK_KEY),
+                          ENG_REDIS_GEN_LEN,
+                          strlen(r->gen),
+                          strlen(r->seq_text)};
     redisReply *reply;
     int rc = command(r, 7, argv, len, "mark", &reply, err);
     if (rc != 0)
@@ -948,20 +986,20 @@ static const struct eng_sink_ops redis_ops = {
     .destroy = redis_destroy,
 };
 
-struct eng_sink *eng_redis_sink_create(const char *url, const struct eng_redis_options *opt,
-                                       struct eng_error *err)
+/* The caller's options over the defaults (a zero keeps the default), checked. */
+static bool options_resolve(const struct eng_redis_options *opt, struct eng_redis_options *o,
+                            struct eng_error *err)
 {
-    struct eng_redis_options o;
-    eng_redis_options_init(&o);
+    eng_redis_options_init(o);
     if (opt != NULL) {
-        o.seen_ttl_s = opt->seen_ttl_s;
-        o.now_us = opt->now_us;
-        o.known_gen = opt->known_gen;
-        o.on_mark = opt->on_mark;
-        o.mark_ctx = opt->mark_ctx;
+        o->seen_ttl_s = opt->seen_ttl_s;
+        o->now_us = opt->now_us;
+        o->known_gen = opt->known_gen;
+        o->on_mark = opt->on_mark;
+        o->mark_ctx = opt->mark_ctx;
 #define TAKE(f)                                                                                    \
     if (opt->f != 0)                                                                               \
-        o.f = opt->f;
+        o->f = opt->f;
         TAKE(last_ttl_s)
         TAKE(bucket_ttl_s)
         TAKE(top_ttl_s)
@@ -971,49 +1009,45 @@ struct eng_sink *eng_redis_sink_create(const char *url, const struct eng_redis_o
         TAKE(max_events_per_call)
 #undef TAKE
     }
-    if (o.top_minutes > ENG_REDIS_MAX_TOP_MINUTES) {
+    if (o->top_minutes > ENG_REDIS_MAX_TOP_MINUTES) {
         eng_error_set(err, ENG_EINVAL, false, "redis top window of %u minutes exceeds %d",
-                      o.top_minutes, ENG_REDIS_MAX_TOP_MINUTES);
-        return NULL;
+                      o->top_minutes, ENG_REDIS_MAX_TOP_MINUTES);
+        return false;
     }
-    if ((uint64_t)o.top_minutes * 60 > o.bucket_ttl_s) {
+    if ((uint64_t)o->top_minutes * 60 > o->bucket_ttl_s) {
         eng_error_set(err, ENG_EINVAL, false,
                       "redis top window of %u minutes is longer than the bucket ttl (%u s)",
-                      o.top_minutes, o.bucket_ttl_s);
-        return NULL;
+                      o->top_minutes, o->bucket_ttl_s);
+        return false;
     }
-    if (o.max_events_per_call > MAX_EVENTS_PER_CALL)
-        o.max_events_per_call = MAX_EVENTS_PER_CALL;
+    if (o->max_events_per_call > MAX_EVENTS_PER_CALL)
+        o->max_events_per_call = MAX_EVENTS_PER_CALL;
+    return true;
+}
 
-    if (strtoll(SEEN_LAST_BIT, NULL, 10) != ((int64_t)1 << SEEN_BITS) - 1)
-        eng_die("SEEN_LAST_BIT does not match SEEN_BITS");
-
-    struct redis_sink *r = eng_calloc(1, sizeof(*r));
-    if (eng_redis_url_parse(url, &r->url, err) != 0) {
-        free(r);
-        return NULL;
-    }
-    r->base.ops = &redis_ops;
-    r->opt = o;
+/* The script and one call's argument vector, sized for r->opt.max_events_per_call, and the
+ * header arguments every call repeats. */
+static void call_buffers_alloc(struct redis_sink *r)
+{
+    const struct eng_redis_options *o = &r->opt;
     r->script = eng_malloc(sizeof(apply_script_check) + sizeof(apply_script_write));
     memcpy(r->script, apply_script_check, sizeof(apply_script_check) - 1);
     memcpy(r->script + sizeof(apply_script_check) - 1, apply_script_write,
            sizeof(apply_script_write));
     size_t cap = CALL_PREFIX + HEADER_ARGS + ENG_REDIS_MAX_TOP_MINUTES +
-                 (size_t)EVENT_ARGS * o.max_events_per_call;
+                 (size_t)EVENT_ARGS * o->max_events_per_call;
     r->argv = eng_calloc(cap, sizeof(*r->argv));
     r->argvlen = eng_calloc(cap, sizeof(*r->argvlen));
-    r->num = eng_malloc((size_t)NUM_SLOT * o.max_events_per_call);
-    put_i64(r->header[0], o.last_ttl_s);
-    put_i64(r->header[1], o.bucket_ttl_s);
-    put_i64(r->header[2], o.seen_ttl_s);
-    put_i64(r->header[3], o.top_ttl_s);
-    put_i64(r->nwin_text, o.top_minutes);
-    set_seq(r, 0);
-    if (o.known_gen != NULL && strlen(o.known_gen) == ENG_REDIS_GEN_LEN)
-        memcpy(r->known_gen, o.known_gen, sizeof(r->known_gen));
-    r->opt.known_gen = NULL; /* the caller's string is not kept */
+    r->num = eng_malloc((size_t)NUM_SLOT * o->max_events_per_call);
+    put_i64(r->header[0], o->last_ttl_s);
+    put_i64(r->header[1], o->bucket_ttl_s);
+    put_i64(r->header[2], o->seen_ttl_s);
+    put_i64(r->header[3], o->top_ttl_s);
+    put_i64(r->nwin_text, o->top_minutes);
+}
 
+static void metrics_register(struct redis_sink *r)
+{
     r->m_events = eng_metrics_counter("engage_sink_events_total", "sink=\"redis\"",
                                       "Events written to a sink.");
     r->m_batches = eng_metrics_counter("engage_sink_batches_total", "sink=\"redis\"",
@@ -1027,5 +1061,29 @@ struct eng_sink *eng_redis_sink_create(const char *url, const struct eng_redis_o
     r->m_duplicates =
         eng_metrics_counter("engage_redis_duplicates_total", NULL,
                             "Events the Redis sink skipped because they were already applied.");
+}
+
+struct eng_sink *eng_redis_sink_create(const char *url, const struct eng_redis_options *opt,
+                                       struct eng_error *err)
+{
+    struct eng_redis_options o;
+    if (!options_resolve(opt, &o, err))
+        return NULL;
+    if (strtoll(SEEN_LAST_BIT, NULL, 10) != ((int64_t)1 << SEEN_BITS) - 1)
+        eng_die("SEEN_LAST_BIT does not match SEEN_BITS");
+
+    struct redis_sink *r = eng_calloc(1, sizeof(*r));
+    if (eng_redis_url_parse(url, &r->url, err) != 0) {
+        free(r);
+        return NULL;
+    }
+    r->base.ops = &redis_ops;
+    r->opt = o;
+    call_buffers_alloc(r);
+    set_seq(r, 0);
+    if (o.known_gen != NULL && strlen(o.known_gen) == ENG_REDIS_GEN_LEN)
+        memcpy(r->known_gen, o.known_gen, sizeof(r->known_gen));
+    r->opt.known_gen = NULL; /* the caller's string is not kept */
+    metrics_register(r);
     return &r->base;
 }
