@@ -182,138 +182,164 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
-int eng_cmd_mock_api(int argc, char **argv)
-{
+/* What the command line says: the mock's options and where to listen. */
+struct mock_cli {
     struct eng_mockapi_options o;
-    eng_mockapi_options_default(&o);
-    char host[256] = "127.0.0.1", control_host[256] = "";
-    int port = 8000, control_port = 0;
-    const char *port_file = NULL;
-    int64_t v;
-    double d;
-    int rc = 0;
+    char host[256];
+    char control_host[256];
+    int port;
+    int control_port;
+    const char *port_file;
+};
 
-    optind = 1;
-    int c;
-    while (rc == 0 && (c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_LISTEN:
-            rc = parse_addr("listen", optarg, host, sizeof(host), &port);
-            break;
-        case OPT_CONTROL_LISTEN:
-            if (strcmp(optarg, "off") == 0)
-                control_port = -1;
-            else
-                rc = parse_addr("control-listen", optarg, control_host, sizeof(control_host),
-                                &control_port);
-            break;
-        case OPT_PORT_FILE:
-            port_file = optarg;
-            break;
-        case OPT_SEED:
-            rc = parse_i64("seed", optarg, 0, INT64_MAX, &v);
-            o.seed = (uint64_t)v;
-            break;
-        case OPT_FAIL_RATE:
-            rc = parse_double("fail-rate", optarg, 0, 1, &o.faults.fail_rate);
-            break;
-        case OPT_FAIL_STATUS:
-            rc = parse_i64("fail-status", optarg, 100, 599, &v);
-            o.faults.fail_status = (int)v;
-            break;
-        case OPT_429_RATE:
-            rc = parse_double("status-429-rate", optarg, 0, 1, &o.faults.status_429_rate);
-            break;
-        case OPT_RETRY_AFTER:
-            rc = parse_i64("retry-after", optarg, 0, 86400, &o.faults.retry_after_s);
-            break;
-        case OPT_RETRY_AFTER_DATE:
-            o.faults.retry_after_date = true;
-            break;
-        case OPT_DELAY:
-            rc = parse_i64("delay-ms", optarg, 0, 3600000, &o.faults.delay_ms);
-            break;
-        case OPT_JITTER:
-            rc = parse_i64("delay-jitter-ms", optarg, 0, 3600000, &o.faults.delay_jitter_ms);
-            break;
-        case OPT_HANG:
-            d = 1;
-            rc = optarg ? parse_double("hang", optarg, 0, 1, &d) : 0;
-            o.faults.hang_rate = d;
-            break;
-        case OPT_HANG_MAX:
-            rc = parse_i64("hang-max-ms", optarg, 1, 3600000, &o.faults.hang_max_ms);
-            break;
-        case OPT_RESET:
-            d = 1;
-            rc = optarg ? parse_double("reset", optarg, 0, 1, &d) : 0;
-            o.faults.reset_rate = d;
-            break;
-        case OPT_RESET_AFTER_ACCEPT:
-            d = 1;
-            rc = optarg ? parse_double("reset-after-accept", optarg, 0, 1, &d) : 0;
-            o.faults.reset_after_accept_rate = d;
-            break;
-        case OPT_DOWN:
-            o.faults.down = true;
-            break;
-        case OPT_DOWN_MS:
-            rc = parse_i64("down-ms", optarg, 0, 86400000, &o.faults.down_ms);
-            break;
-        case OPT_TOKEN:
-            o.require_token = optarg;
-            break;
-        case OPT_LOG:
-            o.faults.log = true;
-            break;
-        case OPT_LOG_SIZE:
-            rc = parse_i64("log-size", optarg, 1, 10000000, &v);
-            o.log_size = (size_t)v;
-            break;
-        case OPT_MAX_EVENTS:
-            rc = parse_i64("max-events", optarg, 1, (long long)1 << 32, &v);
-            o.max_events = (size_t)v;
-            break;
-        case OPT_MAX_BODY_MB:
-            rc = parse_i64("max-body-mb", optarg, 1, 4096, &v);
-            o.max_body = (size_t)v << 20;
-            break;
-        case OPT_MAX_BODY_TOTAL_MB:
-            rc = parse_i64("max-body-total-mb", optarg, 1, 65536, &v);
-            o.max_body_total = (size_t)v << 20;
-            break;
-        case OPT_MAX_CONNECTIONS:
-            rc = parse_i64("max-connections", optarg, 1, 10000, &v);
-            o.max_connections = (unsigned)v;
-            break;
-        case OPT_LOG_LEVEL: {
-            enum eng_log_level lvl;
-            if (!eng_log_parse_level(optarg, &lvl))
-                rc = bad_value("log-level", optarg);
-            else
-                eng_log_set_level(lvl);
-            break;
+/* A rate whose value is optional: absent means always. */
+static int parse_optional_rate(const char *opt, const char *arg, double *out)
+{
+    double d = 1;
+    int rc = arg ? parse_double(opt, arg, 0, 1, &d) : 0;
+    *out = d;
+    return rc;
+}
+
+/* The options that set a fault. Returns 0, -1 on a bad value (said on stderr), or 1 when c is
+ * not a fault option. */
+static int take_fault_option(struct eng_mockapi_faults *f, int c, const char *arg)
+{
+    int64_t v;
+    int rc;
+    switch (c) {
+    case OPT_FAIL_RATE:
+        return parse_double("fail-rate", arg, 0, 1, &f->fail_rate);
+    case OPT_FAIL_STATUS:
+        rc = parse_i64("fail-status", arg, 100, 599, &v);
+        f->fail_status = (int)v;
+        return rc;
+    case OPT_429_RATE:
+        return parse_double("status-429-rate", arg, 0, 1, &f->status_429_rate);
+    case OPT_RETRY_AFTER:
+        return parse_i64("retry-after", arg, 0, 86400, &f->retry_after_s);
+    case OPT_RETRY_AFTER_DATE:
+        f->retry_after_date = true;
+        return 0;
+    case OPT_DELAY:
+        return parse_i64("delay-ms", arg, 0, 3600000, &f->delay_ms);
+    case OPT_JITTER:
+        return parse_i64("delay-jitter-ms", arg, 0, 3600000, &f->delay_jitter_ms);
+    case OPT_HANG:
+        return parse_optional_rate("hang", arg, &f->hang_rate);
+    case OPT_HANG_MAX:
+        return parse_i64("hang-max-ms", arg, 1, 3600000, &f->hang_max_ms);
+    case OPT_RESET:
+        return parse_optional_rate("reset", arg, &f->reset_rate);
+    case OPT_RESET_AFTER_ACCEPT:
+        return parse_optional_rate("reset-after-accept", arg, &f->reset_after_accept_rate);
+    case OPT_DOWN:
+        f->down = true;
+        return 0;
+    case OPT_DOWN_MS:
+        return parse_i64("down-ms", arg, 0, 86400000, &f->down_ms);
+    case OPT_LOG:
+        f->log = true;
+        return 0;
+    default:
+        return 1;
+    }
+}
+
+/* The options about listeners, limits and logging. Returns 0, -1 on a bad value (said on
+ * stderr), or 1 when c is not one of them. */
+static int take_server_option(struct mock_cli *cli, int c, const char *arg)
+{
+    struct eng_mockapi_options *o = &cli->o;
+    int64_t v;
+    int rc;
+    switch (c) {
+    case OPT_LISTEN:
+        return parse_addr("listen", arg, cli->host, sizeof(cli->host), &cli->port);
+    case OPT_CONTROL_LISTEN:
+        if (strcmp(arg, "off") == 0) {
+            cli->control_port = -1;
+            return 0;
         }
-        case 'h':
-        case OPT_HELP:
+        return parse_addr("control-listen", arg, cli->control_host, sizeof(cli->control_host),
+                          &cli->control_port);
+    case OPT_PORT_FILE:
+        cli->port_file = arg;
+        return 0;
+    case OPT_SEED:
+        rc = parse_i64("seed", arg, 0, INT64_MAX, &v);
+        o->seed = (uint64_t)v;
+        return rc;
+    case OPT_TOKEN:
+        o->require_token = arg;
+        return 0;
+    case OPT_LOG_SIZE:
+        rc = parse_i64("log-size", arg, 1, 10000000, &v);
+        o->log_size = (size_t)v;
+        return rc;
+    case OPT_MAX_EVENTS:
+        rc = parse_i64("max-events", arg, 1, (long long)1 << 32, &v);
+        o->max_events = (size_t)v;
+        return rc;
+    case OPT_MAX_BODY_MB:
+        rc = parse_i64("max-body-mb", arg, 1, 4096, &v);
+        o->max_body = (size_t)v << 20;
+        return rc;
+    case OPT_MAX_BODY_TOTAL_MB:
+        rc = parse_i64("max-body-total-mb", arg, 1, 65536, &v);
+        o->max_body_total = (size_t)v << 20;
+        return rc;
+    case OPT_MAX_CONNECTIONS:
+        rc = parse_i64("max-connections", arg, 1, 10000, &v);
+        o->max_connections = (unsigned)v;
+        return rc;
+    case OPT_LOG_LEVEL: {
+        enum eng_log_level lvl;
+        if (!eng_log_parse_level(arg, &lvl))
+            return bad_value("log-level", arg);
+        eng_log_set_level(lvl);
+        return 0;
+    }
+    default:
+        return 1;
+    }
+}
+
+/* Reads the command line into cli. Returns -1 to go on, else the exit status: 0 after
+ * --help, 2 on a usage error. */
+static int parse_args(struct mock_cli *cli, int argc, char **argv)
+{
+    optind = 1;
+    for (;;) {
+        int c = getopt_long(argc, argv, "h", long_opts, NULL);
+        if (c == -1)
+            break;
+        if (c == 'h' || c == OPT_HELP) {
             fputs(usage, stdout);
             return 0;
-        default:
-            fputs(usage, stderr);
-            return 2;
         }
+        int rc = take_fault_option(&cli->o.faults, c, optarg);
+        if (rc > 0)
+            rc = take_server_option(cli, c, optarg);
+        if (rc > 0)
+            fputs(usage, stderr); /* not an option of ours */
+        if (rc != 0)
+            return 2;
     }
-    if (rc != 0)
-        return 2;
     if (optind < argc) {
         fprintf(stderr, "engage mock-api: unexpected argument \"%s\"\n", argv[optind]);
         return 2;
     }
-    o.host = host;
-    o.port = (uint16_t)port;
-    o.control_host = control_host[0] ? control_host : NULL;
-    o.control_port = control_port;
+    cli->o.host = cli->host;
+    cli->o.port = (uint16_t)cli->port;
+    cli->o.control_host = cli->control_host[0] ? cli->control_host : NULL;
+    cli->o.control_port = cli->control_port;
+    return -1;
+}
 
+/* Runs the mock until SIGINT or SIGTERM. Returns the exit status. */
+static int serve(const struct mock_cli *cli)
+{
     /* Block the stop signals before any thread starts (threads inherit the mask), then wait
      * for them here: no handler runs in an arbitrary thread. */
     sigset_t stop;
@@ -325,18 +351,18 @@ int eng_cmd_mock_api(int argc, char **argv)
 
     struct eng_error err;
     eng_error_clear(&err);
-    struct eng_mockapi *m = eng_mockapi_start(&o, &err);
+    struct eng_mockapi *m = eng_mockapi_start(&cli->o, &err);
     if (m == NULL) {
         fprintf(stderr, "engage mock-api: %s\n", err.msg);
         return 1;
     }
     unsigned p = eng_mockapi_port(m), cp = eng_mockapi_control_port(m);
-    eng_info("msg=\"mock-api listening\" addr=%s:%u control_port=%u down=%s", host, p, cp,
-             o.faults.down ? "true" : "false");
+    eng_info("msg=\"mock-api listening\" addr=%s:%u control_port=%u down=%s", cli->host, p, cp,
+             cli->o.faults.down ? "true" : "false");
     printf("listening port=%u control_port=%u\n", p, cp);
     fflush(stdout);
-    if (port_file != NULL && write_port_file(port_file, p, cp) != 0) {
-        fprintf(stderr, "engage mock-api: could not write \"%s\": %s\n", port_file,
+    if (cli->port_file != NULL && write_port_file(cli->port_file, p, cp) != 0) {
+        fprintf(stderr, "engage mock-api: could not write \"%s\": %s\n", cli->port_file,
                 strerror(errno));
         eng_mockapi_stop(m);
         return 1;
@@ -348,4 +374,14 @@ int eng_cmd_mock_api(int argc, char **argv)
     eng_info("msg=\"mock-api stopping\" signal=%d", sig);
     eng_mockapi_stop(m);
     return 0;
+}
+
+int eng_cmd_mock_api(int argc, char **argv)
+{
+    struct mock_cli cli = {.host = "127.0.0.1", .port = 8000};
+    eng_mockapi_options_default(&cli.o);
+    int status = parse_args(&cli, argc, argv);
+    if (status >= 0)
+        return status;
+    return serve(&cli);
 }
