@@ -13,13 +13,14 @@ ALLOWED = {
     "decode": {"core"},                  # pgoutput bytes -> messages; no I/O
     "enrich": {"core"},                  # row -> enriched event; the content cache
     "dlq": {"core", "db"},               # the dead-letter table
+    "checkpoint": {"core"},              # save, then acknowledge, the durable position
     "sink": {"core", "dlq"},             # ClickHouse, Redis, HTTP, stdout
     "pipeline": {"core", "sink", "dlq"},  # queues, lanes, the durable position
-    "source": {"core", "db", "decode", "enrich", "dlq", "pipeline", "sink"},
+    "source": {"core", "db", "decode", "enrich", "dlq", "pipeline", "sink", "checkpoint"},
     "admin": {"core"},                   # /metrics, /healthz, /readyz
     "mockapi": {"core"},                 # the stand-in API
     "cli": {"core", "db", "decode", "enrich", "dlq", "sink", "pipeline", "source", "admin",
-            "mockapi"},
+            "mockapi", "checkpoint"},
 }
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

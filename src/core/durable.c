@@ -8,6 +8,14 @@
 
 #include "durable.h"
 
+void (*eng_durable_step_hook)(const char *step);
+
+static void step(const char *name)
+{
+    if (eng_durable_step_hook != NULL)
+        eng_durable_step_hook(name);
+}
+
 int eng_durable_replace(const char *dir, const char *name, eng_file_writer *write, void *arg,
                         struct eng_error *err)
 {
@@ -24,6 +32,7 @@ int eng_durable_replace(const char *dir, const char *name, eng_file_writer *writ
         eng_error_set(err, rc, false, "could not create \"%s\": %s", tmp, strerror(errno));
         goto fail;
     }
+    step("opened");
     if (write(f, arg, err) != 0)
         goto fail;
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
@@ -36,10 +45,12 @@ int eng_durable_replace(const char *dir, const char *name, eng_file_writer *writ
         goto fail;
     }
     f = NULL;
+    step("written");
     if (rename(tmp, path) != 0) {
         eng_error_set(err, rc, false, "could not rename \"%s\": %s", tmp, strerror(errno));
         goto fail;
     }
+    step("renamed");
     int dfd = open(dir, O_RDONLY | O_DIRECTORY);
     if (dfd < 0 || fsync(dfd) != 0) { /* the rename is durable only with the directory */
         eng_error_set(err, rc, false, "could not sync directory \"%s\": %s", dir,

@@ -4,6 +4,7 @@
 #define ENG_ERROR_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #define ENG_MUSTCHECK    __attribute__((warn_unused_result))
 #define ENG_PRINTF(f, a) __attribute__((format(printf, f, a)))

@@ -32,6 +32,7 @@
 #include "../core/pgtext.h"
 #include "../enrich/enrich.h"
 #include "backfill.h"
+#include "../checkpoint/checkpoint.h"
 #include "../core/durable.h"
 #include "../db/pgconn.h"
 #include "pgschema.h"
@@ -62,7 +63,7 @@ struct backfill {
     char state_name[40]; /* backfill-<hash of the range>.state */
     struct page_key after; /* the last row submitted (before the first row at the start) */
     uint64_t pages;        /* submitted */
-    uint64_t durable_page; /* saved as the resume point */
+    struct eng_checkpoint cp; /* cp.acked: the last page saved as the resume point */
     struct pending_page *pending;
     size_t npending, cap_pending;
     int64_t started_us, last_progress_us;
@@ -161,34 +162,45 @@ static int write_resume(FILE *f, void *arg, struct eng_error *err)
     return 0;
 }
 
-/* Writes the resume point through the durable-replace helper (a crash leaves the old or the
- * new file, whole). A save that fails costs pages read again on a resume, never events. */
-static void save_resume(struct backfill *b, const struct page_key *key)
+/* ---- checkpoint (src/checkpoint): the resume point of the last page every sink has ---- */
+
+static uint64_t cp_durable(void *ctx)
 {
-    if (b->opt->state_dir == NULL)
-        return;
-    struct resume_text r = {b, key};
-    struct eng_error err;
-    if (eng_durable_replace(b->opt->state_dir, b->state_name, write_resume, &r, &err) != 0)
-        eng_warn("msg=\"could not save the backfill resume point\" path=\"%s\" error=\"%s\"",
-                 b->state_path, err.msg);
+    return eng_pipeline_durable_position(((struct backfill *)ctx)->p);
 }
 
-/* Moves the resume point to the last page every sink has made durable. */
-static void checkpoint(struct backfill *b)
+/* The last page at or before page (there is one: page is past the last saved). */
+static size_t pages_upto(const struct backfill *b, uint64_t page)
 {
-    uint64_t durable = eng_pipeline_durable_position(b->p);
-    if (durable <= b->durable_page)
-        return;
     size_t k = 0;
-    while (k < b->npending && b->pending[k].page <= durable)
+    while (k < b->npending && b->pending[k].page <= page)
         k++;
-    if (k == 0)
-        return;
-    save_resume(b, &b->pending[k - 1].key);
-    b->durable_page = b->pending[k - 1].page;
+    return k;
+}
+
+/* Writes the resume point through the durable-replace helper (a crash leaves the old or the
+ * new file, whole). A save that fails holds the point and is tried again. */
+static int cp_save(void *ctx, uint64_t page, struct eng_error *err)
+{
+    struct backfill *b = ctx;
+    size_t k = pages_upto(b, page);
+    if (b->opt->state_dir == NULL || k == 0)
+        return 0;
+    struct resume_text r = {b, &b->pending[k - 1].key};
+    return eng_durable_replace(b->opt->state_dir, b->state_name, write_resume, &r, err);
+}
+
+static void cp_ack(void *ctx, uint64_t page)
+{
+    struct backfill *b = ctx;
+    size_t k = pages_upto(b, page);
     memmove(b->pending, b->pending + k, (b->npending - k) * sizeof(*b->pending));
     b->npending -= k;
+}
+
+static void checkpoint(struct backfill *b)
+{
+    eng_checkpoint_tick(&b->cp);
 }
 
 static void show_progress(struct backfill *b, bool last)
@@ -433,6 +445,8 @@ int eng_backfill_run(const struct eng_backfill_options *opt, struct eng_pipeline
                          .stop = stop,
                          .stats = stats,
                          .after = {"-infinity", "-9223372036854775808"}};
+    const struct eng_checkpoint_ops cp_ops = {cp_durable, cp_save, cp_ack, &b};
+    eng_checkpoint_init(&b.cp, &cp_ops, 0);
     struct eng_backoff bo;
     memset(stats, 0, sizeof(*stats));
     eng_backoff_init(&bo, 200000, 10000000, (uint64_t)eng_clock_mono_us());

@@ -13,6 +13,7 @@
 #include <sys/select.h>
 #include <time.h>
 
+#include "../checkpoint/checkpoint.h"
 #include "../core/metrics.h"
 #include "../core/backoff.h"
 #include "../core/buf.h"
@@ -87,7 +88,8 @@ struct pgsrc {
     int64_t batch_commit_us; /* commit time of the open batch's first transaction; 0: none */
     uint64_t submitted_pos;
 
-    uint64_t confirmed; /* flush LSN last sent */
+    struct eng_checkpoint cp; /* cp.acked: the flush LSN confirmed */
+    uint64_t keepalive_end;   /* while a keepalive is handled: the server's sent position */
     uint64_t sent_confirmed;
     uint64_t state_lsn;
     bool state_dirty;        /* the durable cache changed and is not on file yet */
@@ -400,7 +402,7 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
             if (check_checkpoint(s, &st, exists, confirmed_flush, err) != 0)
                 return err->code;
             s->state_lsn = st.lsn;
-            s->confirmed = st.lsn > confirmed_flush ? st.lsn : confirmed_flush;
+            s->cp.acked = st.lsn > confirmed_flush ? st.lsn : confirmed_flush;
             eng_info("msg=\"restored checkpoint\" slot=%s content_rows=%u", slot,
                      eng_content_cache_count(s->durable));
         } else if (exists) {
@@ -410,7 +412,7 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
                      slot, s->opt->state_dir);
             if (eng_pg_load_content(s->conn, NULL, s->durable, err) != 0)
                 return err->code;
-            s->confirmed = confirmed_flush;
+            s->cp.acked = confirmed_flush;
             if (save_state(s, confirmed_flush, err) != 0 || save_bound(s, confirmed_flush, err) != 0)
                 return err->code;
         }
@@ -442,7 +444,7 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
             drop_new_slot(s);
             return err->code;
         }
-        s->confirmed = consistent;
+        s->cp.acked = consistent;
         eng_info("msg=\"created replication slot\" slot=%s content_rows=%u", slot,
                  eng_content_cache_count(s->durable));
     }
@@ -457,7 +459,7 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
     }
     eng_content_cache_destroy(s->live);
     s->live = eng_content_cache_clone(s->durable);
-    *start = s->confirmed;
+    *start = s->cp.acked;
     return 0;
 }
 
@@ -532,23 +534,23 @@ static struct eng_text col_text(const struct eng_pgo_tuple *t, int idx)
 static void send_status(struct pgsrc *s, bool force)
 {
     int64_t now = eng_clock_mono_us();
-    if (!force && s->confirmed == s->sent_confirmed &&
+    if (!force && s->cp.acked == s->sent_confirmed &&
         now - s->last_status_us < s->opt->status_interval_us)
         return;
     char msg[34];
     msg[0] = 'r';
-    put_be64(msg + 1, s->received_lsn > s->confirmed ? s->received_lsn : s->confirmed);
-    put_be64(msg + 9, s->confirmed);
-    put_be64(msg + 17, s->confirmed);
+    put_be64(msg + 1, s->received_lsn > s->cp.acked ? s->received_lsn : s->cp.acked);
+    put_be64(msg + 9, s->cp.acked);
+    put_be64(msg + 17, s->cp.acked);
     put_be64(msg + 25, (uint64_t)(eng_clock_wall_us() - INT64_C(946684800000000)));
     msg[33] = 0;
     if (PQputCopyData(s->repl, msg, sizeof(msg)) <= 0 || PQflush(s->repl) != 0) {
         eng_warn("msg=\"could not send standby status\" error=\"%s\"", PQerrorMessage(s->repl));
         return;
     }
-    s->sent_confirmed = s->confirmed;
+    s->sent_confirmed = s->cp.acked;
     s->last_status_us = now;
-    eng_gauge_set(s->m_confirmed, (int64_t)s->confirmed);
+    eng_gauge_set(s->m_confirmed, (int64_t)s->cp.acked);
 }
 
 /* Least time between two writes of the confirm bound while the stream moves. */
@@ -557,36 +559,51 @@ static void send_status(struct pgsrc *s, bool force)
 /* True when a flush LSN of lsn may be sent: the confirm bound on file is at or past it, or
  * has just been written so (up to the server's WAL end, so that a busy stream writes it a few
  * times a second, not at every tick). */
-static bool bound_allows(struct pgsrc *s, uint64_t lsn)
+/* Makes sure the confirm bound on file covers lsn (written at most every BOUND_INTERVAL_US,
+ * past the server's WAL end, so that it rarely needs writing). 0, ENG_EAGAIN while the last
+ * write is too recent, or an error. */
+static int bound_cover(struct pgsrc *s, uint64_t lsn, struct eng_error *err)
 {
     if (lsn <= s->confirm_bound)
-        return true;
+        return 0;
     int64_t now = eng_clock_mono_us();
     if (now - s->bound_saved_us < BOUND_INTERVAL_US)
-        return false;
+        return ENG_EAGAIN;
     struct eng_pg_state b;
-    struct eng_error err;
     snprintf(b.system_id, sizeof(b.system_id), "%s", s->system_id);
     b.lsn = s->server_wal_end > lsn ? s->server_wal_end : lsn;
     s->bound_saved_us = now;
-    if (eng_pg_bound_save(s->opt->state_dir, s->opt->slot, &b, &err) != 0) {
-        eng_error("msg=\"could not save the confirm bound; checkpoint held\" error=\"%s\"",
-                  err.msg);
-        return false;
-    }
-    s->confirm_bound = b.lsn;
-    return true;
+    int rc = eng_pg_bound_save(s->opt->state_dir, s->opt->slot, &b, err);
+    if (rc == 0)
+        s->confirm_bound = b.lsn;
+    return rc;
 }
 
-/* Moves the checkpoint to what every sink made durable: applies the content changes that
- * became durable to the durable cache and saves it before the flush LSN passes them. */
-static void checkpoint_tick(struct pgsrc *s)
+/* ---- checkpoint (src/checkpoint): what the replication source saves and acknowledges ---- */
+
+static bool batch_waiting(const struct pgsrc *s);
+
+/* What every sink made durable. While a keepalive is handled (keepalive_end set: the
+ * position up to which the server has sent everything) and nothing is in flight, everything
+ * the server sent is durable, so an idle slot may confirm that and never hold WAL. */
+static uint64_t cp_durable(void *ctx)
 {
+    struct pgsrc *s = ctx;
     uint64_t durable = eng_pipeline_durable_position(s->p);
-    if (durable <= s->confirmed)
-        goto lag;
+    if (s->keepalive_end > durable && !s->in_tx && !batch_waiting(s) && s->pending.n == 0 &&
+        !s->state_dirty && eng_pipeline_idle(s->p) && durable >= s->submitted_pos)
+        durable = s->keepalive_end;
+    return durable;
+}
+
+/* Before lsn is confirmed: the content changes that became durable go into the durable cache
+ * and the cache on file (a save that failed is tried again on the next tick: the changes
+ * already left the pending list), and the confirm bound covers lsn. */
+static int cp_save(void *ctx, uint64_t lsn, struct eng_error *err)
+{
+    struct pgsrc *s = ctx;
     size_t k = 0;
-    while (k < s->pending.n && s->pending.v[k].end_lsn <= durable) {
+    while (k < s->pending.n && s->pending.v[k].end_lsn <= lsn) {
         apply_change(s->durable, &s->pending.v[k]);
         k++;
     }
@@ -597,22 +614,26 @@ static void checkpoint_tick(struct pgsrc *s)
         s->pending.n -= k;
         s->state_dirty = true;
     }
-    /* The cache on file must be the one of the position confirmed: a save that failed is
-     * tried again before anything is confirmed (the changes already left the pending list). */
     if (s->state_dirty) {
-        struct eng_error err;
-        if (save_state(s, durable, &err) != 0) {
-            eng_error("msg=\"could not save state; checkpoint held\" error=\"%s\"", err.msg);
-            return;
-        }
+        int rc = save_state(s, lsn, err);
+        if (rc != 0)
+            return rc;
         s->state_dirty = false;
     }
-    if (!bound_allows(s, durable))
-        goto lag;
-    s->confirmed = durable;
-    send_status(s, true);
-lag:
-    while (s->lag_count > 0 && s->lag[s->lag_head].pos <= s->confirmed) {
+    return bound_cover(s, lsn, err);
+}
+
+static void cp_ack(void *ctx, uint64_t lsn)
+{
+    (void)lsn; /* s->cp.acked holds it */
+    send_status(ctx, true);
+}
+
+/* Moves the checkpoint to what every sink made durable, and the lag gauges with it. */
+static void checkpoint_tick(struct pgsrc *s)
+{
+    eng_checkpoint_tick(&s->cp);
+    while (s->lag_count > 0 && s->lag[s->lag_head].pos <= s->cp.acked) {
         s->lag_head = (s->lag_head + 1) % LAG_RING;
         s->lag_count--;
     }
@@ -624,8 +645,8 @@ lag:
     } else {
         eng_gauge_set(s->m_lag_seconds, 0);
     }
-    if (s->server_wal_end > s->confirmed)
-        eng_gauge_set(s->m_lag_bytes, (int64_t)(s->server_wal_end - s->confirmed));
+    if (s->server_wal_end > s->cp.acked)
+        eng_gauge_set(s->m_lag_bytes, (int64_t)(s->server_wal_end - s->cp.acked));
     else
         eng_gauge_set(s->m_lag_bytes, 0);
 }
@@ -865,12 +886,9 @@ static int on_copy_data(struct pgsrc *s, const char *buf, int len, struct eng_er
         uint64_t wal_end = be64(buf + 1);
         bool reply = buf[17] != 0;
         s->server_wal_end = wal_end;
-        /* Nothing in flight: everything the server sent is durable, so an idle slot may
-         * confirm the server's position and never hold WAL. */
-        if (!s->in_tx && !batch_waiting(s) && s->pending.n == 0 && !s->state_dirty &&
-            wal_end > s->confirmed && eng_pipeline_idle(s->p) &&
-            eng_pipeline_durable_position(s->p) >= s->submitted_pos && bound_allows(s, wal_end))
-            s->confirmed = wal_end;
+        s->keepalive_end = wal_end; /* an idle slot confirms it (cp_durable) */
+        checkpoint_tick(s);
+        s->keepalive_end = 0;
         send_status(s, reply);
         return 0;
     }
@@ -1065,6 +1083,8 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
                              "slot and publication names must be lowercase letters, digits and "
                              "underscores (at most 63)");
     struct pgsrc s = {.opt = opt, .p = p, .stop = stop};
+    const struct eng_checkpoint_ops cp_ops = {cp_durable, cp_save, cp_ack, &s};
+    eng_checkpoint_init(&s.cp, &cp_ops, 0);
     s.durable = eng_content_cache_create();
     s.live = eng_content_cache_create();
     s.m_events = eng_metrics_counter("engage_source_events_total", "source=\"pg\"",
@@ -1116,7 +1136,7 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
         }
         if (rc == ENG_EFATAL || (rc != 0 && !err->retriable))
             break;
-        if (s.submitted_pos > s.confirmed)
+        if (s.submitted_pos > s.cp.acked)
             eng_backoff_reset(&bo); /* we made progress in that session */
         int64_t delay = eng_backoff_next(&bo);
         eng_warn("msg=\"source failed, reconnecting\" retry_in_ms=%lld error=\"%s\"",
