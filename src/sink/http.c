@@ -368,22 +368,21 @@ static void breaker_result(struct http_sink *s, int64_t now, bool failure, bool 
     set_breaker_gauge(s);
 }
 
-/* Settles one finished attempt; returns true when its request is settled (delivered or to be
- * parked), false when it waits for a retry. */
-static bool finish_attempt(struct http_sink *s, struct http_slot *sl, CURLcode rc, int64_t now)
+/* Takes the finished transfer off the multi handle and frees the slot for another request. */
+static void release_slot(struct http_sink *s, struct http_slot *sl)
 {
-    struct http_req *r = sl->req;
     curl_multi_remove_handle(s->multi, sl->easy);
     curl_slist_free_all(sl->headers);
     sl->headers = NULL;
     sl->req = NULL;
+}
 
-    bool transport = rc != CURLE_OK;
-    long status = 0;
-    if (!transport)
-        curl_easy_getinfo(sl->easy, CURLINFO_RESPONSE_CODE, &status);
+/* Counts one finished attempt: its latency, and its status code or transport error. */
+static void count_attempt(struct http_sink *s, const struct http_slot *sl, CURLcode rc, long status,
+                          int64_t now)
+{
     eng_histogram_observe(s->m_latency, now - sl->started_us);
-    if (!transport)
+    if (rc == CURLE_OK)
         eng_counter_add(code_counter(s, status), 1);
     else if (rc == CURLE_OPERATION_TIMEDOUT)
         eng_counter_add(s->m_timeout, 1);
@@ -391,73 +390,114 @@ static bool finish_attempt(struct http_sink *s, struct http_slot *sl, CURLcode r
         eng_counter_add(s->m_connect, 1);
     else
         eng_counter_add(s->m_transport, 1);
+}
+
+/* Records why an attempt that may be retried failed (r->last_error) and reports it. */
+static void note_failure(struct http_sink *s, struct http_req *r, const struct http_slot *sl,
+                         CURLcode rc, long status, const char *snip, int64_t now)
+{
+    if (rc == CURLE_OPERATION_TIMEDOUT)
+        snprintf(r->last_error, sizeof(r->last_error), "timeout after %lld ms",
+                 (long long)((now - sl->started_us) / 1000));
+    else if (rc != CURLE_OK)
+        snprintf(r->last_error, sizeof(r->last_error), "%.150s",
+                 sl->errbuf[0] ? sl->errbuf : curl_easy_strerror(rc));
+    else
+        snprintf(r->last_error, sizeof(r->last_error), "HTTP %ld%s%.80s", status,
+                 snip[0] ? ": " : "", snip);
+
+    char report[sizeof(r->last_error) + 32];
+    snprintf(report, sizeof(report), "http: %s", r->last_error);
+    eng_sink_report(&s->base, false, report);
+}
+
+/* An answer's Retry-After (us, 0 when none) holds every request of the sink until it has
+ * passed; an answer without one ends the one-at-a-time mode a previous hold started. */
+static int64_t take_retry_after(struct http_sink *s, const struct http_slot *sl, int64_t now)
+{
+    int64_t retry_after = 0;
+    struct curl_header *hdr = NULL;
+    if (curl_easy_header(sl->easy, "Retry-After", 0, CURLH_HEADER, -1, &hdr) == CURLHE_OK &&
+        eng_http_parse_retry_after(hdr->value, eng_clock_wall_us(), &retry_after) &&
+        retry_after > 0) {
+        if (now + retry_after > s->hold_until_us)
+            s->hold_until_us = now + retry_after;
+        s->after_hold = true;
+        return retry_after;
+    }
+    s->after_hold = false;
+    return 0;
+}
+
+/* Schedules the request's next attempt, or gives it up (to be parked) when the policy says
+ * so. Returns true when it was given up. */
+static bool retry_or_give_up(struct http_sink *s, struct http_req *r, int64_t now,
+                             int64_t retry_after)
+{
+    enum eng_http_giveup why;
+    int64_t next = eng_http_retry_next(&s->policy, &r->retry, now, retry_after, &why);
+    if (next >= 0) {
+        r->state = REQ_WAITING;
+        r->next_at_us = next;
+        return false;
+    }
+    char extra[96] = "";
+    if (why == ENG_HTTP_GIVEUP_TIME && retry_after > 0)
+        snprintf(extra, sizeof(extra), " (retry-after %llds is past the retry budget)",
+                 (long long)(retry_after / 1000000));
+    else if (why == ENG_HTTP_GIVEUP_TIME)
+        snprintf(extra, sizeof(extra), " (retry budget of %lld ms spent)",
+                 (long long)s->opt.retry_budget_ms);
+    give_up(s, r, extra);
+    return true;
+}
+
+static void delivered(struct http_sink *s, struct http_req *r)
+{
+    eng_sink_report(&s->base, true, NULL);
+    r->state = REQ_DONE;
+    eng_buf_free(&r->body);
+    eng_counter_add(s->m_events, r->n);
+}
+
+static void rejected(struct http_req *r, long status, const char *snip)
+{
+    char reason[REASON_MAX];
+    snprintf(reason, sizeof(reason), "rejected with HTTP %ld after %u attempts%s%s", status,
+             r->retry.attempts, snip[0] ? ": " : "", snip);
+    park(r, reason);
+}
+
+/* Settles one finished attempt; returns true when its request is settled (delivered or to be
+ * parked), false when it waits for a retry. */
+static bool finish_attempt(struct http_sink *s, struct http_slot *sl, CURLcode rc, int64_t now)
+{
+    struct http_req *r = sl->req;
+    release_slot(s, sl);
+    bool transport = rc != CURLE_OK;
+    long status = 0;
+    if (!transport)
+        curl_easy_getinfo(sl->easy, CURLINFO_RESPONSE_CODE, &status);
+    count_attempt(s, sl, rc, status, now);
 
     enum eng_http_outcome out = eng_http_classify(transport, status);
     bool probe = r->probe;
     r->probe = false;
     breaker_result(s, now, eng_http_breaker_failure(transport, status), probe);
     r->last_status = status;
-
     if (out == ENG_HTTP_DELIVERED) {
-        eng_sink_report(&s->base, true, NULL);
-        r->state = REQ_DONE;
-        eng_buf_free(&r->body);
-        eng_counter_add(s->m_events, r->n);
+        delivered(s, r);
         return true;
     }
     char snip[RESP_KEEP + 1];
     snippet(snip, sizeof(snip), sl->resp, sl->resp_len);
     if (out == ENG_HTTP_REJECTED) {
-        char reason[REASON_MAX];
-        snprintf(reason, sizeof(reason), "rejected with HTTP %ld after %u attempts%s%s", status,
-                 r->retry.attempts, snip[0] ? ": " : "", snip);
-        park(r, reason);
+        rejected(r, status, snip);
         return true;
     }
-    if (transport) {
-        if (rc == CURLE_OPERATION_TIMEDOUT)
-            snprintf(r->last_error, sizeof(r->last_error), "timeout after %lld ms",
-                     (long long)((now - sl->started_us) / 1000));
-        else
-            snprintf(r->last_error, sizeof(r->last_error), "%.150s",
-                     sl->errbuf[0] ? sl->errbuf : curl_easy_strerror(rc));
-    } else {
-        snprintf(r->last_error, sizeof(r->last_error), "HTTP %ld%s%.80s", status,
-                 snip[0] ? ": " : "", snip);
-    }
-
-    char report[sizeof(r->last_error) + 32];
-    snprintf(report, sizeof(report), "http: %s", r->last_error);
-    eng_sink_report(&s->base, false, report);
-
-    int64_t retry_after = 0;
-    struct curl_header *hdr = NULL;
-    if (!transport &&
-        curl_easy_header(sl->easy, "Retry-After", 0, CURLH_HEADER, -1, &hdr) == CURLHE_OK &&
-        eng_http_parse_retry_after(hdr->value, eng_clock_wall_us(), &retry_after) &&
-        retry_after > 0) {
-        if (now + retry_after > s->hold_until_us)
-            s->hold_until_us = now + retry_after;
-        s->after_hold = true;
-    } else if (!transport) {
-        s->after_hold = false;
-    }
-    enum eng_http_giveup why;
-    int64_t next = eng_http_retry_next(&s->policy, &r->retry, now, retry_after, &why);
-    if (next < 0) {
-        char extra[96] = "";
-        if (why == ENG_HTTP_GIVEUP_TIME && retry_after > 0)
-            snprintf(extra, sizeof(extra), " (retry-after %llds is past the retry budget)",
-                     (long long)(retry_after / 1000000));
-        else if (why == ENG_HTTP_GIVEUP_TIME)
-            snprintf(extra, sizeof(extra), " (retry budget of %lld ms spent)",
-                     (long long)s->opt.retry_budget_ms);
-        give_up(s, r, extra);
-        return true;
-    }
-    r->state = REQ_WAITING;
-    r->next_at_us = next;
-    return false;
+    note_failure(s, r, sl, rc, status, snip, now);
+    int64_t retry_after = transport ? 0 : take_retry_after(s, sl, now);
+    return retry_or_give_up(s, r, now, retry_after);
 }
 
 /* Stops every transfer in flight (cancel): their requests count as not delivered. */
@@ -555,6 +595,197 @@ static void remember_done(struct http_sink *s, const struct eng_batch *b, struct
     s->resume_nreq = nreq;
 }
 
+/* One write's requests and how far they are. */
+struct write_state {
+    const struct eng_batch *b;
+    struct http_req *reqs;
+    uint32_t nreq;
+    uint32_t open_reqs; /* neither delivered nor to be parked */
+    uint32_t in_flight;
+    uint32_t lo; /* every request before lo is settled */
+};
+
+/* Cuts the batch into requests of batch_size events, each with its key and retry budget;
+ * those the last failed write of the same batch delivered are done already. */
+static void plan_requests(struct http_sink *s, struct write_state *w)
+{
+    const struct eng_batch *b = w->b;
+    const uint32_t bs = s->opt.batch_size;
+    w->nreq = (b->n + bs - 1) / bs;
+    w->reqs = eng_calloc(w->nreq, sizeof(*w->reqs));
+    bool resume = s->resume_done != NULL && b->seq == s->resume_seq && b->n == s->resume_n &&
+                  w->nreq == s->resume_nreq;
+    int64_t now = eng_clock_mono_us();
+    for (uint32_t i = 0; i < w->nreq; i++) {
+        struct http_req *r = &w->reqs[i];
+        r->first = i * bs;
+        r->n = b->n - r->first < bs ? b->n - r->first : bs;
+        make_key(b, r);
+        eng_http_retry_start(&s->policy, &r->retry, now, xorshift(&s->rng));
+        r->next_at_us = now;
+        r->state = resume && s->resume_done[i] ? REQ_DONE : REQ_WAITING;
+        w->open_reqs += r->state == REQ_WAITING;
+    }
+}
+
+/* Others wait behind this write: park what is not acknowledged yet instead of retrying it
+ * now. A request aborted in flight may have reached the API too; the replay carries the same
+ * key. */
+static void spill_open(struct http_sink *s, struct write_state *w)
+{
+    abort_in_flight(s, eng_clock_mono_us());
+    w->in_flight = 0;
+    for (uint32_t i = 0; i < w->nreq; i++) {
+        struct http_req *r = &w->reqs[i];
+        if (r->state != REQ_WAITING)
+            continue;
+        r->state = REQ_PARK;
+        free(r->reason);
+        r->reason = eng_strdup(SPILL_REASON);
+        w->open_reqs--;
+    }
+}
+
+/* No request can start now: every slot is busy, or the API asked us to wait and a request is
+ * already out to find whether it still does. */
+static bool start_blocked(const struct http_sink *s, const struct write_state *w)
+{
+    return w->in_flight == s->opt.max_in_flight || (s->after_hold && w->in_flight > 0);
+}
+
+static void wake_at(int64_t *wake, int64_t t)
+{
+    if (t < *wake)
+        *wake = t;
+}
+
+enum start_result { START_LATER, START_DONE, START_DENIED };
+
+/* Starts r now if the hold, the rate and the breaker let it; else lowers *wake to when it
+ * may. */
+static enum start_result try_start(struct http_sink *s, struct write_state *w, struct http_req *r,
+                                   int64_t now, int64_t *wake)
+{
+    int64_t t = r->next_at_us > s->hold_until_us ? r->next_at_us : s->hold_until_us;
+    int64_t rate_at = eng_http_rate_ready_at(&s->rate, now);
+    if (rate_at > t)
+        t = rate_at;
+    if (t > now) {
+        wake_at(wake, t);
+        return START_LATER;
+    }
+    enum eng_http_breaker_grant g = eng_http_breaker_acquire(&s->breaker, now);
+    set_breaker_gauge(s);
+    if (g == ENG_HTTP_BREAKER_DENY) {
+        int64_t retry_at = eng_http_breaker_retry_at(&s->breaker);
+        if (retry_at > 0)
+            wake_at(wake, retry_at);
+        return START_DENIED;
+    }
+    start_attempt(s, w->b, r, free_slot(s), now, g == ENG_HTTP_BREAKER_PROBE);
+    if (r->state == REQ_IN_FLIGHT) {
+        w->in_flight++;
+        eng_http_rate_take(&s->rate, now);
+    }
+    return START_DONE;
+}
+
+/* One scheduling pass: gives up the requests whose budget is spent and starts those that may
+ * start. Returns when the next pass is due. */
+static int64_t schedule(struct http_sink *s, struct write_state *w)
+{
+    int64_t now = eng_clock_mono_us();
+    int64_t wake = now + 1000000;
+    bool blocked = start_blocked(s, w);
+    while (w->lo < w->nreq &&
+           (w->reqs[w->lo].state == REQ_DONE || w->reqs[w->lo].state == REQ_PARK))
+        w->lo++;
+    for (uint32_t i = w->lo; i < w->nreq; i++) {
+        struct http_req *r = &w->reqs[i];
+        if (r->state != REQ_WAITING)
+            continue;
+        if (!eng_http_retry_alive(&s->policy, &r->retry, now)) {
+            give_up(s, r,
+                    s->breaker.state == ENG_HTTP_BREAKER_CLOSED
+                        ? " (retry budget spent waiting to be sent)"
+                        : " (retry budget spent while the circuit breaker was open)");
+            w->open_reqs--;
+            continue;
+        }
+        if (!blocked) {
+            enum start_result sr = try_start(s, w, r, now, &wake);
+            if (sr == START_LATER)
+                continue;
+            blocked = sr == START_DENIED || start_blocked(s, w);
+            if (sr == START_DONE)
+                continue;
+        }
+        /* Nothing more starts in this pass; the rest only needs its expiry check, which
+         * cannot trigger before the (shared) deadline. */
+        wake_at(&wake, r->retry.deadline_us - s->policy.min_attempt_us + 1);
+        break;
+    }
+    return wake;
+}
+
+/* Settles every transfer curl finished; returns whether there was one. */
+static bool collect_finished(struct http_sink *s, struct write_state *w)
+{
+    int running = 0;
+    curl_multi_perform(s->multi, &running);
+    bool settled_any = false;
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(s->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        char *priv = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        struct http_slot *sl = (struct http_slot *)(void *)priv;
+        CURLcode result = msg->data.result;
+        if (finish_attempt(s, sl, result, eng_clock_mono_us()))
+            w->open_reqs--;
+        w->in_flight--;
+        settled_any = true;
+    }
+    return settled_any;
+}
+
+/* Waits for curl until wake (at most a second), or until hurry or cancel wakes it up. */
+static void wait_until(struct http_sink *s, int64_t wake)
+{
+    int64_t wait_ms = (wake - eng_clock_mono_us() + 999) / 1000;
+    if (wait_ms < 0)
+        wait_ms = 0;
+    if (wait_ms > 1000)
+        wait_ms = 1000;
+    curl_multi_poll(s->multi, NULL, 0, (int)wait_ms, NULL);
+}
+
+/* Sends the requests until each is delivered or to be parked. Returns 0, or ENG_ESTOPPED
+ * when cancelled (what was delivered is remembered for the next write of the batch). */
+static int run_requests(struct http_sink *s, struct write_state *w, struct eng_error *err)
+{
+    while (w->open_reqs > 0) {
+        if (atomic_exchange(&s->hurry, false)) {
+            spill_open(s, w);
+            break;
+        }
+        if (atomic_load(&s->cancelled)) {
+            abort_in_flight(s, eng_clock_mono_us());
+            remember_done(s, w->b, w->reqs, w->nreq);
+            return eng_error_set(err, ENG_ESTOPPED, true, "http: sink stopped during a write");
+        }
+        int64_t wake = schedule(s, w);
+        if (w->open_reqs == 0)
+            break;
+        if (collect_finished(s, w))
+            continue; /* schedule again before waiting */
+        wait_until(s, wake);
+    }
+    return 0;
+}
+
 static int http_write(struct eng_sink *sink, const struct eng_batch *b, struct eng_error *err)
 {
     struct http_sink *s = (struct http_sink *)sink;
@@ -568,147 +799,24 @@ static int http_write(struct eng_sink *sink, const struct eng_batch *b, struct e
     if (rc != 0)
         return rc;
 
-    const uint32_t bs = s->opt.batch_size;
-    const uint32_t nreq = (b->n + bs - 1) / bs;
-    struct http_req *reqs = eng_calloc(nreq, sizeof(*reqs));
-    bool resume = s->resume_done != NULL && b->seq == s->resume_seq && b->n == s->resume_n &&
-                  nreq == s->resume_nreq;
-    int64_t now = eng_clock_mono_us();
-    uint32_t open_reqs = 0;
-    for (uint32_t i = 0; i < nreq; i++) {
-        struct http_req *r = &reqs[i];
-        r->first = i * bs;
-        r->n = b->n - r->first < bs ? b->n - r->first : bs;
-        make_key(b, r);
-        eng_http_retry_start(&s->policy, &r->retry, now, xorshift(&s->rng));
-        r->next_at_us = now;
-        r->state = resume && s->resume_done[i] ? REQ_DONE : REQ_WAITING;
-        open_reqs += r->state == REQ_WAITING;
-    }
-
-    uint32_t lo = 0; /* every request before lo is settled */
-    uint32_t in_flight = 0;
-    while (open_reqs > 0) {
-        if (atomic_exchange(&s->hurry, false)) {
-            /* Others wait behind this write: park what is not acknowledged yet instead of
-             * retrying it now. A request aborted in flight may have reached the API too; the
-             * replay carries the same key. */
-            abort_in_flight(s, eng_clock_mono_us());
-            in_flight = 0;
-            for (uint32_t i = 0; i < nreq; i++) {
-                if (reqs[i].state != REQ_WAITING)
-                    continue;
-                reqs[i].state = REQ_PARK;
-                free(reqs[i].reason);
-                reqs[i].reason = eng_strdup(SPILL_REASON);
-                open_reqs--;
-            }
-            break;
+    struct write_state w = {.b = b};
+    plan_requests(s, &w);
+    rc = run_requests(s, &w, err);
+    if (rc == 0) {
+        rc = park_all(s, b, w.reqs, w.nreq, err);
+        if (rc != 0) {
+            remember_done(s, b, w.reqs, w.nreq);
+        } else {
+            free(s->resume_done);
+            s->resume_done = NULL;
+            s->resume_seq = 0;
         }
-        if (atomic_load(&s->cancelled)) {
-            abort_in_flight(s, eng_clock_mono_us());
-            remember_done(s, b, reqs, nreq);
-            rc = eng_error_set(err, ENG_ESTOPPED, true, "http: sink stopped during a write");
-            goto out;
-        }
-        now = eng_clock_mono_us();
-        int64_t wake = now + 1000000;
-        /* no request can start now: every slot is busy, or the API asked us to wait and a
-         * request is already out to find whether it still does */
-        bool blocked = in_flight == s->opt.max_in_flight || (s->after_hold && in_flight > 0);
-        while (lo < nreq && (reqs[lo].state == REQ_DONE || reqs[lo].state == REQ_PARK))
-            lo++;
-        for (uint32_t i = lo; i < nreq; i++) {
-            struct http_req *r = &reqs[i];
-            if (r->state != REQ_WAITING)
-                continue;
-            if (!eng_http_retry_alive(&s->policy, &r->retry, now)) {
-                give_up(s, r,
-                        s->breaker.state == ENG_HTTP_BREAKER_CLOSED
-                            ? " (retry budget spent waiting to be sent)"
-                            : " (retry budget spent while the circuit breaker was open)");
-                open_reqs--;
-                continue;
-            }
-            if (!blocked) {
-                int64_t t = r->next_at_us > s->hold_until_us ? r->next_at_us : s->hold_until_us;
-                int64_t rate_at = eng_http_rate_ready_at(&s->rate, now);
-                if (rate_at > t)
-                    t = rate_at;
-                if (t > now) {
-                    if (t < wake)
-                        wake = t;
-                    continue;
-                }
-                enum eng_http_breaker_grant g = eng_http_breaker_acquire(&s->breaker, now);
-                set_breaker_gauge(s);
-                if (g != ENG_HTTP_BREAKER_DENY) {
-                    start_attempt(s, b, r, free_slot(s), now, g == ENG_HTTP_BREAKER_PROBE);
-                    if (r->state == REQ_IN_FLIGHT) {
-                        in_flight++;
-                        eng_http_rate_take(&s->rate, now);
-                    }
-                    blocked =
-                        in_flight == s->opt.max_in_flight || (s->after_hold && in_flight > 0);
-                    continue;
-                }
-                t = eng_http_breaker_retry_at(&s->breaker);
-                if (t > 0 && t < wake)
-                    wake = t;
-                blocked = true;
-            }
-            /* Nothing more starts in this pass; the rest only needs its expiry check, which
-             * cannot trigger before the (shared) deadline. */
-            int64_t d = r->retry.deadline_us - s->policy.min_attempt_us + 1;
-            if (d < wake)
-                wake = d;
-            break;
-        }
-        if (open_reqs == 0)
-            break;
-
-        int running = 0;
-        curl_multi_perform(s->multi, &running);
-        bool settled_any = false;
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(s->multi, &left)) != NULL) {
-            if (msg->msg != CURLMSG_DONE)
-                continue;
-            char *priv = NULL;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
-            struct http_slot *sl = (struct http_slot *)(void *)priv;
-            CURLcode result = msg->data.result;
-            if (finish_attempt(s, sl, result, eng_clock_mono_us()))
-                open_reqs--;
-            in_flight--;
-            settled_any = true;
-        }
-        if (settled_any)
-            continue; /* schedule again before waiting */
-        now = eng_clock_mono_us();
-        int64_t wait_ms = (wake - now + 999) / 1000;
-        if (wait_ms < 0)
-            wait_ms = 0;
-        if (wait_ms > 1000)
-            wait_ms = 1000;
-        curl_multi_poll(s->multi, NULL, 0, (int)wait_ms, NULL);
     }
-
-    rc = park_all(s, b, reqs, nreq, err);
-    if (rc != 0) {
-        remember_done(s, b, reqs, nreq);
-        goto out;
+    for (uint32_t i = 0; i < w.nreq; i++) {
+        eng_buf_free(&w.reqs[i].body);
+        free(w.reqs[i].reason);
     }
-    free(s->resume_done);
-    s->resume_done = NULL;
-    s->resume_seq = 0;
-out:
-    for (uint32_t i = 0; i < nreq; i++) {
-        eng_buf_free(&reqs[i].body);
-        free(reqs[i].reason);
-    }
-    free(reqs);
+    free(w.reqs);
     return rc;
 }
 
@@ -877,34 +985,31 @@ static int check_url(const char *url, struct eng_error *err)
     return rc;
 }
 
-struct eng_sink *eng_http_sink_create(const char *base_url, const struct eng_http_options *opt,
-                                      struct eng_error *err)
+/* Copies opt (NULL: the defaults) into *o, checked, with the zeros that mean "derive it"
+ * filled in. Returns 0 or -1 with err set. */
+static int resolve_options(const struct eng_http_options *opt, struct eng_http_options *o,
+                           struct eng_error *err)
 {
-    struct eng_http_options o;
     if (opt != NULL)
-        o = *opt;
+        *o = *opt;
     else
-        eng_http_options_default(&o);
-    if (base_url == NULL || *base_url == '\0') {
-        eng_error_set(err, ENG_EINVAL, false, "http: no url");
-        return NULL;
-    }
-    if (o.batch_size == 0 || o.max_in_flight == 0 || o.max_in_flight > 1024 || o.timeout_ms <= 0 ||
-        o.retry_budget_ms <= 0 || o.backoff_base_ms <= 0 || o.backoff_cap_ms < o.backoff_base_ms ||
-        o.breaker_open_ms < 0 || o.connect_timeout_ms < 0 || !(o.rate >= 0)) {
-        eng_error_set(err, ENG_EINVAL, false, "http: invalid options");
-        return NULL;
-    }
-    if (o.max_attempts == 0)
-        o.max_attempts = 1;
-    if (o.connect_timeout_ms == 0)
-        o.connect_timeout_ms = o.timeout_ms < 5000 ? o.timeout_ms : 5000;
-    pthread_once(&curl_once, curl_init);
-    if (curl_init_rc != CURLE_OK) {
-        eng_error_set(err, ENG_EIO, false, "http: curl_global_init failed");
-        return NULL;
-    }
+        eng_http_options_default(o);
+    if (o->batch_size == 0 || o->max_in_flight == 0 || o->max_in_flight > 1024 ||
+        o->timeout_ms <= 0 || o->retry_budget_ms <= 0 || o->backoff_base_ms <= 0 ||
+        o->backoff_cap_ms < o->backoff_base_ms || o->breaker_open_ms < 0 ||
+        o->connect_timeout_ms < 0 || !(o->rate >= 0))
+        return eng_error_set(err, ENG_EINVAL, false, "http: invalid options");
+    if (o->max_attempts == 0)
+        o->max_attempts = 1;
+    if (o->connect_timeout_ms == 0)
+        o->connect_timeout_ms = o->timeout_ms < 5000 ? o->timeout_ms : 5000;
+    return 0;
+}
 
+/* base_url (trailing '/' dropped) + "/events", checked; NULL with err set when it is not an
+ * http(s) URL. The caller frees it. */
+static char *events_url(const char *base_url, struct eng_error *err)
+{
     size_t n = strlen(base_url);
     while (n > 0 && base_url[n - 1] == '/')
         n--;
@@ -915,44 +1020,38 @@ struct eng_sink *eng_http_sink_create(const char *base_url, const struct eng_htt
         free(url);
         return NULL;
     }
-    char *auth = NULL;
-    if (load_token(o.token_file, &auth, err) != 0) {
-        free(url);
-        return NULL;
-    }
+    return url;
+}
 
-    struct http_sink *s = eng_calloc(1, sizeof(*s));
-    s->base.ops = &http_ops;
-    /* A write is acknowledged as a whole: one round of requests at most, so that a crash
-     * re-sends no more than what was in flight. */
-    s->base.merge_max_events = o.batch_size * o.max_in_flight;
-    s->opt = o;
-    s->opt.token_file = NULL; /* not kept: read once above */
-    s->url = url;
-    s->auth_header = auth;
-    pthread_mutex_init(&s->multi_lock, NULL);
-    atomic_init(&s->cancelled, false);
-    s->rng = o.seed ? o.seed : (uint64_t)eng_clock_wall_us() ^ (uint64_t)(uintptr_t)s;
+/* The retry policy, the breaker, the rate and the jitter seed from the options. */
+static void init_policy(struct http_sink *s, const struct eng_http_options *o)
+{
+    s->rng = o->seed ? o->seed : (uint64_t)eng_clock_wall_us() ^ (uint64_t)(uintptr_t)s;
     if (s->rng == 0)
         s->rng = 0x9E3779B97F4A7C15ull;
-    s->policy.max_attempts = o.max_attempts;
-    s->policy.budget_us = ms_to_us(o.retry_budget_ms);
-    s->policy.base_us = ms_to_us(o.backoff_base_ms);
-    s->policy.cap_us = ms_to_us(o.backoff_cap_ms);
+    s->policy.max_attempts = o->max_attempts;
+    s->policy.budget_us = ms_to_us(o->retry_budget_ms);
+    s->policy.base_us = ms_to_us(o->backoff_base_ms);
+    s->policy.cap_us = ms_to_us(o->backoff_cap_ms);
     /* An attempt with less than this left would only time out. */
-    s->policy.min_attempt_us = ms_to_us(o.timeout_ms < 100 ? o.timeout_ms : 100);
-    eng_http_breaker_init(&s->breaker, o.breaker_failures, ms_to_us(o.breaker_open_ms));
-    eng_http_rate_init(&s->rate, o.rate, 1);
+    s->policy.min_attempt_us = ms_to_us(o->timeout_ms < 100 ? o->timeout_ms : 100);
+    eng_http_breaker_init(&s->breaker, o->breaker_failures, ms_to_us(o->breaker_open_ms));
+    eng_http_rate_init(&s->rate, o->rate, 1);
+}
 
-    s->slots = eng_calloc(o.max_in_flight, sizeof(*s->slots));
-    for (uint32_t i = 0; i < o.max_in_flight; i++) {
-        if (setup_easy(s, &s->slots[i]) != 0) {
-            eng_error_set(err, ENG_EIO, false, "http: could not set up a curl handle");
-            http_destroy(&s->base);
-            return NULL;
-        }
+/* One curl easy handle per request in flight. Returns 0 or -1 with err set. */
+static int setup_slots(struct http_sink *s, struct eng_error *err)
+{
+    s->slots = eng_calloc(s->opt.max_in_flight, sizeof(*s->slots));
+    for (uint32_t i = 0; i < s->opt.max_in_flight; i++) {
+        if (setup_easy(s, &s->slots[i]) != 0)
+            return eng_error_set(err, ENG_EIO, false, "http: could not set up a curl handle");
     }
+    return 0;
+}
 
+static void register_metrics(struct http_sink *s)
+{
     s->m_events = eng_metrics_counter("engage_sink_events_total", "sink=\"http\"",
                                       "Events made durable, per sink");
     s->m_retries = eng_metrics_counter("engage_http_retries_total", NULL,
@@ -972,6 +1071,47 @@ struct eng_sink *eng_http_sink_create(const char *base_url, const struct eng_htt
     s->m_latency = eng_metrics_histogram("engage_http_request_duration_seconds", NULL,
                                          "HTTP sink request duration, per attempt");
     set_breaker_gauge(s);
+}
+
+struct eng_sink *eng_http_sink_create(const char *base_url, const struct eng_http_options *opt,
+                                      struct eng_error *err)
+{
+    struct eng_http_options o;
+    if (base_url == NULL || *base_url == '\0') {
+        eng_error_set(err, ENG_EINVAL, false, "http: no url");
+        return NULL;
+    }
+    if (resolve_options(opt, &o, err) != 0)
+        return NULL;
+    pthread_once(&curl_once, curl_init);
+    if (curl_init_rc != CURLE_OK) {
+        eng_error_set(err, ENG_EIO, false, "http: curl_global_init failed");
+        return NULL;
+    }
+    char *url = events_url(base_url, err);
+    char *auth = NULL;
+    if (url == NULL || load_token(o.token_file, &auth, err) != 0) {
+        free(url);
+        return NULL;
+    }
+
+    struct http_sink *s = eng_calloc(1, sizeof(*s));
+    s->base.ops = &http_ops;
+    /* A write is acknowledged as a whole: one round of requests at most, so that a crash
+     * re-sends no more than what was in flight. */
+    s->base.merge_max_events = o.batch_size * o.max_in_flight;
+    s->opt = o;
+    s->opt.token_file = NULL; /* not kept: read once above */
+    s->url = url;
+    s->auth_header = auth;
+    pthread_mutex_init(&s->multi_lock, NULL);
+    atomic_init(&s->cancelled, false);
+    init_policy(s, &o);
+    if (setup_slots(s, err) != 0) {
+        http_destroy(&s->base);
+        return NULL;
+    }
+    register_metrics(s);
     eng_info("msg=\"http sink ready\" batch_size=%u max_in_flight=%u timeout_ms=%lld "
              "max_attempts=%u retry_budget_ms=%lld breaker_failures=%u rate=%g bearer=%s dlq=%s",
              o.batch_size, o.max_in_flight, (long long)o.timeout_ms, o.max_attempts,
