@@ -53,8 +53,7 @@ int eng_durable_replace(const char *dir, const char *name, eng_file_writer *writ
     step("renamed");
     int dfd = open(dir, O_RDONLY | O_DIRECTORY);
     if (dfd < 0 || fsync(dfd) != 0) { /* the rename is durable only with the directory */
-        eng_error_set(err, rc, false, "could not sync directory \"%s\": %s", dir,
-                      strerror(errno));
+        eng_error_set(err, rc, false, "could not sync directory \"%s\": %s", dir, strerror(errno));
         if (dfd >= 0)
             close(dfd);
         return rc;

@@ -68,9 +68,12 @@ int eng_pg_error(struct eng_error *err, PGconn *c, const PGresult *res, const ch
     bool transient = !denied && (gone || !valid || sqlstate_transient(state));
     char line[240];
     one_line(line, sizeof(line), msg);
-    int rc = eng_error_set(err, denied ? ENG_EDENIED : transient ? ENG_EIO : ENG_EINVAL,
-                           denied || transient, "%s: %s%s%s", what, line,
-                           valid ? " sqlstate=" : "", valid ? state : "");
+    int rc = eng_error_set(err,
+                           denied      ? ENG_EDENIED
+                           : transient ? ENG_EIO
+                                       : ENG_EINVAL,
+                           denied || transient, "%s: %s%s%s", what, line, valid ? " sqlstate=" : "",
+                           valid ? state : "");
     if (denied) {
         size_t used = strlen(err->msg);
         snprintf(err->msg + used, sizeof(err->msg) - used,

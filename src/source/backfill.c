@@ -60,9 +60,9 @@ struct backfill {
     struct eng_content_cache *cache;
     char start[KEY_TEXT_MAX], end[KEY_TEXT_MAX]; /* as PostgreSQL normalizes them */
     char state_path[4096];
-    char state_name[40]; /* backfill-<hash of the range>.state */
-    struct page_key after; /* the last row submitted (before the first row at the start) */
-    uint64_t pages;        /* submitted */
+    char state_name[40];      /* backfill-<hash of the range>.state */
+    struct page_key after;    /* the last row submitted (before the first row at the start) */
+    uint64_t pages;           /* submitted */
     struct eng_checkpoint cp; /* cp.acked: the last page saved as the resume point */
     struct pending_page *pending;
     size_t npending, cap_pending;
@@ -435,6 +435,80 @@ static bool drain(struct backfill *b)
     return true;
 }
 
+/* The resume file of this range (named after it), read when there is one. */
+static int open_resume(struct backfill *b, struct eng_error *err)
+{
+    const char *dir = b->opt->state_dir;
+    if (dir == NULL)
+        return 0;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return eng_error_set(err, ENG_EIO, false, "could not create state directory \"%s\": %s",
+                             dir, strerror(errno));
+    char range[2 * KEY_TEXT_MAX + 2];
+    snprintf(range, sizeof(range), "%s|%s", b->start, b->end);
+    snprintf(b->state_name, sizeof(b->state_name), "backfill-%016" PRIx64 ".state",
+             fnv1a(range, 0xcbf29ce484222325ull));
+    snprintf(b->state_path, sizeof(b->state_path), "%s/%s", dir, b->state_name);
+    load_resume(b);
+    return 0;
+}
+
+/* Connects, reads the range, the content table and the resume point, counts the rows. */
+static int start_backfill(struct backfill *b, struct eng_error *err)
+{
+    int rc = connect_and_prepare(b, err);
+    if (rc == 0)
+        rc = read_range(b, err);
+    if (rc == 0)
+        rc = eng_pg_load_content(b->conn, NULL, b->cache, err);
+    if (rc == 0)
+        rc = open_resume(b, err);
+    if (rc != 0)
+        return rc;
+    warn_without_index(b);
+    rc = count_range(b, err);
+    if (rc != 0)
+        return rc;
+    eng_info("msg=\"backfill starting\" start=\"%s\" end=\"%s\" events=%" PRIu64 " resumed=%s "
+             "after_ts=\"%s\"",
+             b->start, b->end, b->stats->total, b->stats->resumed ? "yes" : "no",
+             b->stats->resumed ? b->after.ts : "");
+    b->started_us = eng_clock_mono_us();
+    return 0;
+}
+
+enum page_outcome { PAGE_MORE, PAGE_LAST, PAGE_STOPPED, PAGE_FAILED };
+
+/* Reads, enriches and submits the next page (a failed read is retried after a backoff). */
+static enum page_outcome next_page(struct backfill *b, struct eng_backoff *bo,
+                                   struct eng_error *err)
+{
+    PGresult *r = query_page(b, err);
+    if (r == NULL) {
+        if (!err->retriable)
+            return PAGE_FAILED;
+        reconnect_later(b, bo, err->msg);
+        return PAGE_MORE;
+    }
+    eng_backoff_reset(bo);
+    int n = PQntuples(r);
+    if (n == 0) {
+        PQclear(r);
+        return PAGE_LAST;
+    }
+    struct page_key key;
+    snprintf(key.ts, sizeof(key.ts), "%s", PQgetvalue(r, n - 1, ENG_COL_EVENT_TS));
+    snprintf(key.id, sizeof(key.id), "%s", PQgetvalue(r, n - 1, ENG_COL_EVENT_ID));
+    struct eng_batch *batch = NULL;
+    int rc = page_batch(b, r, &batch, err);
+    PQclear(r);
+    if (rc != 0)
+        return PAGE_FAILED;
+    if (submit_page(b, batch, &key) != 0)
+        return PAGE_STOPPED;
+    return (uint32_t)n < b->opt->page_events ? PAGE_LAST : PAGE_MORE;
+}
+
 int eng_backfill_run(const struct eng_backfill_options *opt, struct eng_pipeline *p,
                      volatile sig_atomic_t *stop, struct eng_backfill_stats *stats,
                      struct eng_error *err)
@@ -451,70 +525,20 @@ int eng_backfill_run(const struct eng_backfill_options *opt, struct eng_pipeline
     memset(stats, 0, sizeof(*stats));
     eng_backoff_init(&bo, 200000, 10000000, (uint64_t)eng_clock_mono_us());
     b.cache = eng_content_cache_create();
-    int rc = connect_and_prepare(&b, err);
-    if (rc == 0)
-        rc = read_range(&b, err);
-    if (rc == 0)
-        rc = eng_pg_load_content(b.conn, NULL, b.cache, err);
+    int rc = start_backfill(&b, err);
     if (rc != 0)
         goto out;
-    if (opt->state_dir != NULL) {
-        if (mkdir(opt->state_dir, 0700) != 0 && errno != EEXIST) {
-            rc = eng_error_set(err, ENG_EIO, false, "could not create state directory \"%s\": %s",
-                               opt->state_dir, strerror(errno));
-            goto out;
-        }
-        char range[2 * KEY_TEXT_MAX + 2];
-        snprintf(range, sizeof(range), "%s|%s", b.start, b.end);
-        snprintf(b.state_name, sizeof(b.state_name), "backfill-%016" PRIx64 ".state",
-                 fnv1a(range, 0xcbf29ce484222325ull));
-        snprintf(b.state_path, sizeof(b.state_path), "%s/%s", opt->state_dir, b.state_name);
-        load_resume(&b);
-    }
-    warn_without_index(&b);
-    rc = count_range(&b, err);
-    if (rc != 0)
-        goto out;
-    eng_info("msg=\"backfill starting\" start=\"%s\" end=\"%s\" events=%" PRIu64 " resumed=%s "
-             "after_ts=\"%s\"",
-             b.start, b.end, stats->total, stats->resumed ? "yes" : "no",
-             stats->resumed ? b.after.ts : "");
-    b.started_us = eng_clock_mono_us();
 
-    bool complete = false;
-    while (!*stop) {
-        PGresult *r = query_page(&b, err);
-        if (r == NULL) {
-            if (!err->retriable)
-                goto out_rc;
-            reconnect_later(&b, &bo, err->msg);
-            continue;
-        }
-        eng_backoff_reset(&bo);
-        int n = PQntuples(r);
-        if (n == 0) {
-            PQclear(r);
-            complete = true;
-            break;
-        }
-        struct page_key key;
-        snprintf(key.ts, sizeof(key.ts), "%s", PQgetvalue(r, n - 1, ENG_COL_EVENT_TS));
-        snprintf(key.id, sizeof(key.id), "%s", PQgetvalue(r, n - 1, ENG_COL_EVENT_ID));
-        struct eng_batch *batch = NULL;
-        rc = page_batch(&b, r, &batch, err);
-        PQclear(r);
-        if (rc != 0)
-            goto out;
-        if (submit_page(&b, batch, &key) != 0)
-            break;
-        if ((uint32_t)n < opt->page_events) {
-            complete = true;
-            break;
-        }
+    enum page_outcome o = PAGE_MORE;
+    while (!*stop && o == PAGE_MORE)
+        o = next_page(&b, &bo, err);
+    if (o == PAGE_FAILED) {
+        rc = err->code;
+        goto out;
     }
     bool durable = drain(&b);
     show_progress(&b, true);
-    if (complete && durable) {
+    if (o == PAGE_LAST && durable) {
         if (opt->state_dir != NULL)
             unlink(b.state_path); /* done: a second run starts over */
         rc = 0;
@@ -524,9 +548,6 @@ int eng_backfill_run(const struct eng_backfill_options *opt, struct eng_pipeline
         rc = eng_error_set(err, ENG_ESTOPPED, false,
                            "backfill stopped; run the same command again to resume");
     }
-    goto out;
-out_rc:
-    rc = err->code;
 out:
     PQfinish(b.conn);
     eng_content_cache_destroy(b.cache);

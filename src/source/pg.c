@@ -92,8 +92,8 @@ struct pgsrc {
     uint64_t keepalive_end;   /* while a keepalive is handled: the server's sent position */
     uint64_t sent_confirmed;
     uint64_t state_lsn;
-    bool state_dirty;        /* the durable cache changed and is not on file yet */
-    uint64_t confirm_bound;  /* on file: no flush LSN is sent past it */
+    bool state_dirty;       /* the durable cache changed and is not on file yet */
+    uint64_t confirm_bound; /* on file: no flush LSN is sent past it */
     int64_t bound_saved_us;
     uint64_t received_lsn;
     uint64_t server_wal_end;
@@ -297,8 +297,7 @@ static int check_checkpoint(struct pgsrc *s, const struct eng_pg_state *st, bool
                              a, s->opt->state_dir, b, s->opt->slot, s->opt->slot);
     }
     if (brc != 0) {
-        eng_info("msg=\"no confirm bound on file yet; written from now on\" slot=%s",
-                 s->opt->slot);
+        eng_info("msg=\"no confirm bound on file yet; written from now on\" slot=%s", s->opt->slot);
         return 0;
     }
     s->confirm_bound = bound.lsn;
@@ -325,8 +324,7 @@ static void drop_new_slot(struct pgsrc *s)
     snprintf(sql, sizeof(sql), "DROP_REPLICATION_SLOT %s", s->opt->slot);
     PGresult *r = PQexec(s->repl, sql);
     if (PQresultStatus(r) == PGRES_COMMAND_OK)
-        eng_info("msg=\"dropped the replication slot this start created\" slot=%s",
-                 s->opt->slot);
+        eng_info("msg=\"dropped the replication slot this start created\" slot=%s", s->opt->slot);
     else
         eng_error("msg=\"could not drop the replication slot this start created; drop it by "
                   "hand\" slot=%s error=\"%s\"",
@@ -335,10 +333,10 @@ static void drop_new_slot(struct pgsrc *s)
     eng_content_cache_clear(s->durable);
 }
 
-/* Makes sure the slot exists (creating it, with its snapshot's content, if this is a fresh
- * start) and that the caches belong to the checkpoint. Sets *start to the position to
- * stream from. */
-static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
+/* Reads the slot's row: *exists, and its confirmed position. A slot of another plugin or
+ * database, or one the server invalidated, is fatal. */
+static int read_slot(struct pgsrc *s, bool *exists, uint64_t *confirmed_flush,
+                     struct eng_error *err)
 {
     const char *slot = s->opt->slot;
     const char *params[] = {slot};
@@ -348,112 +346,141 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
                               1, params, err, "could not read replication slots");
     if (r == NULL)
         return err->code;
-    bool exists = PQntuples(r) == 1;
+    *exists = PQntuples(r) == 1;
+    *confirmed_flush = 0;
+    if (!*exists) {
+        PQclear(r);
+        return 0;
+    }
+    bool pgoutput = strcmp(PQgetvalue(r, 0, 0), "pgoutput") == 0;
+    bool same_db = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+    bool lost = strcmp(PQgetvalue(r, 0, 3), "lost") == 0;
+    if (!PQgetisnull(r, 0, 2))
+        eng_lsn_parse(PQgetvalue(r, 0, 2), confirmed_flush);
+    PQclear(r);
+    if (!pgoutput || !same_db)
+        return eng_error_set(err, ENG_EFATAL, false,
+                             "replication slot \"%s\" exists but is not a pgoutput slot of "
+                             "this database (runbook: choose another --slot)",
+                             slot);
+    if (lost)
+        return eng_error_set(err, ENG_EFATAL, false,
+                             "replication slot \"%s\" was invalidated (wal_status lost): "
+                             "WAL it needed is gone and events were lost (runbook: drop the "
+                             "slot and the state file, start again, and backfill the gap)",
+                             slot);
+    return 0;
+}
+
+/* The checkpoint on file, checked against this server and slot (the caches of a first
+ * session). Without a state file for an existing slot, the content is read as it is now. */
+static int restore_checkpoint(struct pgsrc *s, bool exists, uint64_t confirmed_flush,
+                              struct eng_error *err)
+{
+    const char *slot = s->opt->slot;
+    struct eng_pg_state st = {0};
+    int lrc = eng_pg_state_load(s->opt->state_dir, slot, &st, s->durable, err);
+    if (lrc < 0) {
+        struct eng_error why = *err;
+        return eng_error_set(err, ENG_EFATAL, false,
+                             "%s (runbook: move the file aside to rebuild the cache from the "
+                             "content table)",
+                             why.msg);
+    }
+    if (lrc == 0) {
+        if (strcmp(st.system_id, s->system_id) != 0)
+            return eng_error_set(err, ENG_EFATAL, false,
+                                 "state file belongs to server %s, this is server %s "
+                                 "(runbook for a replaced server, docs/runbook.md: renumber "
+                                 "its events past the largest event_id the sinks hold and "
+                                 "set its sequence past it, remove %s/%s.state, .bound and "
+                                 ".sinks, run, then backfill everything)",
+                                 st.system_id, s->system_id, s->opt->state_dir, slot);
+        if (!exists)
+            return eng_error_set(err, ENG_EFATAL, false,
+                                 "replication slot \"%s\" is gone but a checkpoint exists "
+                                 "at %" PRIX32 "/%" PRIX32 ": events after it may be lost "
+                                 "(runbook: remove the state file to start a new slot, then "
+                                 "backfill from the checkpoint's time)",
+                                 slot, (uint32_t)(st.lsn >> 32), (uint32_t)st.lsn);
+        if (check_checkpoint(s, &st, exists, confirmed_flush, err) != 0)
+            return err->code;
+        s->state_lsn = st.lsn;
+        s->cp.acked = st.lsn > confirmed_flush ? st.lsn : confirmed_flush;
+        eng_info("msg=\"restored checkpoint\" slot=%s content_rows=%u", slot,
+                 eng_content_cache_count(s->durable));
+    } else if (exists) {
+        eng_warn("msg=\"no state file for an existing slot; loading content as it is now, "
+                 "so events replayed from the slot may be enriched with newer content\" "
+                 "slot=%s dir=%s",
+                 slot, s->opt->state_dir);
+        if (eng_pg_load_content(s->conn, NULL, s->durable, err) != 0)
+            return err->code;
+        s->cp.acked = confirmed_flush;
+        if (save_state(s, confirmed_flush, err) != 0 || save_bound(s, confirmed_flush, err) != 0)
+            return err->code;
+    }
+    return 0;
+}
+
+/* Creates the slot and reads the content table in its exported snapshot, so that the cache
+ * is exactly the one of the slot's first position; saves both before anything streams.
+ * When that fails the slot is dropped again. */
+static int create_slot(struct pgsrc *s, struct eng_error *err)
+{
+    const char *slot = s->opt->slot;
+    char sql[160];
+    snprintf(sql, sizeof(sql), "CREATE_REPLICATION_SLOT %s LOGICAL pgoutput EXPORT_SNAPSHOT", slot);
+    PGresult *r = PQexec(s->repl, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        int rc = eng_pg_error(err, s->repl, r, "could not create replication slot");
+        PQclear(r);
+        return rc;
+    }
+    uint64_t consistent = 0;
+    eng_lsn_parse(PQgetvalue(r, 0, 1), &consistent);
+    char snapshot[64];
+    snprintf(snapshot, sizeof(snapshot), "%s", PQgetvalue(r, 0, 2));
+    PQclear(r);
+    /* The snapshot stays valid while the replication connection runs no other command. */
+    if (eng_pg_load_content(s->conn, snapshot, s->durable, err) != 0 ||
+        save_state(s, consistent, err) != 0 || save_bound(s, consistent, err) != 0) {
+        drop_new_slot(s);
+        return err->code;
+    }
+    s->cp.acked = consistent;
+    eng_info("msg=\"created replication slot\" slot=%s content_rows=%u", slot,
+             eng_content_cache_count(s->durable));
+    return 0;
+}
+
+/* Makes sure the slot exists (creating it, with its snapshot's content, if this is a fresh
+ * start) and that the caches belong to the checkpoint. Sets *start to the position to
+ * stream from. */
+static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
+{
+    bool exists = false;
     uint64_t confirmed_flush = 0;
-    if (exists) {
-        bool pgoutput = strcmp(PQgetvalue(r, 0, 0), "pgoutput") == 0;
-        bool same_db = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
-        bool lost = strcmp(PQgetvalue(r, 0, 3), "lost") == 0;
-        if (!PQgetisnull(r, 0, 2))
-            eng_lsn_parse(PQgetvalue(r, 0, 2), &confirmed_flush);
-        PQclear(r);
-        if (!pgoutput || !same_db)
-            return eng_error_set(err, ENG_EFATAL, false,
-                                 "replication slot \"%s\" exists but is not a pgoutput slot of "
-                                 "this database (runbook: choose another --slot)",
-                                 slot);
-        if (lost)
-            return eng_error_set(err, ENG_EFATAL, false,
-                                 "replication slot \"%s\" was invalidated (wal_status lost): "
-                                 "WAL it needed is gone and events were lost (runbook: drop the "
-                                 "slot and the state file, start again, and backfill the gap)",
-                                 slot);
-    } else {
-        PQclear(r);
-    }
-
-    if (!s->caches_ready) {
-        struct eng_pg_state st = {0};
-        int lrc = eng_pg_state_load(s->opt->state_dir, slot, &st, s->durable, err);
-        if (lrc < 0) {
-            char why[sizeof(err->msg)];
-            memcpy(why, err->msg, sizeof(why));
-            return eng_error_set(err, ENG_EFATAL, false,
-                                 "%s (runbook: move the file aside "
-                                 "to rebuild the cache from the content table)",
-                                 why);
-        }
-        if (lrc == 0) {
-            if (strcmp(st.system_id, s->system_id) != 0)
-                return eng_error_set(err, ENG_EFATAL, false,
-                                     "state file belongs to server %s, this is server %s "
-                                     "(runbook for a replaced server, docs/runbook.md: renumber "
-                                     "its events past the largest event_id the sinks hold and "
-                                     "set its sequence past it, remove %s/%s.state, .bound and "
-                                     ".sinks, run, then backfill everything)",
-                                     st.system_id, s->system_id, s->opt->state_dir, slot);
-            if (!exists)
-                return eng_error_set(err, ENG_EFATAL, false,
-                                     "replication slot \"%s\" is gone but a checkpoint exists "
-                                     "at %" PRIX32 "/%" PRIX32 ": events after it may be lost "
-                                     "(runbook: remove the state file to start a new slot, then "
-                                     "backfill from the checkpoint's time)",
-                                     slot, (uint32_t)(st.lsn >> 32), (uint32_t)st.lsn);
-            if (check_checkpoint(s, &st, exists, confirmed_flush, err) != 0)
-                return err->code;
-            s->state_lsn = st.lsn;
-            s->cp.acked = st.lsn > confirmed_flush ? st.lsn : confirmed_flush;
-            eng_info("msg=\"restored checkpoint\" slot=%s content_rows=%u", slot,
-                     eng_content_cache_count(s->durable));
-        } else if (exists) {
-            eng_warn("msg=\"no state file for an existing slot; loading content as it is now, "
-                     "so events replayed from the slot may be enriched with newer content\" "
-                     "slot=%s dir=%s",
-                     slot, s->opt->state_dir);
-            if (eng_pg_load_content(s->conn, NULL, s->durable, err) != 0)
-                return err->code;
-            s->cp.acked = confirmed_flush;
-            if (save_state(s, confirmed_flush, err) != 0 || save_bound(s, confirmed_flush, err) != 0)
-                return err->code;
-        }
-    }
-
+    if (read_slot(s, &exists, &confirmed_flush, err) != 0)
+        return err->code;
+    if (!s->caches_ready && restore_checkpoint(s, exists, confirmed_flush, err) != 0)
+        return err->code;
     if (!exists) {
         if (s->caches_ready)
             return eng_error_set(err, ENG_EFATAL, false,
                                  "replication slot \"%s\" disappeared while streaming (runbook: "
                                  "find who dropped it; remove the state file and backfill the "
                                  "gap)",
-                                 slot);
-        char sql[160];
-        snprintf(sql, sizeof(sql), "CREATE_REPLICATION_SLOT %s LOGICAL pgoutput EXPORT_SNAPSHOT",
-                 slot);
-        r = PQexec(s->repl, sql);
-        if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-            PQclear(r);
-            return eng_pg_fail(err, s->repl, "could not create replication slot");
-        }
-        uint64_t consistent = 0;
-        eng_lsn_parse(PQgetvalue(r, 0, 1), &consistent);
-        char snapshot[64];
-        snprintf(snapshot, sizeof(snapshot), "%s", PQgetvalue(r, 0, 2));
-        PQclear(r);
-        /* The snapshot stays valid while the replication connection runs no other command. */
-        if (eng_pg_load_content(s->conn, snapshot, s->durable, err) != 0 ||
-            save_state(s, consistent, err) != 0 || save_bound(s, consistent, err) != 0) {
-            drop_new_slot(s);
+                                 s->opt->slot);
+        if (create_slot(s, err) != 0)
             return err->code;
-        }
-        s->cp.acked = consistent;
-        eng_info("msg=\"created replication slot\" slot=%s content_rows=%u", slot,
-                 eng_content_cache_count(s->durable));
     }
     if (!s->caches_ready) {
         /* Each sink's own progress, so that after a crash it is not sent again what it
          * already has (a new slot starts with none). */
         char path[4096], identity[300];
-        snprintf(path, sizeof(path), "%s/%s.sinks", s->opt->state_dir, slot);
-        snprintf(identity, sizeof(identity), "%s %s", s->system_id, slot);
+        snprintf(path, sizeof(path), "%s/%s.sinks", s->opt->state_dir, s->opt->slot);
+        snprintf(identity, sizeof(identity), "%s %s", s->system_id, s->opt->slot);
         eng_pipeline_track_progress(s->p, path, identity, exists ? s->server_xlogpos : 0);
         s->caches_ready = true;
     }
@@ -947,6 +974,46 @@ static int wait_readable(PGconn *c, int64_t timeout_us)
     return rc < 0 && errno != EINTR ? -1 : 0;
 }
 
+/* Submits the open batch when its deadline has passed. 0, or ENG_ESTOPPED. */
+static int flush_if_due(struct pgsrc *s)
+{
+    if (s->batch_deadline != 0 && eng_clock_mono_us() >= s->batch_deadline && batch_waiting(s))
+        return flush_batch(s) != 0 ? ENG_ESTOPPED : 0;
+    return 0;
+}
+
+/* Nothing to read: closes the batch (latency stays low when the stream is quiet), sends a
+ * heartbeat batch after a quiet while (the sinks refresh what expires by time, Redis's
+ * top:content:10m), moves the checkpoint, and waits for data or the batch deadline. */
+static int on_idle(struct pgsrc *s, struct eng_error *err)
+{
+    bool quiet_long = !s->in_tx && !batch_waiting(s) &&
+                      eng_clock_mono_us() - s->last_submit_us >= HEARTBEAT_US &&
+                      eng_pipeline_idle(s->p);
+    if (((batch_waiting(s) && !s->in_tx) || quiet_long) && flush_batch(s) != 0)
+        return ENG_ESTOPPED;
+    checkpoint_tick(s);
+    send_status(s, false);
+    int64_t wait = 100000;
+    if (s->batch_deadline != 0) {
+        int64_t left = s->batch_deadline - eng_clock_mono_us();
+        wait = left < 0 ? 0 : left < wait ? left : wait;
+    }
+    if ((wait > 0 && wait_readable(s->repl, wait) != 0) || PQconsumeInput(s->repl) == 0)
+        return eng_pg_fail(err, s->repl, "replication connection failed");
+    return flush_if_due(s);
+}
+
+static int stream_ended(struct pgsrc *s, struct eng_error *err)
+{
+    PGresult *r = PQgetResult(s->repl);
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    msg[strcspn(msg, "\n")] = '\0';
+    PQclear(r);
+    return eng_error_set(err, ENG_EIO, true, "replication stream ended: %s", msg);
+}
+
 static int stream(struct pgsrc *s, struct eng_error *err)
 {
     unsigned since_tick = 0;
@@ -955,63 +1022,26 @@ static int stream(struct pgsrc *s, struct eng_error *err)
             return ENG_ESTOPPED;
         char *buf = NULL;
         int n = PQgetCopyData(s->repl, &buf, 1);
-        if (n == 0) {
-            /* Caught up with what the server sent: close the batch now rather than wait for
-             * the timer, so latency stays low when the stream is quiet. */
-            if (batch_waiting(s) && !s->in_tx) {
-                if (flush_batch(s) != 0)
-                    return ENG_ESTOPPED;
+        int rc;
+        if (n == 0)
+            rc = on_idle(s, err);
+        else if (n == -1)
+            rc = stream_ended(s, err);
+        else if (n < 0)
+            rc = eng_pg_fail(err, s->repl, "replication connection failed");
+        else {
+            rc = on_copy_data(s, buf, n, err);
+            PQfreemem(buf);
+            if (rc == 0)
+                rc = flush_if_due(s);
+            if (rc == 0 && ++since_tick >= 256) {
+                since_tick = 0;
+                checkpoint_tick(s);
+                send_status(s, false);
             }
-            /* Quiet for a while: an empty batch lets the sinks refresh what expires by time
-             * (Redis's top:content:10m) although no event arrives. */
-            if (!s->in_tx && !batch_waiting(s) &&
-                eng_clock_mono_us() - s->last_submit_us >= HEARTBEAT_US &&
-                eng_pipeline_idle(s->p)) {
-                if (flush_batch(s) != 0)
-                    return ENG_ESTOPPED;
-            }
-            checkpoint_tick(s);
-            send_status(s, false);
-            int64_t wait = 100000;
-            if (s->batch_deadline != 0) {
-                int64_t left = s->batch_deadline - eng_clock_mono_us();
-                wait = left < 0 ? 0 : left < wait ? left : wait;
-            }
-            if (wait > 0 && wait_readable(s->repl, wait) != 0)
-                return eng_pg_fail(err, s->repl, "replication connection failed");
-            if (PQconsumeInput(s->repl) == 0)
-                return eng_pg_fail(err, s->repl, "replication connection failed");
-            if (s->batch_deadline != 0 && eng_clock_mono_us() >= s->batch_deadline &&
-                batch_waiting(s)) {
-                if (flush_batch(s) != 0)
-                    return ENG_ESTOPPED;
-            }
-            continue;
         }
-        if (n == -1) {
-            PGresult *r = PQgetResult(s->repl);
-            char msg[200];
-            snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
-            msg[strcspn(msg, "\n")] = '\0';
-            PQclear(r);
-            return eng_error_set(err, ENG_EIO, true, "replication stream ended: %s", msg);
-        }
-        if (n < 0)
-            return eng_pg_fail(err, s->repl, "replication connection failed");
-        int rc = on_copy_data(s, buf, n, err);
-        PQfreemem(buf);
         if (rc != 0)
             return rc;
-        if (s->batch_deadline != 0 && eng_clock_mono_us() >= s->batch_deadline &&
-            batch_waiting(s)) {
-            if (flush_batch(s) != 0)
-                return ENG_ESTOPPED;
-        }
-        if (++since_tick >= 256) {
-            since_tick = 0;
-            checkpoint_tick(s);
-            send_status(s, false);
-        }
     }
 }
 
@@ -1025,8 +1055,8 @@ static int session(struct pgsrc *s, struct eng_error *err)
     if (s->repl == NULL)
         return err->code;
     if (check_server(s, err) != 0 || eng_pg_check_schema(s->conn, err) != 0 ||
-        identify_system(s, err) != 0 ||
-        ensure_publication(s, err) != 0 || prepare_slot(s, &start, err) != 0)
+        identify_system(s, err) != 0 || ensure_publication(s, err) != 0 ||
+        prepare_slot(s, &start, err) != 0)
         return err->code;
     PQfinish(s->conn); /* not needed while streaming */
     s->conn = NULL;
@@ -1075,6 +1105,72 @@ static bool drain(struct pgsrc *s)
     return false;
 }
 
+static void register_metrics(struct pgsrc *s)
+{
+    s->m_events = eng_metrics_counter("engage_source_events_total", "source=\"pg\"",
+                                      "Events read from the source");
+    s->m_bad = eng_metrics_counter("engage_source_bad_input_total", "source=\"pg\"",
+                                   "Input parked in the dead-letter queue as undecodable");
+    s->m_misses = eng_metrics_counter("engage_enrich_misses_total", NULL,
+                                      "Events whose content_id has no content row");
+    s->m_tx = eng_metrics_counter("engage_source_transactions_total", "source=\"pg\"",
+                                  "Transactions decoded");
+    s->m_ignored = eng_metrics_counter("engage_source_ignored_changes_total", "source=\"pg\"",
+                                       "Updates and deletes of events (not events)");
+    s->m_content = eng_metrics_counter("engage_content_changes_total", NULL,
+                                       "Changes to the content table applied to the cache");
+    s->m_lag_bytes = eng_metrics_gauge("engage_replication_lag_bytes", NULL,
+                                       "Server WAL end minus the confirmed flush LSN");
+    s->m_lag_seconds = eng_metrics_gauge_scaled("engage_replication_lag_seconds", NULL,
+                                                "Age of the oldest transaction decoded and not yet "
+                                                "durable in every sink (0 when caught up)",
+                                                3);
+    s->m_confirmed =
+        eng_metrics_gauge("engage_confirmed_flush_lsn", NULL, "Flush LSN last sent to the server");
+}
+
+/* A refusal for configuration reasons (ENG_EDENIED) is retried for ENG_DENIED_GRACE_US from
+ * the first of a run of them, then it is fatal. */
+static bool denied_too_long(int rc, int64_t *since)
+{
+    if (rc != ENG_EDENIED) {
+        *since = 0;
+        return false;
+    }
+    int64_t now = eng_clock_mono_us();
+    if (*since == 0)
+        *since = now;
+    return now - *since > ENG_DENIED_GRACE_US;
+}
+
+/* Sleeps delay microseconds in slices, so a stop request ends it early; false when stopped. */
+static bool sleep_unless_stopped(int64_t delay, volatile sig_atomic_t *stop)
+{
+    int64_t until = eng_clock_mono_us() + delay;
+    for (int64_t left = delay; !*stop && left > 0; left = until - eng_clock_mono_us()) {
+        struct timespec ts = {0, (long)(left < 50000 ? left : 50000) * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return !*stop;
+}
+
+/* Gives the sinks a moment to finish what is in flight, confirms it, and frees the source. */
+static void shut_down(struct pgsrc *s)
+{
+    if (s->streaming) {
+        (void)eng_pipeline_wait_idle(s->p, 5000000);
+        s->bound_saved_us = 0; /* the confirm bound may be written once more right away */
+        checkpoint_tick(s);
+        send_status(s, true);
+    }
+    session_reset(s);
+    change_list_clear(&s->pending);
+    free(s->pending.v);
+    free(s->tx_changes.v);
+    eng_content_cache_destroy(s->live);
+    eng_content_cache_destroy(s->durable);
+}
+
 int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeline *p,
                       volatile sig_atomic_t *stop, struct eng_error *err)
 {
@@ -1087,26 +1183,7 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
     eng_checkpoint_init(&s.cp, &cp_ops, 0);
     s.durable = eng_content_cache_create();
     s.live = eng_content_cache_create();
-    s.m_events = eng_metrics_counter("engage_source_events_total", "source=\"pg\"",
-                                     "Events read from the source");
-    s.m_bad = eng_metrics_counter("engage_source_bad_input_total", "source=\"pg\"",
-                                  "Input parked in the dead-letter queue as undecodable");
-    s.m_misses = eng_metrics_counter("engage_enrich_misses_total", NULL,
-                                     "Events whose content_id has no content row");
-    s.m_tx = eng_metrics_counter("engage_source_transactions_total", "source=\"pg\"",
-                                 "Transactions decoded");
-    s.m_ignored = eng_metrics_counter("engage_source_ignored_changes_total", "source=\"pg\"",
-                                      "Updates and deletes of events (not events)");
-    s.m_content = eng_metrics_counter("engage_content_changes_total", NULL,
-                                      "Changes to the content table applied to the cache");
-    s.m_lag_bytes = eng_metrics_gauge("engage_replication_lag_bytes", NULL,
-                                      "Server WAL end minus the confirmed flush LSN");
-    s.m_lag_seconds = eng_metrics_gauge_scaled(
-        "engage_replication_lag_seconds", NULL,
-        "Age of the oldest transaction decoded and not yet durable in every sink (0 when caught up)",
-        3);
-    s.m_confirmed =
-        eng_metrics_gauge("engage_confirmed_flush_lsn", NULL, "Flush LSN last sent to the server");
+    register_metrics(&s);
     struct eng_backoff bo;
     eng_backoff_init(&bo, 200000, 10000000, (uint64_t)eng_clock_mono_us());
     int rc = 0;
@@ -1124,15 +1201,9 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
             rc = 0;
             break;
         }
-        if (rc == ENG_EDENIED) {
-            if (denied_since == 0)
-                denied_since = eng_clock_mono_us();
-            if (eng_clock_mono_us() - denied_since > ENG_DENIED_GRACE_US) {
-                rc = ENG_EFATAL;
-                break;
-            }
-        } else {
-            denied_since = 0;
+        if (denied_too_long(rc, &denied_since)) {
+            rc = ENG_EFATAL;
+            break;
         }
         if (rc == ENG_EFATAL || (rc != 0 && !err->retriable))
             break;
@@ -1144,27 +1215,10 @@ int eng_pg_source_run(const struct eng_pg_source_options *opt, struct eng_pipeli
         session_reset(&s);
         if (!drain(&s))
             break;
-        int64_t until = eng_clock_mono_us() + delay;
-        for (int64_t left = delay; !*stop && left > 0; left = until - eng_clock_mono_us()) {
-            struct timespec ts = {0, (long)(left < 50000 ? left : 50000) * 1000};
-            nanosleep(&ts, NULL);
-        }
-        if (*stop)
+        if (!sleep_unless_stopped(delay, stop))
             break;
     }
-    /* Shutdown: give the sinks a moment to finish what is in flight, then confirm it. */
-    if (s.streaming) {
-        (void)eng_pipeline_wait_idle(p, 5000000);
-        s.bound_saved_us = 0; /* the confirm bound may be written once more right away */
-        checkpoint_tick(&s);
-        send_status(&s, true);
-    }
-    session_reset(&s);
-    change_list_clear(&s.pending);
-    free(s.pending.v);
-    free(s.tx_changes.v);
-    eng_content_cache_destroy(s.live);
-    eng_content_cache_destroy(s.durable);
+    shut_down(&s);
     if (rc != ENG_EFATAL && eng_pipeline_failed(p, err))
         rc = ENG_EFATAL; /* a sink failed for good while shutting down */
     return rc == 0 || rc == ENG_ESTOPPED || (*stop && rc != ENG_EFATAL) ? 0 : rc;

@@ -58,8 +58,8 @@ static int read_mark(const char *dir, char *gen, struct eng_error *err)
                                : eng_error_set(err, ENG_EIO, false, "could not read \"%s\": %s",
                                                path, strerror(errno));
     bool ok = fgets(line, sizeof(line), f) != NULL && strcmp(line, MARK_HEADER "\n") == 0 &&
-              fgets(line, sizeof(line), f) != NULL &&
-              strlen(line) == ENG_REDIS_GEN_LEN + 1 && line[ENG_REDIS_GEN_LEN] == '\n';
+              fgets(line, sizeof(line), f) != NULL && strlen(line) == ENG_REDIS_GEN_LEN + 1 &&
+              line[ENG_REDIS_GEN_LEN] == '\n';
     fclose(f);
     if (!ok)
         return eng_error_set(err, ENG_EINVAL, false,
@@ -117,8 +117,7 @@ static int rebuild(struct eng_redis_repair *rep, struct eng_backfill_stats *st,
     struct eng_sink *sink = eng_redis_sink_create(rep->redis_url, &ropt, err);
     if (sink == NULL)
         return err->code;
-    struct eng_pipeline_options popt = {.dlq_conninfo = rep->conninfo,
-                                        .dlq_table = rep->dlq_table};
+    struct eng_pipeline_options popt = {.dlq_conninfo = rep->conninfo, .dlq_table = rep->dlq_table};
     struct eng_pipeline *p = eng_pipeline_create(&sink, 1, &popt, err);
     if (p == NULL)
         return err->code;

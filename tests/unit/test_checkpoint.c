@@ -212,11 +212,11 @@ static void test_durable_replace_leaves_old_or_new(void **state)
         int in_writer;
         const char *want; /* what the file must hold after a crash there */
     } cases[] = {
-        {"opened", 0, old_text},   /* before a byte was written */
-        {NULL, 1, old_text},       /* half way through the writer */
-        {"written", 0, old_text},  /* synced, not yet renamed */
-        {"renamed", 0, new_text},  /* renamed, directory not yet synced */
-        {"never", 0, new_text},    /* no crash */
+        {"opened", 0, old_text},  /* before a byte was written */
+        {NULL, 1, old_text},      /* half way through the writer */
+        {"written", 0, old_text}, /* synced, not yet renamed */
+        {"renamed", 0, new_text}, /* renamed, directory not yet synced */
+        {"never", 0, new_text},   /* no crash */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         assert_int_equal(eng_durable_replace(dir, "state", write_text, (void *)old_text, &err), 0);
