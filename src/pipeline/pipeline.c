@@ -51,8 +51,8 @@ struct sink_lane {
     uint32_t replay_n; /* from the file: the first write after the restart has this many */
     bool healthy;
     char last_error[sizeof(((struct eng_error *)0)->msg)];
-    struct eng_dlq *dlq; /* this lane's own connection to the dead-letter table, or NULL */
-    uint32_t parked;     /* events parked while writing the current batch */
+    struct eng_dlq *dlq;     /* this lane's own connection to the dead-letter table, or NULL */
+    uint32_t parked;         /* events parked while writing the current batch */
     int64_t denied_since_us; /* first of the ENG_EDENIED failures in a row (0: none) */
     /* metrics */
     struct eng_counter *m_batches, *m_events, *m_failures, *m_spilled, *m_parked;
@@ -354,9 +354,8 @@ static int lane_split(struct sink_lane *l, bool *open, struct eng_backoff *bo,
             int orc = *open ? 0 : eng_sink_open(l->sink, &oerr);
             if (orc == 0) {
                 *open = true;
-                rc = l->sink->park(l->sink, part, &part->events[0], reason, err) == 0
-                         ? TRY_DURABLE
-                         : TRY_REFUSED;
+                rc = l->sink->park(l->sink, part, &part->events[0], reason, err) == 0 ? TRY_DURABLE
+                                                                                      : TRY_REFUSED;
             } else {
                 *err = oerr;
             }
@@ -657,6 +656,118 @@ static bool lane_write(struct sink_lane *l, bool *open, struct eng_backoff *bo,
     }
 }
 
+/* With p->lock held: waits until the lane has something to write and may write it (the
+ * sink's least interval between writes has passed or its queue is full; after a restart,
+ * the interrupted write's events are queued again). False when the pipeline stops. */
+static bool lane_wait_work(struct sink_lane *l, int64_t last_write_us)
+{
+    struct eng_pipeline *p = l->p;
+    while (l->count == 0 && !p->stopping)
+        pthread_cond_wait(&l->not_empty, &p->lock);
+    /* A sink that wants fewer, larger writes lets batches gather until its interval has
+     * passed, unless its queue is full (the source waits then). */
+    int64_t next_write_us = last_write_us + l->sink->min_write_interval_us;
+    while (!p->stopping && !lane_full(p, l) && eng_clock_mono_us() < next_write_us) {
+        struct timespec ts;
+        deadline_from_now(&ts, next_write_us - eng_clock_mono_us());
+        (void)pthread_cond_timedwait(&l->not_empty, &p->lock, &ts);
+    }
+    /* After a restart the interrupted write goes again, whole: give the source a moment to
+     * queue its events again. */
+    int64_t replay_until = eng_clock_mono_us() + 5000000;
+    while (l->replay_n > 0 && !p->stopping && !lane_full(p, l) &&
+           fresh_queued(p, l) < l->replay_n && eng_clock_mono_us() < replay_until) {
+        struct timespec ts;
+        deadline_from_now(&ts, 10000);
+        (void)pthread_cond_timedwait(&l->not_empty, &p->lock, &ts);
+    }
+    return !p->stopping;
+}
+
+/* One write's worth of queued batches (with p->lock held). Batches stay queued until
+ * acknowledged; only the lane's thread removes them, so those taken can be read after the
+ * lock is dropped. */
+struct lane_take {
+    uint32_t k;    /* batches: l->take[0..k) */
+    size_t events; /* in them */
+    size_t bytes;
+    bool spill; /* park them instead of writing them */
+    uint64_t done_lsn;
+    uint32_t done_seq;
+};
+
+static void lane_take_batches(struct sink_lane *l, struct lane_take *t)
+{
+    struct eng_pipeline *p = l->p;
+    /* A full queue means this sink is holding the source back, and a hurried one that it
+     * has held it back too long: a sink that can spill parks all that waits instead of
+     * writing it, so the source goes on at once. */
+    t->spill = l->sink->ops->spill != NULL && (l->hurried || lane_full(p, l));
+    l->hurried = false;
+    /* Every batch that waits behind the head goes in the same write: a sink whose cost is
+     * per request (a ClickHouse INSERT) keeps up by writing more at once. */
+    size_t max_events = MERGE_MAX_EVENTS;
+    if (!t->spill && l->sink->merge_max_events > 0)
+        max_events = l->sink->merge_max_events;
+    size_t fresh = 0;
+    t->k = 0;
+    t->events = t->bytes = 0;
+    while (t->k < l->count) {
+        struct eng_batch *q = l->ring[(l->head + t->k) % p->depth];
+        uint32_t qf = fresh_events(q, l->done_lsn, l->done_seq);
+        /* (The interrupted write is taken whole, however the source cut its batches.) */
+        if (t->k > 0 && fresh >= l->replay_n &&
+            (fresh + qf > max_events || t->bytes + batch_bytes(q) > MERGE_MAX_BYTES))
+            break;
+        l->take[t->k++] = q;
+        t->events += q->n;
+        fresh += qf;
+        t->bytes += batch_bytes(q);
+    }
+    t->done_lsn = l->done_lsn;
+    t->done_seq = l->done_seq;
+}
+
+/* The write of t is durable: metrics, the sink's progress on file (before the
+ * acknowledgement is visible, so that whoever waits for the pipeline to be idle also finds
+ * the file current), then the batches leave the queue. */
+static void lane_ack(struct sink_lane *l, const struct lane_take *t)
+{
+    struct eng_pipeline *p = l->p;
+    struct eng_batch **take = l->take;
+    if (t->spill)
+        eng_counter_add(l->m_spilled, 1);
+    int64_t now = eng_clock_wall_us();
+    for (uint32_t j = 0; j < t->k; j++) {
+        for (uint32_t i = 0; i < take[j]->n; i++) {
+            if (take[j]->events[i].commit_time_us > 0)
+                eng_histogram_observe(l->m_latency, now - take[j]->events[i].commit_time_us);
+        }
+    }
+    eng_counter_add(l->m_batches, 1);
+    eng_counter_add(l->m_events, t->events);
+    const struct eng_event *last = last_event(take, t->k);
+    if (last != NULL && last->txn_lsn != 0 && eng_event_after(last, t->done_lsn, t->done_seq))
+        lane_set_done(l, last);
+
+    struct eng_batch *b = take[t->k - 1];
+    pthread_mutex_lock(&p->lock);
+    for (uint32_t j = 0; j < t->k; j++) {
+        l->ring[l->head] = NULL;
+        l->head = (l->head + 1) % p->depth;
+    }
+    l->count -= t->k;
+    l->bytes -= t->bytes;
+    l->acked_seq = b->seq;
+    l->acked_position = b->position;
+    eng_gauge_set(l->m_queue, l->count);
+    pthread_cond_broadcast(&p->not_full);
+    pthread_cond_broadcast(&p->acked);
+    pthread_mutex_unlock(&p->lock);
+    for (uint32_t j = 0; j < t->k; j++)
+        eng_batch_release(take[j]);
+}
+
 static void *lane_main(void *arg)
 {
     struct sink_lane *l = arg;
@@ -668,101 +779,19 @@ static void *lane_main(void *arg)
     int64_t last_write_us = 0;
     for (;;) {
         pthread_mutex_lock(&p->lock);
-        while (l->count == 0 && !p->stopping)
-            pthread_cond_wait(&l->not_empty, &p->lock);
-        /* A sink that wants fewer, larger writes lets batches gather until its interval
-         * has passed, unless its queue is full (the source waits then). */
-        int64_t next_write_us = last_write_us + l->sink->min_write_interval_us;
-        while (!p->stopping && !lane_full(p, l) && eng_clock_mono_us() < next_write_us) {
-            struct timespec ts;
-            deadline_from_now(&ts, next_write_us - eng_clock_mono_us());
-            (void)pthread_cond_timedwait(&l->not_empty, &p->lock, &ts);
-        }
-        /* After a restart the interrupted write goes again, whole: give the source a moment
-         * to queue its events again. */
-        int64_t replay_until = eng_clock_mono_us() + 5000000;
-        while (l->replay_n > 0 && !p->stopping && !lane_full(p, l) &&
-               fresh_queued(p, l) < l->replay_n && eng_clock_mono_us() < replay_until) {
-            struct timespec ts;
-            deadline_from_now(&ts, 10000);
-            (void)pthread_cond_timedwait(&l->not_empty, &p->lock, &ts);
-        }
-        if (p->stopping) {
+        if (!lane_wait_work(l, last_write_us)) {
             pthread_mutex_unlock(&p->lock);
             break;
         }
-        /* Batches stay queued until acknowledged; only this thread removes them, so the
-         * ones taken here can be read after the lock is dropped. */
-        struct eng_batch *b = l->ring[l->head];
-        /* A full queue means this sink is holding the source back, and a hurried one that it
-         * has held it back too long: a sink that can spill parks all that waits instead of
-         * writing it, so the source goes on at once. */
-        bool spill = l->sink->ops->spill != NULL && (l->hurried || lane_full(p, l));
-        l->hurried = false;
-        /* Every batch that waits behind the head goes in the same write: a sink whose cost
-         * is per request (a ClickHouse INSERT) keeps up by writing more at once. */
-        size_t max_events = MERGE_MAX_EVENTS;
-        if (!spill && l->sink->merge_max_events > 0)
-            max_events = l->sink->merge_max_events;
-        struct eng_batch **take = l->take;
-        uint32_t k = 0;
-        size_t events = 0, fresh = 0, bytes = 0;
-        while (k < l->count) {
-            struct eng_batch *q = l->ring[(l->head + k) % p->depth];
-            uint32_t qf = fresh_events(q, l->done_lsn, l->done_seq);
-            /* (The interrupted write is taken whole, however the source cut its batches.) */
-            if (k > 0 && fresh >= l->replay_n &&
-                (fresh + qf > max_events || bytes + batch_bytes(q) > MERGE_MAX_BYTES))
-                break;
-            take[k++] = q;
-            events += q->n;
-            fresh += qf;
-            bytes += batch_bytes(q);
-        }
-        uint64_t done_lsn = l->done_lsn;
-        uint32_t done_seq = l->done_seq;
+        struct lane_take t;
+        lane_take_batches(l, &t);
         pthread_mutex_unlock(&p->lock);
 
         last_write_us = eng_clock_mono_us();
-        bool durable =
-            lane_write(l, &open, &bo, take, k, (uint32_t)events, spill, done_lsn, done_seq);
-        if (!durable)
+        if (!lane_write(l, &open, &bo, l->take, t.k, (uint32_t)t.events, t.spill, t.done_lsn,
+                        t.done_seq))
             break;
-        if (spill)
-            eng_counter_add(l->m_spilled, 1);
-        b = take[k - 1];
-        const struct eng_event *last = last_event(take, k);
-
-        int64_t now = eng_clock_wall_us();
-        for (uint32_t j = 0; j < k; j++) {
-            for (uint32_t i = 0; i < take[j]->n; i++) {
-                if (take[j]->events[i].commit_time_us > 0)
-                    eng_histogram_observe(l->m_latency, now - take[j]->events[i].commit_time_us);
-            }
-        }
-        eng_counter_add(l->m_batches, 1);
-        eng_counter_add(l->m_events, events);
-
-        /* The sink's progress is on file before the acknowledgement is visible, so that
-         * whoever waits for the pipeline to be idle also finds the file current. */
-        if (last != NULL && last->txn_lsn != 0 && eng_event_after(last, done_lsn, done_seq))
-            lane_set_done(l, last);
-
-        pthread_mutex_lock(&p->lock);
-        for (uint32_t j = 0; j < k; j++) {
-            l->ring[l->head] = NULL;
-            l->head = (l->head + 1) % p->depth;
-        }
-        l->count -= k;
-        l->bytes -= bytes;
-        l->acked_seq = b->seq;
-        l->acked_position = b->position;
-        eng_gauge_set(l->m_queue, l->count);
-        pthread_cond_broadcast(&p->not_full);
-        pthread_cond_broadcast(&p->acked);
-        pthread_mutex_unlock(&p->lock);
-        for (uint32_t j = 0; j < k; j++)
-            eng_batch_release(take[j]);
+        lane_ack(l, &t);
     }
     if (open)
         eng_sink_close(l->sink);
