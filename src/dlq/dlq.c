@@ -132,20 +132,14 @@ static int exec_ok(struct eng_dlq *q, const char *sql, const char *what, struct 
     return 0;
 }
 
-
-/* Connects if needed, creates the table and prepares the park statement. */
-static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
+/* Connects (if needed) and quotes the table's name for SQL. */
+static int connect_and_name(struct eng_dlq *q, struct eng_error *err)
 {
-    if (q->conn != NULL && PQstatus(q->conn) != CONNECTION_OK)
-        drop_conn(q);
-    if (q->ready)
-        return 0;
     if (q->conn == NULL) {
         q->conn = eng_pg_connect(q->conninfo, "engage-dlq", false, err);
         if (q->conn == NULL) {
             struct eng_error why = *err;
-            return eng_error_set(err, why.code, why.retriable, "dlq \"%s\": %s", q->table,
-                                 why.msg);
+            return eng_error_set(err, why.code, why.retriable, "dlq \"%s\": %s", q->table, why.msg);
         }
     }
     if (q->table_sql == NULL) {
@@ -159,6 +153,13 @@ static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
             return eng_error_set(err, ENG_EINVAL, false, "dlq: bad table name \"%s\"", q->table);
         }
     }
+    return 0;
+}
+
+/* Creates the table and its dedup index if missing (under an advisory lock, so that two
+ * engage processes starting at once do not race), and adds discarded_at to an older one. */
+static int create_table(struct eng_dlq *q, struct eng_error *err)
+{
     char *table_lit = PQescapeLiteral(q->conn, q->table_sql, strlen(q->table_sql));
     if (table_lit == NULL)
         eng_die("out of memory in PQescapeLiteral");
@@ -189,11 +190,14 @@ static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
                    q->table_sql, q->index_sql, q->table_sql, table_lit, table_lit);
     PQfreemem(table_lit);
     int rc = exec_ok(q, sql.data, "create", err);
-    if (rc != 0) {
-        eng_buf_free(&sql);
-        return rc;
-    }
-    eng_buf_reset(&sql);
+    eng_buf_free(&sql);
+    return rc;
+}
+
+/* Prepares the park statement (an upsert: parking again updates the row). */
+static int prepare_park(struct eng_dlq *q, struct eng_error *err)
+{
+    struct eng_buf sql = {0};
     eng_buf_printf(&sql,
                    "INSERT INTO %s AS d (origin, position, event_id, reason, last_status,"
                    " attempts, payload) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -205,13 +209,29 @@ static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
     PGresult *res = PQprepare(q->conn, PARK_STMT, sql.data, 0, NULL);
     eng_buf_free(&sql);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        rc = fail(q, res, "prepare insert into", err);
+        int rc = fail(q, res, "prepare insert into", err);
         PQclear(res);
         return rc;
     }
     PQclear(res);
-    q->ready = true;
     return 0;
+}
+
+/* Connects if needed, creates the table and prepares the park statement. */
+static int ensure_ready(struct eng_dlq *q, struct eng_error *err)
+{
+    if (q->conn != NULL && PQstatus(q->conn) != CONNECTION_OK)
+        drop_conn(q);
+    if (q->ready)
+        return 0;
+    int rc = connect_and_name(q, err);
+    if (rc == 0)
+        rc = create_table(q, err);
+    if (rc == 0)
+        rc = prepare_park(q, err);
+    if (rc == 0)
+        q->ready = true;
+    return rc;
 }
 
 /* Sends one chunk of inserts followed by a sync point and reads their results. */
