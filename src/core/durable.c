@@ -66,3 +66,13 @@ fail:
     unlink(tmp);
     return rc;
 }
+
+int eng_durable_open(const char *path, FILE **f, struct eng_error *err)
+{
+    *f = fopen(path, "r");
+    if (*f != NULL)
+        return 0;
+    if (errno == ENOENT)
+        return 1;
+    return eng_error_set(err, ENG_EIO, false, "could not open \"%s\": %s", path, strerror(errno));
+}

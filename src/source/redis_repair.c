@@ -52,11 +52,10 @@ static int read_mark(const char *dir, char *gen, struct eng_error *err)
     char path[4096], line[64];
     snprintf(path, sizeof(path), "%s/%s", dir, MARK_FILE);
     gen[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return errno == ENOENT ? 0
-                               : eng_error_set(err, ENG_EIO, false, "could not read \"%s\": %s",
-                                               path, strerror(errno));
+    FILE *f;
+    int orc = eng_durable_open(path, &f, err);
+    if (orc != 0)
+        return orc == 1 ? 0 : orc;
     bool ok = fgets(line, sizeof(line), f) != NULL && strcmp(line, MARK_HEADER "\n") == 0 &&
               fgets(line, sizeof(line), f) != NULL && strlen(line) == ENG_REDIS_GEN_LEN + 1 &&
               line[ENG_REDIS_GEN_LEN] == '\n';

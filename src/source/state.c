@@ -9,7 +9,6 @@
 
 #include "state.h"
 
-
 struct state_file {
     const char *slot;
     const struct eng_pg_state *st;
@@ -73,13 +72,10 @@ int eng_pg_state_load(const char *dir, const char *slot, struct eng_pg_state *st
 {
     char path[4096], magic[32], sysid[64], slotname[256], lsn[64];
     snprintf(path, sizeof(path), "%s/%s.state", dir, slot);
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        if (errno == ENOENT)
-            return 1;
-        return eng_error_set(err, ENG_EIO, false, "could not open \"%s\": %s", path,
-                             strerror(errno));
-    }
+    FILE *f;
+    int orc = eng_durable_open(path, &f, err);
+    if (orc != 0)
+        return orc;
     int rc = ENG_EPROTO;
     if (fgets(magic, sizeof(magic), f) == NULL || strcmp(magic, "engage-pg-state 1\n") != 0 ||
         !read_kv(f, "system_id", sysid, sizeof(sysid)) ||
@@ -107,13 +103,10 @@ int eng_pg_bound_load(const char *dir, const char *slot, struct eng_pg_state *bo
 {
     char path[4096], magic[40], sysid[64], lsn[64];
     snprintf(path, sizeof(path), "%s/%s.bound", dir, slot);
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        if (errno == ENOENT)
-            return 1;
-        return eng_error_set(err, ENG_EIO, false, "could not open \"%s\": %s", path,
-                             strerror(errno));
-    }
+    FILE *f;
+    int orc = eng_durable_open(path, &f, err);
+    if (orc != 0)
+        return orc;
     int rc = 0;
     if (fgets(magic, sizeof(magic), f) == NULL ||
         strcmp(magic, "engage-pg-confirm-bound 1\n") != 0 ||
