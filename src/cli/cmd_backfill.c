@@ -51,9 +51,9 @@ static void print_summary(const char *what, const struct eng_backfill_stats *st,
     double secs = (double)us / 1e6;
     printf("backfill %s: %llu events in %.1f s (%.0f/s) to %s; %llu parked in the dead-letter "
            "table, %llu without a content row%s\n",
-           what, (unsigned long long)st->events, secs,
-           secs > 0 ? (double)st->events / secs : 0.0, sinks, (unsigned long long)st->parked,
-           (unsigned long long)st->misses, st->resumed ? "; resumed from an earlier run" : "");
+           what, (unsigned long long)st->events, secs, secs > 0 ? (double)st->events / secs : 0.0,
+           sinks, (unsigned long long)st->parked, (unsigned long long)st->misses,
+           st->resumed ? "; resumed from an earlier run" : "");
     fflush(stdout);
 }
 
@@ -73,7 +73,7 @@ int eng_cmd_backfill(int argc, char **argv)
     int64_t page = 10000;
 
     eng_error_clear(&err);
-    int prc = eng_options_parse(&o, argc, argv, usage);
+    int prc = eng_options_parse(&o, ENG_CMD_BACKFILL, argc, argv, usage);
     if (prc != 0) {
         eng_options_free(&o);
         return prc > 0 ? 0 : 2;

@@ -2,23 +2,10 @@
  *
  * Replay goes through the HTTP sink itself (eng_http_sink_create), so requests, keys and
  * retries are the sink's: the same --http-* options (flags, ENGAGE_* variables, config file,
- * with `engage run`'s defaults) give the same Idempotency-Key derivation. Rows are replayed
- * in id order, a round (one write) at a time. The sink cut a write's events into requests of
- * --http-batch from the first; the rows one write parked share its source position, and a
- * round puts them into requests the same way: a new position starts only where a request
- * ends (the previous position's rows fill whole requests), and rounds are cut at multiples
- * of --http-batch. So parked events go out in the same requests, with the same keys, as
- * when the sink sent them (when the rows of every request of that write are pending).
- *
- * Rows that still fail are re-parked onto their own rows (reason, last status and attempts
- * of the replay, parked_at = now()) and stay pending; rows the API acknowledged with a 2xx
- * are marked replayed. To know which is which, the sink parks what it cannot deliver in a
- * scratch dead-letter table of its own, a temporary table of the replay's session
- * (pg_temp.engage_dlq_replay): nothing outside the replay sees it, and it goes away with the
- * connection. A round in which nothing was delivered and something failed for a reason that
- * may pass (a timeout, a connection error, 408, 429, 5xx) ends the replay: the API is down
- * or overloaded, and the next rounds would only spend their retry budget too. Rows the API
- * rejects (other 4xx) do not stop it. */
+ * with `engage run`'s defaults) give the same Idempotency-Key derivation. The engine that
+ * chooses the rows, cuts the rounds and settles them is src/dlq/replay.c; this file gives it
+ * the sink as its writer, with the sink parking what it cannot deliver in the engine's
+ * scratch table (a temporary table of the replay's session). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,15 +13,11 @@
 #include "../core/log.h"
 #include "../core/pgtext.h"
 #include "../dlq/dlq.h"
+#include "../dlq/replay.h"
 #include "../sink/http.h"
 #include "commands.h"
 #include "options.h"
 #include "sinks.h"
-
-#define SCRATCH_TABLE  "pg_temp.engage_dlq_replay"
-#define ROUND_EVENTS   1000
-#define REASON_PREFIX  "replay: "
-#define MAX_REASON_LEN 300
 
 static const char list_usage[] =
     "usage: engage dlq list [--pg CONNINFO] [--dlq-table T] [--origin O] [--pending | --all]\n"
@@ -80,6 +63,7 @@ static const char replay_usage[] =
     "  --http-max-attempts N  attempts per request (default 8)\n"
     "  --http-retry-budget-ms N  longest one round may retry (default 60000)\n"
     "  --http-inflight N      concurrent requests (default 4)\n"
+    "  --http-rate R          requests per second to the API (default 0: no limit)\n"
     "  --http-token-file F    bearer token file (or ENGAGE_HTTP_TOKEN); never printed\n"
     "  --config FILE          `name = value` lines using the long option names\n";
 
@@ -107,19 +91,18 @@ static const char dlq_usage[] =
     "`engage dlq list --help`, `engage dlq replay --help` and `engage dlq discard --help`\n"
     "describe the options.\n";
 
-/* The options only dlq takes; the shared ones (--pg, --http, --http-*, --dlq-table, --config)
- * go through options.h, with the environment and the config file. */
+/* The options of the dlq subcommands, read from struct eng_options. */
 struct dlq_args {
-    const char *origin, *ids_text, *limit_text;
-    bool all, pending, json;
+    const char *origin;
+    bool all, json;
     int64_t limit;
     int64_t *ids;
     size_t nids;
 };
 
-static bool parse_ids(struct dlq_args *a)
+static bool parse_ids(struct dlq_args *a, const char *text)
 {
-    const char *p = a->ids_text;
+    const char *p = text;
     size_t cap = 1;
     for (const char *c = p; *c; c++)
         cap += *c == ',';
@@ -127,8 +110,7 @@ static bool parse_ids(struct dlq_args *a)
     while (*p) {
         size_t n = strcspn(p, ",");
         if (!eng_parse_i64(p, n, &a->ids[a->nids]) || a->ids[a->nids] <= 0) {
-            fprintf(stderr, "engage dlq: --ids takes row ids like 1,2,3, not \"%s\"\n",
-                    a->ids_text);
+            fprintf(stderr, "engage dlq: --ids takes row ids like 1,2,3, not \"%s\"\n", text);
             return false;
         }
         a->nids++;
@@ -143,82 +125,23 @@ static bool parse_ids(struct dlq_args *a)
     return true;
 }
 
-/* Takes dlq's own options out of argv (compacting it in place, *argc updated), so that what
- * is left can go to eng_options_parse. Returns false on a usage error (message printed). */
-static bool take_own_options(int *argc, char **argv, struct dlq_args *a)
+/* Reads the dlq options out of o. Returns false on a usage error (message printed). */
+static bool dlq_args_read(const struct eng_options *o, struct dlq_args *a)
 {
-    static const struct {
-        const char *name;
-        bool has_arg;
-    } own[] = {{"origin", true}, {"ids", true},      {"limit", true},
-               {"all", false},   {"pending", false}, {"json", false}};
-    int out = 1;
-    for (int i = 1; i < *argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "--") == 0) {
-            while (i < *argc)
-                argv[out++] = argv[i++];
-            break;
-        }
-        int which = -1;
-        const char *value = NULL;
-        for (size_t k = 0; k < sizeof(own) / sizeof(own[0]) && arg[0] == '-' && arg[1] == '-';
-             k++) {
-            size_t n = strlen(own[k].name);
-            if (strncmp(arg + 2, own[k].name, n) != 0)
-                continue;
-            if (arg[2 + n] == '\0' || (arg[2 + n] == '=' && own[k].has_arg)) {
-                which = (int)k;
-                value = arg[2 + n] == '=' ? arg + 3 + n : NULL;
-                break;
-            }
-        }
-        if (which < 0) {
-            argv[out++] = argv[i];
-            continue;
-        }
-        if (own[which].has_arg && value == NULL) {
-            if (i + 1 >= *argc) {
-                fprintf(stderr, "engage dlq: --%s needs a value\n", own[which].name);
-                return false;
-            }
-            value = argv[++i];
-        }
-        switch (which) {
-        case 0:
-            a->origin = value;
-            break;
-        case 1:
-            a->ids_text = value;
-            break;
-        case 2:
-            a->limit_text = value;
-            break;
-        case 3:
-            a->all = true;
-            break;
-        case 4:
-            a->pending = true;
-            break;
-        default:
-            a->json = true;
-            break;
-        }
-    }
-    argv[out] = NULL;
-    *argc = out;
-    if (a->all && a->pending) {
+    a->origin = eng_opt(o, OPT_ORIGIN);
+    a->all = eng_opt_flag(o, OPT_ALL);
+    a->json = eng_opt_flag(o, OPT_JSON);
+    if (a->all && eng_opt_flag(o, OPT_PENDING)) {
         fprintf(stderr, "engage dlq: --all and --pending exclude each other\n");
         return false;
     }
-    if (a->limit_text != NULL &&
-        (!eng_parse_i64(a->limit_text, strlen(a->limit_text), &a->limit) || a->limit < 1)) {
-        fprintf(stderr, "engage dlq: --limit must be an integer >= 1, not \"%s\"\n", a->limit_text);
+    const char *limit = eng_opt(o, OPT_LIMIT);
+    if (limit != NULL && (!eng_parse_i64(limit, strlen(limit), &a->limit) || a->limit < 1)) {
+        fprintf(stderr, "engage dlq: --limit must be an integer >= 1, not \"%s\"\n", limit);
         return false;
     }
-    if (a->ids_text != NULL && !parse_ids(a))
-        return false;
-    return true;
+    const char *ids = eng_opt(o, OPT_IDS);
+    return ids == NULL || parse_ids(a, ids);
 }
 
 /* ---- list ------------------------------------------------------------------------------- */
@@ -256,7 +179,10 @@ static bool print_row(const struct eng_dlq_row *r, void *ctx)
             snprintf(ev, sizeof(ev), "%lld", (long long)r->event_id);
         printf("%-8lld %s  %-6s %-12s %-10s %3d %3d%s  %s\n", (long long)r->id, r->parked_at,
                r->origin, r->position, ev, r->last_status, r->attempts,
-               r->replayed ? " replayed" : r->discarded ? " discarded" : "", r->reason);
+               r->replayed    ? " replayed"
+               : r->discarded ? " discarded"
+                              : "",
+               r->reason);
     }
     return true;
 }
@@ -304,10 +230,6 @@ static int cmd_discard(const struct dlq_args *a, struct eng_dlq *q)
                 discard_usage);
         return 2;
     }
-    if (a->all) {
-        fprintf(stderr, "engage dlq discard: only pending rows can be discarded (no --all)\n");
-        return 2;
-    }
     struct eng_error err;
     struct id_list pending = {0};
     struct eng_dlq_filter f = {.origin = a->origin,
@@ -346,220 +268,34 @@ out:
     return rc;
 }
 
-/* ---- replay ----------------------------------------------------------------------------- */
+/* ---- replay ---------------------------------------------------------------------------- */
 
-/* One row taken into a round; rows[i] carries batch->events[i]. */
-struct round_row {
-    int64_t id;
-    char *position;
-    bool failed;
-    char *reason; /* set when failed */
-    int last_status, attempts;
+/* The replay's writer: the HTTP sink, opened at the first round. */
+struct replay_writer {
+    struct eng_sink *sink;
+    bool opened;
 };
 
-struct round {
-    const struct dlq_args *a;
-    uint32_t cap; /* a multiple of the request size */
-    uint32_t request_size;
-    uint32_t group_start; /* index of the first row of the current position */
-    struct eng_batch *batch;
-    struct round_row *rows;
-    int64_t last_id;  /* the last row consumed (taken or refused) */
-    int64_t consumed; /* rows consumed */
-    int64_t refused;  /* rows that are not http events */
-    bool *ids_seen;   /* parallel to a->ids */
-};
-
-static void mark_seen(struct round *rr, int64_t id)
+static int write_through_sink(void *ctx, const struct eng_batch *b, struct eng_error *err)
 {
-    for (size_t i = 0; i < rr->a->nids; i++) {
-        if (rr->a->ids[i] == id)
-            rr->ids_seen[i] = true;
+    struct replay_writer *w = ctx;
+    if (!w->opened) {
+        if (eng_sink_open(w->sink, err) != 0)
+            return -1;
+        w->opened = true;
     }
+    return eng_sink_write(w->sink, b, err);
 }
 
-/* Scan callback: takes rows into the round until it is full or the position changes. */
-
-/* Why a dead-letter row of this origin is not something replay can send to the API. */
-static const char *not_replayable_why(const char *origin)
+static void say_replay(void *ctx, const char *line)
 {
-    if (strcmp(origin, "source") == 0 || strcmp(origin, "backfill") == 0)
-        return "bad input, not an event: fix the row at the source";
-    if (strcmp(origin, "clickhouse") == 0 || strcmp(origin, "redis") == 0)
-        return "that sink refused the event for good (see its reason): fix the sink (its "
-               "column or key), then backfill the event's time with --sinks set to it and "
-               "discard the row";
-    return "no event payload";
-}
-static bool gather(const struct eng_dlq_row *r, void *ctx)
-{
-    struct round *rr = ctx;
-    struct eng_batch *b = rr->batch;
-    bool http = strcmp(r->origin, "http") == 0 && r->event_id >= 0 && r->payload_len > 0;
-    if (http && b->n > 0 && strcmp(rr->rows[b->n - 1].position, r->position) != 0) {
-        /* A new position: in this round only if the last one's rows fill whole requests. */
-        if ((b->n - rr->group_start) % rr->request_size != 0)
-            return false; /* not consumed: the next round starts here */
-        rr->group_start = b->n;
-    }
-    rr->last_id = r->id;
-    rr->consumed++;
-    mark_seen(rr, r->id);
-    if (!http) {
-        fprintf(stderr,
-                "engage dlq replay: row %lld (origin %s) is not replayed: %s\n",
-                (long long)r->id, r->origin, not_replayable_why(r->origin));
-        rr->refused++;
-        return true;
-    }
-    struct eng_event *e = eng_batch_push(b);
-    e->event_id = r->event_id;
-    e->json.off = (uint32_t)b->jsonl.len;
-    e->json.len = (uint32_t)r->payload_len;
-    eng_buf_append(&b->jsonl, r->payload, r->payload_len);
-    eng_buf_putc(&b->jsonl, '\n');
-    struct round_row *row = &rr->rows[b->n - 1];
-    memset(row, 0, sizeof(*row));
-    row->id = r->id;
-    row->position = eng_strdup(r->position);
-    return b->n < rr->cap && !eng_batch_full(b);
+    (void)ctx;
+    fprintf(stderr, "engage dlq replay: %s\n", line);
 }
 
-/* Scan callback over the scratch table: what the sink could not deliver this round. */
-static bool collect_failed(const struct eng_dlq_row *r, void *ctx)
+/* The replay's own usage errors: exit status 2 after saying why, or 0. */
+static int replay_usage_error(const struct dlq_args *a, const struct eng_options *o)
 {
-    struct round *rr = ctx;
-    for (uint32_t i = 0; i < rr->batch->n; i++) {
-        struct round_row *row = &rr->rows[i];
-        if (rr->batch->events[i].event_id != r->event_id || row->failed)
-            continue;
-        row->failed = true;
-        row->reason = eng_strndup(r->reason, strnlen(r->reason, MAX_REASON_LEN));
-        row->last_status = r->last_status;
-        row->attempts = r->attempts;
-    }
-    return true;
-}
-
-static void round_free(struct round *rr)
-{
-    for (uint32_t i = 0; rr->batch != NULL && i < rr->batch->n; i++) {
-        free(rr->rows[i].position);
-        free(rr->rows[i].reason);
-    }
-    eng_batch_release(rr->batch);
-    rr->batch = NULL;
-}
-
-struct replay_totals {
-    int64_t replayed, failed, refused;
-    int64_t round_retriable; /* failures of the last round that may pass on their own */
-};
-
-/* The sink parks at once what the API rejected (4xx but 408 and 429); the rest was retried
- * until the budget ran out. */
-static bool retriable_status(int status)
-{
-    return status == 0 || status == 408 || status == 429 || status >= 500;
-}
-
-/* Settles one round after the sink's write: reads what it parked in the scratch table,
- * re-parks those rows on themselves in the dead-letter table and marks the rest replayed.
- * Returns 0 or -1 (message printed). */
-static int settle_round(struct round *rr, struct eng_dlq *q, struct eng_dlq *scratch,
-                        struct replay_totals *t)
-{
-    struct eng_error err;
-    struct eng_dlq_filter sf = {.pending_only = true};
-    if (eng_dlq_scan(scratch, &sf, collect_failed, rr, &err) < 0) {
-        fprintf(stderr, "engage dlq replay: could not read what failed: %s\n", err.msg);
-        return -1;
-    }
-    uint32_t n = rr->batch->n, nfailed = 0;
-    t->round_retriable = 0;
-    int64_t *ok_ids = eng_calloc(n, sizeof(*ok_ids));
-    struct eng_dlq_item *items = eng_calloc(n, sizeof(*items));
-    char **reasons = eng_calloc(n, sizeof(*reasons));
-    size_t nok = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        struct round_row *row = &rr->rows[i];
-        if (!row->failed) {
-            ok_ids[nok++] = row->id;
-            continue;
-        }
-        size_t len = strlen(REASON_PREFIX) + strlen(row->reason) + 1;
-        reasons[nfailed] = eng_malloc(len);
-        snprintf(reasons[nfailed], len, "%s%s", REASON_PREFIX, row->reason);
-        struct eng_dlq_item *it = &items[nfailed];
-        const struct eng_event *e = &rr->batch->events[i];
-        it->origin = "http";
-        it->position = row->position;
-        it->event_id = e->event_id;
-        it->reason = reasons[nfailed];
-        it->last_status = row->last_status;
-        it->attempts = row->attempts;
-        it->payload = eng_batch_json(rr->batch, e);
-        it->payload_len = e->json.len;
-        nfailed++;
-        t->round_retriable += retriable_status(row->last_status);
-    }
-    int rc = 0;
-    /* Failed rows first: parking the same (origin, position, event_id) updates the row. */
-    if (nfailed > 0 && eng_dlq_park(q, items, nfailed, &err) != 0) {
-        fprintf(stderr, "engage dlq replay: could not record the failures: %s\n", err.msg);
-        rc = -1;
-    }
-    if (rc == 0 && eng_dlq_mark_replayed(q, ok_ids, nok, &err) != 0) {
-        fprintf(stderr, "engage dlq replay: delivered %zu events but could not mark them: %s\n",
-                nok, err.msg);
-        rc = -1;
-    }
-    if (rc == 0 && nfailed > 0) {
-        fprintf(stderr, "engage dlq replay: %u events of position %s still fail (%s)\n", nfailed,
-                items[0].position, items[0].reason);
-    }
-    if (rc == 0) {
-        t->replayed += (int64_t)nok;
-        t->failed += nfailed;
-    }
-    for (uint32_t i = 0; i < nfailed; i++)
-        free(reasons[i]);
-    free(reasons);
-    free(items);
-    free(ok_ids);
-    return rc;
-}
-
-static bool collect_scratch_id(const struct eng_dlq_row *r, void *ctx)
-{
-    struct eng_buf *ids = ctx;
-    eng_buf_append(ids, &r->id, sizeof(r->id));
-    return true;
-}
-
-/* Marks every pending scratch row read (replayed), so the next round sees only its own. */
-static int clear_scratch(struct eng_dlq *scratch)
-{
-    struct eng_error err;
-    struct eng_buf ids = {0};
-    struct eng_dlq_filter sf = {.pending_only = true};
-    int rc = eng_dlq_scan(scratch, &sf, collect_scratch_id, &ids, &err) < 0 ? -1 : 0;
-    if (rc == 0 && ids.len > 0)
-        rc = eng_dlq_mark_replayed(scratch, (const int64_t *)(void *)ids.data,
-                                   ids.len / sizeof(int64_t), &err);
-    if (rc != 0)
-        fprintf(stderr, "engage dlq replay: scratch table: %s\n", err.msg);
-    eng_buf_free(&ids);
-    return rc;
-}
-
-static int cmd_replay(const struct dlq_args *a, const struct eng_options *o, struct eng_dlq *q)
-{
-    struct eng_error err;
-    if (a->all || a->json) {
-        fprintf(stderr, "engage dlq replay: --all and --json are list options\n");
-        return 2;
-    }
     if (a->origin != NULL && strcmp(a->origin, "http") != 0) {
         fprintf(stderr,
                 "engage dlq replay: only rows of origin \"http\" can be replayed; \"%s\" rows "
@@ -571,147 +307,116 @@ static int cmd_replay(const struct dlq_args *a, const struct eng_options *o, str
         fprintf(stderr, "engage dlq replay: --http URL (or ENGAGE_HTTP) is required\n");
         return 2;
     }
-    struct eng_http_options hopt;
-    if (!eng_cli_http_options(o, &hopt))
-        return 2;
+    return 0;
+}
 
+static void print_replay_totals(const struct dlq_args *a, const struct eng_dlq_replay_totals *t)
+{
+    printf("replayed %lld events; %lld failed and stay pending; %lld rows refused (not http "
+           "events)",
+           (long long)t->replayed, (long long)t->failed, (long long)t->refused);
+    if (a->nids > 0 && t->complete)
+        printf("; %lld requested rows not pending", (long long)t->missing);
+    printf("\n");
+}
+
+static int cmd_replay(const struct dlq_args *a, const struct eng_options *o, struct eng_dlq *q)
+{
+    struct eng_error err;
+    struct eng_http_options hopt;
+    int rc = replay_usage_error(a, o);
+    if (rc != 0 || !eng_cli_http_options(o, &hopt))
+        return 2;
     /* The sink parks what still fails in the scratch table, a temporary table of its own
-     * session; the rows are then re-parked on themselves in the real table. */
-    struct eng_dlq *scratch = eng_dlq_create(eng_opt(o, OPT_PG), SCRATCH_TABLE);
+     * session; the engine re-parks the rows on themselves in the real table. */
+    struct eng_dlq *scratch = eng_dlq_create(eng_opt(o, OPT_PG), ENG_DLQ_REPLAY_SCRATCH);
     hopt.dlq = scratch;
-    struct eng_sink *sink = eng_http_sink_create(eng_opt(o, OPT_HTTP), &hopt, &err);
-    if (sink == NULL) {
+    struct replay_writer w = {.sink = eng_http_sink_create(eng_opt(o, OPT_HTTP), &hopt, &err)};
+    if (w.sink == NULL) {
         fprintf(stderr, "engage dlq replay: %s\n", err.msg);
         eng_dlq_destroy(scratch);
         return 2;
     }
-
-    struct replay_totals t = {0};
-    bool *ids_seen = a->nids ? eng_calloc(a->nids, sizeof(bool)) : NULL;
-    /* Cut rounds at multiples of the request size, so requests fall where the sink cut them. */
-    uint32_t cap =
-        hopt.batch_size * (ROUND_EVENTS / hopt.batch_size > 0 ? ROUND_EVENTS / hopt.batch_size : 1);
-    int64_t after = 0, left = a->limit;
-    int status = 0;
-    bool opened = false, complete = false;
-    for (uint64_t round_no = 1;; round_no++) {
-        struct round rr = {.a = a,
-                           .cap = cap,
-                           .request_size = hopt.batch_size,
-                           .batch = eng_batch_create(cap),
-                           .rows = eng_calloc(cap, sizeof(struct round_row)),
-                           .ids_seen = ids_seen};
-        /* Without --ids only http rows are candidates; with --ids every row asked for is
-         * looked at, so that a source row is refused out loud rather than skipped. */
-        struct eng_dlq_filter f = {.origin = a->ids ? a->origin : "http",
-                                   .ids = a->ids,
-                                   .nids = a->nids,
-                                   .pending_only = true,
-                                   .after_id = after,
-                                   .limit = a->limit > 0 && left < cap ? left : cap};
-        int64_t seen = eng_dlq_scan(q, &f, gather, &rr, &err);
-        t.refused += rr.refused;
-        if (seen < 0) {
-            fprintf(stderr, "engage dlq replay: %s\n", err.msg);
-            status = 1;
-        } else if (rr.batch->n > 0) {
-            rr.batch->position = round_no; /* scratch rows of one round, apart from others */
-            int rc = 0;
-            if (!opened) {
-                rc = eng_sink_open(sink, &err);
-                opened = rc == 0;
-            }
-            if (rc == 0)
-                rc = eng_sink_write(sink, rr.batch, &err);
-            if (rc != 0) {
-                /* Not even parked in the scratch table: nothing is known delivered. */
-                fprintf(stderr, "engage dlq replay: %s; %u events stay pending\n", err.msg,
-                        rr.batch->n);
-                t.failed += rr.batch->n;
-                status = 1;
-            } else {
-                int64_t before = t.replayed;
-                if (settle_round(&rr, q, scratch, &t) != 0 || clear_scratch(scratch) != 0)
-                    status = 1;
-                else if (t.replayed == before && t.round_retriable > 0) {
-                    fprintf(stderr, "engage dlq replay: nothing of this round was delivered; "
-                                    "stopping (run it again once the API takes events)\n");
-                    status = 1;
-                }
-            }
-        }
-        after = rr.last_id;
-        left -= rr.consumed;
-        complete = status == 0 && (seen == 0 || rr.consumed == 0);
-        bool more = !complete && status == 0 && !(a->limit > 0 && left <= 0);
-        round_free(&rr);
-        free(rr.rows);
-        if (!more)
-            break;
-    }
-    int64_t missing = 0;
-    for (size_t i = 0; complete && i < a->nids; i++) {
-        if (!ids_seen[i]) {
-            fprintf(stderr,
-                    "engage dlq replay: row %lld is not pending (no such row, or "
-                    "already replayed)\n",
-                    (long long)a->ids[i]);
-            missing++;
-        }
-    }
-    printf("replayed %lld events; %lld failed and stay pending; %lld rows refused (not http "
-           "events)",
-           (long long)t.replayed, (long long)t.failed, (long long)t.refused);
-    if (a->nids > 0 && complete)
-        printf("; %lld requested rows not pending", (long long)missing);
-    printf("\n");
-    if (t.failed > 0 || t.refused > 0 || missing > 0)
-        status = 1;
-    free(ids_seen);
-    eng_sink_destroy(sink);
+    struct eng_dlq_replay_options ropt = {.origin = a->origin,
+                                          .ids = a->ids,
+                                          .nids = a->nids,
+                                          .limit = a->limit,
+                                          .request_size = hopt.batch_size,
+                                          .scratch = scratch,
+                                          .write = write_through_sink,
+                                          .write_ctx = &w,
+                                          .say = say_replay};
+    struct eng_dlq_replay_totals t;
+    rc = eng_dlq_replay(q, &ropt, &t);
+    print_replay_totals(a, &t);
+    eng_sink_destroy(w.sink);
     eng_dlq_destroy(scratch);
-    return status;
+    return rc;
+}
+
+/* ---- the command ------------------------------------------------------------------------ */
+
+/* Which dlq subcommand argv[1] names; false (usage printed, *rc set) when none. */
+static bool pick_subcommand(int argc, char **argv, enum eng_cmd_id *cmd, int *rc)
+{
+    static const struct {
+        const char *name;
+        enum eng_cmd_id cmd;
+    } subs[] = {{"list", ENG_CMD_DLQ_LIST},
+                {"replay", ENG_CMD_DLQ_REPLAY},
+                {"discard", ENG_CMD_DLQ_DISCARD}};
+    for (size_t i = 0; argc >= 2 && i < sizeof(subs) / sizeof(subs[0]); i++) {
+        if (strcmp(argv[1], subs[i].name) == 0) {
+            *cmd = subs[i].cmd;
+            return true;
+        }
+    }
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+                      strcmp(argv[1], "help") == 0)) {
+        fputs(dlq_usage, stdout);
+        *rc = 0;
+        return false;
+    }
+    if (argc >= 2)
+        fprintf(stderr, "engage dlq: unknown subcommand \"%s\"\n", argv[1]);
+    fputs(dlq_usage, stderr);
+    *rc = 2;
+    return false;
+}
+
+static int run_subcommand(enum eng_cmd_id cmd, const struct dlq_args *a,
+                          const struct eng_options *o)
+{
+    /* The replay prints what it did itself; the sink's own warnings would speak of the
+     * scratch table. */
+    eng_log_set_level(cmd == ENG_CMD_DLQ_REPLAY ? ENG_LOG_ERROR : ENG_LOG_WARN);
+    struct eng_dlq *q = eng_dlq_create(eng_opt(o, OPT_PG), eng_opt(o, OPT_DLQ_TABLE));
+    int rc = cmd == ENG_CMD_DLQ_LIST     ? cmd_list(a, q)
+             : cmd == ENG_CMD_DLQ_REPLAY ? cmd_replay(a, o, q)
+                                         : cmd_discard(a, q);
+    eng_dlq_destroy(q);
+    return rc;
 }
 
 int eng_cmd_dlq(int argc, char **argv)
 {
-    if (argc < 2 || (strcmp(argv[1], "list") != 0 && strcmp(argv[1], "replay") != 0 &&
-                      strcmp(argv[1], "discard") != 0)) {
-        if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
-                          strcmp(argv[1], "help") == 0)) {
-            fputs(dlq_usage, stdout);
-            return 0;
-        }
-        if (argc >= 2)
-            fprintf(stderr, "engage dlq: unknown subcommand \"%s\"\n", argv[1]);
-        fputs(dlq_usage, stderr);
-        return 2;
-    }
-    bool list = strcmp(argv[1], "list") == 0;
-    bool discard = strcmp(argv[1], "discard") == 0;
-    const char *usage = list ? list_usage : discard ? discard_usage : replay_usage;
-    /* argv + 1 is the subcommand's argv: argv[0] "list" or "replay". A copy, since
-     * take_own_options compacts it. */
-    int sub_argc = argc - 1;
-    char **sub_argv = eng_calloc((size_t)sub_argc + 1, sizeof(char *));
-    memcpy(sub_argv, argv + 1, (size_t)sub_argc * sizeof(char *));
-    sub_argv[0] = list      ? "engage dlq list" /* for getopt's messages */
-                  : discard ? "engage dlq discard"
-                            : "engage dlq replay";
-
-    struct dlq_args a;
-    memset(&a, 0, sizeof(a));
-    struct eng_options o;
-    memset(&o, 0, sizeof(o));
+    enum eng_cmd_id cmd;
     int rc = 2;
-    struct eng_dlq *q = NULL;
-    if (!take_own_options(&sub_argc, sub_argv, &a)) {
-        fputs(usage, stderr);
-        goto out;
-    }
-    int prc = eng_options_parse(&o, sub_argc, sub_argv, usage);
+    if (!pick_subcommand(argc, argv, &cmd, &rc))
+        return rc;
+    const char *usage = cmd == ENG_CMD_DLQ_LIST     ? list_usage
+                        : cmd == ENG_CMD_DLQ_REPLAY ? replay_usage
+                                                    : discard_usage;
+    /* argv + 1 is the subcommand's argv: argv[0] "list", "replay" or "discard". */
+    struct dlq_args a = {0};
+    struct eng_options o;
+    int prc = eng_options_parse(&o, cmd, argc - 1, argv + 1, usage);
     if (prc != 0) {
         rc = prc > 0 ? 0 : 2;
+        goto out;
+    }
+    if (!dlq_args_read(&o, &a)) {
+        fputs(usage, stderr);
         goto out;
     }
     if (o.nargs > 0) {
@@ -722,15 +427,9 @@ int eng_cmd_dlq(int argc, char **argv)
         fprintf(stderr, "engage dlq %s: --pg CONNINFO (or ENGAGE_PG) is required\n", argv[1]);
         goto out;
     }
-    /* The replay prints what it did itself; the sink's own warnings would speak of the
-     * scratch table. */
-    eng_log_set_level(list || discard ? ENG_LOG_WARN : ENG_LOG_ERROR);
-    q = eng_dlq_create(eng_opt(&o, OPT_PG), eng_opt(&o, OPT_DLQ_TABLE));
-    rc = list ? cmd_list(&a, q) : discard ? cmd_discard(&a, q) : cmd_replay(&a, &o, q);
+    rc = run_subcommand(cmd, &a, &o);
 out:
-    eng_dlq_destroy(q);
     eng_options_free(&o);
     free(a.ids);
-    free(sub_argv);
     return rc;
 }

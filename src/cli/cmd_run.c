@@ -102,8 +102,8 @@ static int lock_state_dir(const char *dir)
                       "holder_pid=%s",
                       dir, holder[0] ? holder : "unknown");
         else
-            eng_error("msg=\"could not lock the state directory\" path=\"%s\" error=\"%s\"",
-                      path, strerror(e));
+            eng_error("msg=\"could not lock the state directory\" path=\"%s\" error=\"%s\"", path,
+                      strerror(e));
         close(fd);
         return -1;
     }
@@ -127,7 +127,7 @@ int eng_cmd_run(int argc, char **argv)
     int64_t batch_events = 10000, batch_ms = 50;
 
     eng_error_clear(&err);
-    int prc = eng_options_parse(&o, argc, argv, usage);
+    int prc = eng_options_parse(&o, ENG_CMD_RUN, argc, argv, usage);
     if (prc != 0) {
         eng_options_free(&o);
         return prc > 0 ? 0 : 2;

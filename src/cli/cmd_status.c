@@ -27,6 +27,8 @@ static const char usage[] =
     "  --admin-addr HOST:PORT the running engage's admin endpoint (default 127.0.0.1:9187)\n"
     "  --dlq-table NAME       dead-letter table (default engage_dlq)\n"
     "  --json                 one JSON object on stdout\n"
+    "  --log-level LEVEL      debug, info, warn, error (default info)\n"
+    "  --config FILE          `name = value` lines with these option names (ENGAGE_CONFIG)\n"
     "\n"
     "Exit status: 0 when the slot is healthy, engage is ready and nothing is parked; 1 when\n"
     "something needs attention (what, is on its line; `engage dlq list` shows dead letters,\n"
@@ -199,41 +201,16 @@ static void print_json(const struct report *r, bool ok)
     json_decref(root);
 }
 
-/* Takes --json out of argv (compacting it, *argc updated); returns whether it was there. */
-static bool take_json_flag(int *argc, char **argv)
-{
-    bool json = false;
-    int out = 1;
-    for (int i = 1; i < *argc; i++) {
-        if (strcmp(argv[i], "--") == 0) {
-            while (i < *argc)
-                argv[out++] = argv[i++];
-            break;
-        }
-        if (strcmp(argv[i], "--json") == 0)
-            json = true;
-        else
-            argv[out++] = argv[i];
-    }
-    argv[out] = NULL;
-    *argc = out;
-    return json;
-}
-
 int eng_cmd_status(int argc, char **argv)
 {
     struct eng_options o;
     struct report rep = {.lag_bytes = -1, .dlq_pending = -1};
-    /* a copy: take_json_flag compacts it */
-    char **args = eng_calloc((size_t)argc + 1, sizeof(char *));
-    memcpy(args, argv, (size_t)argc * sizeof(char *));
-    bool json = take_json_flag(&argc, args);
-    int prc = eng_options_parse(&o, argc, args, usage);
+    int prc = eng_options_parse(&o, ENG_CMD_STATUS, argc, argv, usage);
     if (prc != 0) {
         eng_options_free(&o);
-        free(args);
         return prc > 0 ? 0 : 2;
     }
+    bool json = eng_opt_flag(&o, OPT_JSON);
     int status = 2;
     if (!eng_cli_log_level(&o))
         goto out;
@@ -267,6 +244,5 @@ int eng_cmd_status(int argc, char **argv)
 out:
     report_free(&rep);
     eng_options_free(&o);
-    free(args);
     return status;
 }

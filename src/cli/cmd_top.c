@@ -23,7 +23,8 @@ static const char usage[] =
     "rebuilds after every batch): rank, content_id, events. On a terminal it refreshes every\n"
     "second until q (or Ctrl-C) is pressed; otherwise it prints once.\n"
     "\n"
-    "  --redis URL            redis://[:pass@]host:port[/db]             (ENGAGE_REDIS)\n";
+    "  --redis URL            redis://[:pass@]host:port[/db]             (ENGAGE_REDIS)\n"
+    "  --config FILE          `name = value` lines with these option names (ENGAGE_CONFIG)\n";
 
 static volatile sig_atomic_t stop_requested;
 
@@ -119,7 +120,7 @@ static bool wait_quit_key(const struct keys *k, int ms)
 int eng_cmd_top(int argc, char **argv)
 {
     struct eng_options o;
-    int prc = eng_options_parse(&o, argc, argv, usage);
+    int prc = eng_options_parse(&o, ENG_CMD_TOP, argc, argv, usage);
     if (prc != 0) {
         eng_options_free(&o);
         return prc > 0 ? 0 : 2;

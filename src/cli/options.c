@@ -9,45 +9,97 @@
 #include "../core/pgtext.h"
 #include "options.h"
 
+/* Which subcommands take an option: one bit per enum eng_cmd_id. */
+#define RUN     (1u << ENG_CMD_RUN)
+#define BACKFIL (1u << ENG_CMD_BACKFILL)
+#define LIST    (1u << ENG_CMD_DLQ_LIST)
+#define REPLAY  (1u << ENG_CMD_DLQ_REPLAY)
+#define DISCARD (1u << ENG_CMD_DLQ_DISCARD)
+#define STATUS  (1u << ENG_CMD_STATUS)
+#define TOP     (1u << ENG_CMD_TOP)
+#define DLQ     (LIST | REPLAY | DISCARD)
+#define SINKS   (RUN | BACKFIL)          /* what eng_cli_sinks_create reads */
+#define HTTP    (RUN | BACKFIL | REPLAY) /* the HTTP sink's options */
+#define ALL_CMD ((1u << ENG_CMD__COUNT) - 1)
+
 struct opt_def {
     const char *name;
-    const char *env;
+    const char *env; /* NULL: on the command line only (not from the environment or a file) */
     const char *def;
+    bool flag;     /* takes no value; "1" when given */
+    unsigned cmds; /* the subcommands that take it */
 };
 
+/* The one table of options: name, variable, default, and which subcommands take it. A
+ * subcommand refuses the others (usage error); their variables and config lines are ignored,
+ * since one environment or file may serve several subcommands. The HTTP sink's options have
+ * no default here: eng_http_options_default holds them. */
 static const struct opt_def defs[OPT__COUNT] = {
-    [OPT_PG] = {"pg", "ENGAGE_PG", NULL},
-    [OPT_CLICKHOUSE] = {"clickhouse", "ENGAGE_CLICKHOUSE", NULL},
-    [OPT_REDIS] = {"redis", "ENGAGE_REDIS", NULL},
-    [OPT_HTTP] = {"http", "ENGAGE_HTTP", NULL},
-    [OPT_KAFKA] = {"kafka", "ENGAGE_KAFKA", NULL},
-    [OPT_SINKS] = {"sinks", "ENGAGE_SINKS", NULL},
-    [OPT_SLOT] = {"slot", "ENGAGE_SLOT", "engage_slot"},
-    [OPT_PUBLICATION] = {"publication", "ENGAGE_PUBLICATION", "engage_pub"},
-    [OPT_ADMIN_ADDR] = {"admin-addr", "ENGAGE_ADMIN_ADDR", "127.0.0.1:9187"},
-    [OPT_STATE_DIR] = {"state-dir", "ENGAGE_STATE_DIR", "engage-state"},
-    [OPT_BATCH_EVENTS] = {"batch-events", "ENGAGE_BATCH_EVENTS", "10000"},
-    [OPT_BATCH_MS] = {"batch-ms", "ENGAGE_BATCH_MS", "50"},
-    [OPT_QUEUE_DEPTH] = {"queue-depth", "ENGAGE_QUEUE_DEPTH", "1024"},
-    [OPT_QUEUE_MB] = {"queue-mb", "ENGAGE_QUEUE_MB", "128"},
+    [OPT_PG] = {"pg", "ENGAGE_PG", NULL, false, SINKS | DLQ | STATUS},
+    [OPT_CLICKHOUSE] = {"clickhouse", "ENGAGE_CLICKHOUSE", NULL, false, SINKS},
+    [OPT_REDIS] = {"redis", "ENGAGE_REDIS", NULL, false, SINKS | TOP},
+    [OPT_HTTP] = {"http", "ENGAGE_HTTP", NULL, false, HTTP},
+    [OPT_KAFKA] = {"kafka", "ENGAGE_KAFKA", NULL, false, 0}, /* not built yet */
+    [OPT_SINKS] = {"sinks", "ENGAGE_SINKS", NULL, false, SINKS},
+    [OPT_SLOT] = {"slot", "ENGAGE_SLOT", "engage_slot", false, RUN | STATUS},
+    [OPT_PUBLICATION] = {"publication", "ENGAGE_PUBLICATION", "engage_pub", false, RUN},
+    [OPT_ADMIN_ADDR] = {"admin-addr", "ENGAGE_ADMIN_ADDR", "127.0.0.1:9187", false, RUN | STATUS},
+    [OPT_STATE_DIR] = {"state-dir", "ENGAGE_STATE_DIR", "engage-state", false, SINKS},
+    [OPT_BATCH_EVENTS] = {"batch-events", "ENGAGE_BATCH_EVENTS", "10000", false, SINKS},
+    [OPT_BATCH_MS] = {"batch-ms", "ENGAGE_BATCH_MS", "50", false, RUN},
+    [OPT_QUEUE_DEPTH] = {"queue-depth", "ENGAGE_QUEUE_DEPTH", "1024", false, SINKS},
+    [OPT_QUEUE_MB] = {"queue-mb", "ENGAGE_QUEUE_MB", "128", false, SINKS},
     [OPT_CLICKHOUSE_INTERVAL_MS] = {"clickhouse-interval-ms", "ENGAGE_CLICKHOUSE_INTERVAL_MS",
-                                    "200"},
-    [OPT_LOG_LEVEL] = {"log-level", "ENGAGE_LOG_LEVEL", "info"},
-    [OPT_SOURCE] = {"source", "ENGAGE_SOURCE", "pg"},
-    [OPT_HTTP_BATCH] = {"http-batch", "ENGAGE_HTTP_BATCH", "100"},
-    [OPT_HTTP_TIMEOUT_MS] = {"http-timeout-ms", "ENGAGE_HTTP_TIMEOUT_MS", "5000"},
-    [OPT_HTTP_MAX_ATTEMPTS] = {"http-max-attempts", "ENGAGE_HTTP_MAX_ATTEMPTS", "8"},
-    [OPT_HTTP_RETRY_BUDGET_MS] = {"http-retry-budget-ms", "ENGAGE_HTTP_RETRY_BUDGET_MS", "60000"},
-    [OPT_HTTP_INFLIGHT] = {"http-inflight", "ENGAGE_HTTP_INFLIGHT", "4"},
-    [OPT_HTTP_TOKEN_FILE] = {"http-token-file", "ENGAGE_HTTP_TOKEN_FILE", NULL},
-    [OPT_HTTP_RATE] = {"http-rate", "ENGAGE_HTTP_RATE", "0"},
-    [OPT_DLQ_TABLE] = {"dlq-table", "ENGAGE_DLQ_TABLE", "engage_dlq"},
-    [OPT_SEEN_TTL] = {"seen-ttl", "ENGAGE_SEEN_TTL", "0"},
-    [OPT_REDIS_CALL_EVENTS] = {"redis-call-events", "ENGAGE_REDIS_CALL_EVENTS", "1000"},
-    [OPT_CONFIG] = {"config", "ENGAGE_CONFIG", NULL},
-    [OPT_START] = {"start", "ENGAGE_START", NULL},
-    [OPT_END] = {"end", "ENGAGE_END", NULL},
+                                    "200", false, SINKS},
+    [OPT_LOG_LEVEL] = {"log-level", "ENGAGE_LOG_LEVEL", "info", false, SINKS | STATUS},
+    [OPT_SOURCE] = {"source", "ENGAGE_SOURCE", "pg", false, RUN},
+    [OPT_HTTP_BATCH] = {"http-batch", "ENGAGE_HTTP_BATCH", NULL, false, HTTP},
+    [OPT_HTTP_TIMEOUT_MS] = {"http-timeout-ms", "ENGAGE_HTTP_TIMEOUT_MS", NULL, false, HTTP},
+    [OPT_HTTP_MAX_ATTEMPTS] = {"http-max-attempts", "ENGAGE_HTTP_MAX_ATTEMPTS", NULL, false, HTTP},
+    [OPT_HTTP_RETRY_BUDGET_MS] = {"http-retry-budget-ms", "ENGAGE_HTTP_RETRY_BUDGET_MS", NULL,
+                                  false, HTTP},
+    [OPT_HTTP_INFLIGHT] = {"http-inflight", "ENGAGE_HTTP_INFLIGHT", NULL, false, HTTP},
+    [OPT_HTTP_TOKEN_FILE] = {"http-token-file", "ENGAGE_HTTP_TOKEN_FILE", NULL, false, HTTP},
+    [OPT_HTTP_RATE] = {"http-rate", "ENGAGE_HTTP_RATE", NULL, false, HTTP},
+    [OPT_DLQ_TABLE] = {"dlq-table", "ENGAGE_DLQ_TABLE", "engage_dlq", false, SINKS | DLQ | STATUS},
+    [OPT_SEEN_TTL] = {"seen-ttl", "ENGAGE_SEEN_TTL", "0", false, SINKS},
+    [OPT_REDIS_CALL_EVENTS] = {"redis-call-events", "ENGAGE_REDIS_CALL_EVENTS", "1000", false,
+                               SINKS},
+    [OPT_CONFIG] = {"config", "ENGAGE_CONFIG", NULL, false, ALL_CMD},
+    [OPT_START] = {"start", "ENGAGE_START", NULL, false, BACKFIL},
+    [OPT_END] = {"end", "ENGAGE_END", NULL, false, BACKFIL},
+    [OPT_ORIGIN] = {"origin", NULL, NULL, false, DLQ},
+    [OPT_IDS] = {"ids", NULL, NULL, false, DLQ},
+    [OPT_LIMIT] = {"limit", NULL, NULL, false, LIST | REPLAY},
+    [OPT_ALL] = {"all", NULL, NULL, true, LIST},
+    [OPT_PENDING] = {"pending", NULL, NULL, true, LIST},
+    [OPT_JSON] = {"json", NULL, NULL, true, LIST | STATUS},
 };
+
+static const char *const cmd_names[ENG_CMD__COUNT] = {
+    [ENG_CMD_RUN] = "run",
+    [ENG_CMD_BACKFILL] = "backfill",
+    [ENG_CMD_DLQ_LIST] = "dlq list",
+    [ENG_CMD_DLQ_REPLAY] = "dlq replay",
+    [ENG_CMD_DLQ_DISCARD] = "dlq discard",
+    [ENG_CMD_STATUS] = "status",
+    [ENG_CMD_TOP] = "top",
+};
+
+bool eng_options_takes(enum eng_cmd_id cmd, enum eng_opt_id id)
+{
+    return (defs[id].cmds & (1u << cmd)) != 0;
+}
+
+const char *eng_opt_name(enum eng_opt_id id)
+{
+    return defs[id].name;
+}
+
+bool eng_opt_flag(const struct eng_options *o, enum eng_opt_id id)
+{
+    return o->v[id] != NULL;
+}
 
 const char *eng_opt(const struct eng_options *o, enum eng_opt_id id)
 {
@@ -73,8 +125,21 @@ static char *trim(char *s)
     return s;
 }
 
-/* Fills options not yet set from the lines of f (path names it in messages). */
-static int read_config_stream(struct eng_options *o, FILE *f, const char *path)
+/* Sets option id from line `key = val` of a config file, unless it is set already or the
+ * subcommands in cmds do not take it. Returns false when key names no option a file may set. */
+static bool config_line(struct eng_options *o, unsigned cmds, const char *key, const char *val)
+{
+    int id = find_opt(key, strlen(key));
+    if (id < 0 || id == OPT_CONFIG || defs[id].env == NULL)
+        return false;
+    if ((defs[id].cmds & cmds) != 0 && o->v[id] == NULL)
+        o->v[id] = eng_strdup(val);
+    return true;
+}
+
+/* Fills options not yet set from the lines of f (path names it in messages), for the
+ * subcommands in cmds. */
+static int read_config_stream(struct eng_options *o, unsigned cmds, FILE *f, const char *path)
 {
     char *line = NULL;
     size_t cap = 0;
@@ -92,28 +157,25 @@ static int read_config_stream(struct eng_options *o, FILE *f, const char *path)
         }
         *eq = '\0';
         char *key = trim(s), *val = trim(eq + 1);
-        int id = find_opt(key, strlen(key));
-        if (id < 0 || id == OPT_CONFIG) {
+        if (!config_line(o, cmds, key, val)) {
             fprintf(stderr, "engage: %s:%d: unknown option \"%s\"\n", path, lineno, key);
             rc = -1;
             break;
         }
-        if (o->v[id] == NULL)
-            o->v[id] = eng_strdup(val);
     }
     free(line);
     return rc;
 }
 
 /* Fills options not yet set from the config file. */
-static int read_config(struct eng_options *o, const char *path)
+static int read_config(struct eng_options *o, unsigned cmds, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (f == NULL) {
         fprintf(stderr, "engage: could not open config file \"%s\": %s\n", path, strerror(errno));
         return -1;
     }
-    int rc = read_config_stream(o, f, path);
+    int rc = read_config_stream(o, cmds, f, path);
     fclose(f);
     return rc;
 }
@@ -127,23 +189,57 @@ int eng_options_config_text(struct eng_options *o, const char *text, size_t len,
         fprintf(stderr, "engage: could not read config \"%s\": %s\n", name, strerror(errno));
         return -1;
     }
-    int rc = read_config_stream(o, f, name);
+    int rc = read_config_stream(o, ALL_CMD, f, name);
     fclose(f);
     return rc;
 }
 
-int eng_options_parse(struct eng_options *o, int argc, char **argv, const char *usage)
+/* The getopt table of the options cmd takes, and --help; n is OPT__COUNT + 2. */
+static void build_longopts(enum eng_cmd_id cmd, struct option *longopts)
+{
+    int n = 0;
+    for (int i = 0; i < OPT__COUNT; i++) {
+        if (eng_options_takes(cmd, (enum eng_opt_id)i))
+            longopts[n++] = (struct option){
+                defs[i].name, defs[i].flag ? no_argument : required_argument, NULL, 1000 + i};
+    }
+    longopts[n++] = (struct option){"help", no_argument, NULL, 'h'};
+    longopts[n] = (struct option){NULL, 0, NULL, 0};
+}
+
+/* Says what is wrong with the argument getopt refused: a short option (short_opt), or arg, a
+ * long one as given ("--name" or "--name=value"), which lacked its value when missing. */
+static void bad_option(enum eng_cmd_id cmd, const char *arg, int short_opt, bool missing)
+{
+    const char *name = cmd_names[cmd];
+    if (short_opt != 0) {
+        fprintf(stderr, "engage %s: unknown option -%c\n", name, short_opt);
+        return;
+    }
+    int len = (int)strcspn(arg, "=");
+    int id = strncmp(arg, "--", 2) == 0 ? find_opt(arg + 2, (size_t)len - 2) : -1;
+    if (missing)
+        fprintf(stderr, "engage %s: option %.*s needs a value\n", name, len, arg);
+    else if (id >= 0 && eng_options_takes(cmd, (enum eng_opt_id)id))
+        fprintf(stderr, "engage %s: option %.*s takes no value\n", name, len, arg);
+    else if (id >= 0)
+        fprintf(stderr, "engage %s: %.*s is not an option of engage %s (see engage %s --help)\n",
+                name, len, arg, name, name);
+    else
+        fprintf(stderr, "engage %s: unknown option %.*s\n", name, len, arg);
+}
+
+/* Reads the flags of argv into o. Returns 0, 1 after printing usage for --help, or -1 after
+ * printing a usage error. */
+static int parse_argv(struct eng_options *o, enum eng_cmd_id cmd, int argc, char **argv,
+                      const char *usage)
 {
     struct option longopts[OPT__COUNT + 2];
-    memset(o, 0, sizeof(*o));
-    for (int i = 0; i < OPT__COUNT; i++)
-        longopts[i] = (struct option){defs[i].name, required_argument, NULL, 1000 + i};
-    longopts[OPT__COUNT] = (struct option){"help", no_argument, NULL, 'h'};
-    longopts[OPT__COUNT + 1] = (struct option){NULL, 0, NULL, 0};
+    build_longopts(cmd, longopts);
     optind = 1;
-    opterr = 1;
+    opterr = 0; /* bad_option says it, naming the subcommand */
     for (;;) {
-        int c = getopt_long(argc, argv, "h", longopts, NULL);
+        int c = getopt_long(argc, argv, ":h", longopts, NULL);
         if (c == -1)
             break;
         if (c == 'h') {
@@ -151,23 +247,36 @@ int eng_options_parse(struct eng_options *o, int argc, char **argv, const char *
             return 1;
         }
         if (c < 1000 || c >= 1000 + OPT__COUNT) {
-            fprintf(stderr, "%s", usage);
+            bool is_long = c == ':' || optopt == 0 || optopt >= 1000;
+            bad_option(cmd, argv[optind - 1], is_long ? 0 : optopt, c == ':');
+            fprintf(stderr, "\n%s", usage);
             return -1;
         }
         free(o->v[c - 1000]);
-        o->v[c - 1000] = eng_strdup(optarg);
+        o->v[c - 1000] = eng_strdup(defs[c - 1000].flag ? "1" : optarg);
     }
     o->args = argv + optind;
     o->nargs = argc - optind;
+    return 0;
+}
+
+int eng_options_parse(struct eng_options *o, enum eng_cmd_id cmd, int argc, char **argv,
+                      const char *usage)
+{
+    memset(o, 0, sizeof(*o));
+    int rc = parse_argv(o, cmd, argc, argv, usage);
+    if (rc != 0)
+        return rc;
+    unsigned mine = 1u << cmd;
     for (int i = 0; i < OPT__COUNT; i++) {
-        const char *env = getenv(defs[i].env);
-        if (o->v[i] == NULL && env != NULL && *env != '\0')
+        const char *env = defs[i].env ? getenv(defs[i].env) : NULL;
+        if ((defs[i].cmds & mine) && o->v[i] == NULL && env != NULL && *env != '\0')
             o->v[i] = eng_strdup(env);
     }
-    if (o->v[OPT_CONFIG] != NULL && read_config(o, o->v[OPT_CONFIG]) != 0)
+    if (o->v[OPT_CONFIG] != NULL && read_config(o, mine, o->v[OPT_CONFIG]) != 0)
         return -1;
     for (int i = 0; i < OPT__COUNT; i++) {
-        if (o->v[i] == NULL && defs[i].def != NULL)
+        if ((defs[i].cmds & mine) && o->v[i] == NULL && defs[i].def != NULL)
             o->v[i] = eng_strdup(defs[i].def);
     }
     return 0;
@@ -207,8 +316,8 @@ bool eng_opt_double(const struct eng_options *o, enum eng_opt_id id, double min,
     errno = 0;
     double v = strtod(s, &end);
     if (end == s || *end != '\0' || errno != 0 || !(v >= min && v <= max)) {
-        fprintf(stderr, "engage: --%s must be a number from %g to %g, not \"%s\"\n",
-                defs[id].name, min, max, s);
+        fprintf(stderr, "engage: --%s must be a number from %g to %g, not \"%s\"\n", defs[id].name,
+                min, max, s);
         return false;
     }
     *out = v;
@@ -303,8 +412,9 @@ bool eng_opt_sinks_valid(const struct eng_options *o)
                 fprintf(stderr, "engage: --sinks: the kafka sink is not built in this version; "
                                 "sinks are clickhouse, redis, http, stdout\n");
             else
-                fprintf(stderr, "engage: --sinks: unknown sink \"%.*s\"; sinks are clickhouse, "
-                                "redis, http, stdout\n",
+                fprintf(stderr,
+                        "engage: --sinks: unknown sink \"%.*s\"; sinks are clickhouse, "
+                        "redis, http, stdout\n",
                         (int)len, p);
             return false;
         }

@@ -1,7 +1,11 @@
-/* engage: the command line shared by the subcommands. Values come from flags, then ENGAGE_*
- * environment variables, then an optional config file (--config or ENGAGE_CONFIG) of
- * `name = value` lines using the long option names. Ownership: every string in
- * struct eng_options is owned by it; eng_options_free releases them. */
+/* engage: the command line of the subcommands, from one table of options that says which
+ * subcommands take each; a subcommand refuses the others. Values come from flags, then
+ * ENGAGE_* environment variables, then an optional config file (--config or ENGAGE_CONFIG) of
+ * `name = value` lines using the long option names; a variable or a file line for an option
+ * the subcommand does not take is ignored (they serve every subcommand), a file line naming
+ * no option is an error. The options only a subcommand's own command line gives (--ids,
+ * --json, ...) have no variable. Ownership: every string in struct eng_options is owned by
+ * it; eng_options_free releases them. */
 #ifndef ENG_OPTIONS_H
 #define ENG_OPTIONS_H
 
@@ -39,7 +43,25 @@ enum eng_opt_id {
     OPT_CONFIG,
     OPT_START,
     OPT_END,
+    OPT_ORIGIN,  /* dlq: rows of this origin */
+    OPT_IDS,     /* dlq: these row ids */
+    OPT_LIMIT,   /* dlq: at most N rows */
+    OPT_ALL,     /* dlq list: every row (a flag) */
+    OPT_PENDING, /* dlq list: pending rows only (a flag) */
+    OPT_JSON,    /* dlq list, status: JSON out (a flag) */
     OPT__COUNT
+};
+
+/* The subcommands that read their options here (mock-api has its own). */
+enum eng_cmd_id {
+    ENG_CMD_RUN,
+    ENG_CMD_BACKFILL,
+    ENG_CMD_DLQ_LIST,
+    ENG_CMD_DLQ_REPLAY,
+    ENG_CMD_DLQ_DISCARD,
+    ENG_CMD_STATUS,
+    ENG_CMD_TOP,
+    ENG_CMD__COUNT
 };
 
 struct eng_options {
@@ -48,18 +70,29 @@ struct eng_options {
     int nargs;
 };
 
-/* Parses argv (argv[0] is the subcommand name) into o, filling defaults, environment and
- * config file. Returns 0, 1 when --help was asked (usage printed), or -1 on an error
- * (message printed). */
-int eng_options_parse(struct eng_options *o, int argc, char **argv, const char *usage);
+/* Parses argv (argv[0] is the subcommand name) into o with the options cmd takes, filling
+ * environment, config file and defaults for those. Returns 0, 1 when --help was asked (usage
+ * printed), or -1 on an error (message and usage printed on stderr): an option cmd does not
+ * take is one. */
+int eng_options_parse(struct eng_options *o, enum eng_cmd_id cmd, int argc, char **argv,
+                      const char *usage);
+
+/* Whether subcommand cmd takes option id. */
+bool eng_options_takes(enum eng_cmd_id cmd, enum eng_opt_id id);
+
+/* The long name of option id, without the dashes ("http-batch"). */
+const char *eng_opt_name(enum eng_opt_id id);
+
+/* Whether flag id (an option without a value, such as --json) was given. */
+bool eng_opt_flag(const struct eng_options *o, enum eng_opt_id id);
 
 void eng_options_free(struct eng_options *o);
 
 /* Reads config-file text (len bytes, not necessarily NUL-terminated) into the options not
- * set yet, as --config does with a file; name is used in messages. Returns 0 or -1 after
- * printing why. For the fuzz target and eng_options_parse; any thread. */
-int eng_options_config_text(struct eng_options *o, const char *text, size_t len,
-                            const char *name);
+ * set yet, as --config does with a file, for every subcommand at once; name is used in
+ * messages. Returns 0 or -1 after printing why. For the fuzz target and the unit tests; any
+ * thread. */
+int eng_options_config_text(struct eng_options *o, const char *text, size_t len, const char *name);
 
 /* The value of id, or NULL. */
 const char *eng_opt(const struct eng_options *o, enum eng_opt_id id);

@@ -29,22 +29,22 @@ static void add_name(struct eng_cli_sinks *cs, const char *name)
 
 bool eng_cli_http_options(const struct eng_options *o, struct eng_http_options *out)
 {
-    int64_t batch = 100, timeout = 5000, attempts = 8, budget = 60000, inflight = 4;
-    double rate = 0;
+    /* Options not given keep the sink's defaults (eng_http_options_default). */
+    eng_http_options_default(out);
+    int64_t batch = out->batch_size, timeout = out->timeout_ms, attempts = out->max_attempts;
+    int64_t budget = out->retry_budget_ms, inflight = out->max_in_flight;
     if (!eng_opt_int(o, OPT_HTTP_BATCH, 1, 10000, &batch) ||
         !eng_opt_int(o, OPT_HTTP_TIMEOUT_MS, 1, 3600000, &timeout) ||
         !eng_opt_int(o, OPT_HTTP_MAX_ATTEMPTS, 1, 1000, &attempts) ||
         !eng_opt_int(o, OPT_HTTP_RETRY_BUDGET_MS, 1, 86400000, &budget) ||
         !eng_opt_int(o, OPT_HTTP_INFLIGHT, 1, 256, &inflight) ||
-        !eng_opt_double(o, OPT_HTTP_RATE, 0, 1000000, &rate))
+        !eng_opt_double(o, OPT_HTTP_RATE, 0, 1000000, &out->rate))
         return false;
-    eng_http_options_default(out);
     out->batch_size = (uint32_t)batch;
     out->timeout_ms = timeout;
     out->max_attempts = (uint32_t)attempts;
     out->retry_budget_ms = budget;
     out->max_in_flight = (uint32_t)inflight;
-    out->rate = rate;
     out->token_file = eng_opt(o, OPT_HTTP_TOKEN_FILE);
     return true;
 }

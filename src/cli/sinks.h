@@ -16,13 +16,14 @@ struct eng_cli_sinks {
     struct eng_pipeline *pipeline;
     struct eng_dlq *http_dlq;
     struct eng_redis_repair *redis_repair; /* NULL unless rebuild_redis and a Redis sink */
-    char names[64]; /* "clickhouse,redis": for the log */
+    char names[64];                        /* "clickhouse,redis": for the log */
 };
 
 /* Creates every sink the options enable (a sink listed in --sinks, or, without --sinks, every
  * sink with a URL; the HTTP sink without --sinks only when http_by_default) and a pipeline
  * over them, not started. With rebuild_redis, Redis is rebuilt from PostgreSQL whenever the
- * Redis sink finds it lost what engage wrote (src/source/redis_repair.h). Returns 0; 2 after printing a usage error; 1 with err set. */
+ * Redis sink finds it lost what engage wrote (src/source/redis_repair.h). Returns 0; 2 after
+ * printing a usage error; 1 with err set. */
 int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default, bool rebuild_redis,
                          struct eng_cli_sinks *out, struct eng_error *err) ENG_MUSTCHECK;
 
@@ -31,7 +32,8 @@ int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default, bool
 bool eng_cli_sinks_ready(struct eng_cli_sinks *cs, char *why, size_t whylen);
 
 /* Fills the HTTP sink's options from --http-batch, --http-timeout-ms, --http-max-attempts,
- * --http-retry-budget-ms, --http-inflight and --http-token-file (dlq left NULL). Returns
+ * --http-retry-budget-ms, --http-inflight, --http-rate and --http-token-file; what is not
+ * given keeps the sink's defaults (eng_http_options_default), dlq is left NULL. Returns
  * false after printing a usage error. */
 bool eng_cli_http_options(const struct eng_options *o, struct eng_http_options *out);
 

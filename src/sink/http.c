@@ -116,12 +116,12 @@ struct http_sink {
 void eng_http_options_default(struct eng_http_options *opt)
 {
     memset(opt, 0, sizeof(*opt));
-    opt->batch_size = 1;
-    opt->max_in_flight = 8;
+    opt->batch_size = 100;
+    opt->max_in_flight = 4;
     opt->timeout_ms = 5000;
     opt->connect_timeout_ms = 0;
     opt->max_attempts = 8;
-    opt->retry_budget_ms = 30000;
+    opt->retry_budget_ms = 60000;
     opt->backoff_base_ms = 100;
     opt->backoff_cap_ms = 5000;
     opt->breaker_failures = 10;

@@ -30,8 +30,10 @@ struct eng_http_options {
                                   0: no limit. Requests are spaced 1/rate apart, no burst */
 };
 
-/* Fills opt with the defaults: batch 1, 8 in flight, timeout 5 s, 8 attempts, budget 30 s,
- * backoff 100 ms .. 5 s, breaker 10 failures / 5 s, token from the environment, no dlq. */
+/* Fills opt with the defaults, the one set the command line documents and relies on: 100
+ * events per request, 4 in flight, timeout 5 s, 8 attempts, retry budget 60 s, backoff
+ * 100 ms .. 5 s, breaker 10 failures / 5 s, no rate limit, token from the environment, no
+ * dlq. */
 void eng_http_options_default(struct eng_http_options *opt);
 
 /* Creates the sink posting to base_url + "/events" (a trailing '/' of base_url is ignored).
