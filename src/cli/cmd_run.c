@@ -115,82 +115,106 @@ static int lock_state_dir(const char *dir)
     return fd;
 }
 
+/* Checks what run needs beyond each option's own parse; false after printing a usage
+ * error. */
+static bool check_run_options(const struct eng_options *o, int64_t *batch_events, int64_t *batch_ms)
+{
+    if (!eng_cli_log_level(o) || !eng_opt_int(o, OPT_BATCH_EVENTS, 1, 1000000, batch_events) ||
+        !eng_opt_int(o, OPT_BATCH_MS, 1, 60000, batch_ms))
+        return false;
+    if (strcmp(eng_opt(o, OPT_SOURCE), "pg") != 0) {
+        fprintf(stderr, "engage: --source %s is not available in this build\n",
+                eng_opt(o, OPT_SOURCE));
+        return false;
+    }
+    if (eng_opt(o, OPT_PG) == NULL) {
+        fprintf(stderr, "engage: --pg (or ENGAGE_PG) is required\n\n%s", usage);
+        return false;
+    }
+    return eng_opt_sinks_valid(o);
+}
+
+/* What one run holds, released by run_release in the reverse order. */
+struct run {
+    struct eng_options o;
+    struct eng_cli_sinks cs;
+    struct eng_admin *admin;
+    struct eng_dlq *dlq; /* the source's, for rows that are not events */
+    int lock_fd;
+    int64_t batch_events, batch_ms;
+};
+
+/* Starts the admin endpoint (unless --admin-addr off), the source's dead-letter table and the
+ * pipeline. Returns 0 or -1 with err set. */
+static int run_start(struct run *r, struct eng_error *err)
+{
+    eng_cli_catch_stop_signals(on_signal);
+    if (strcmp(eng_opt(&r->o, OPT_ADMIN_ADDR), "off") != 0) {
+        struct eng_admin_hooks hooks = {.ready = ready_hook, .ctx = &r->cs};
+        r->admin = eng_admin_start(eng_opt(&r->o, OPT_ADMIN_ADDR), hooks, err);
+        if (r->admin == NULL)
+            return -1;
+    }
+    r->dlq = eng_dlq_create(eng_opt(&r->o, OPT_PG), eng_opt(&r->o, OPT_DLQ_TABLE));
+    return eng_pipeline_start(r->cs.pipeline, err);
+}
+
+/* Streams from the slot until stopped. Returns 0 or -1 with err set. */
+static int run_stream(struct run *r, struct eng_error *err)
+{
+    struct eng_pg_source_options sopt = {
+        .conninfo = eng_opt(&r->o, OPT_PG),
+        .slot = eng_opt(&r->o, OPT_SLOT),
+        .publication = eng_opt(&r->o, OPT_PUBLICATION),
+        .state_dir = eng_opt(&r->o, OPT_STATE_DIR),
+        .batch_max_events = (uint32_t)r->batch_events,
+        .batch_max_us = r->batch_ms * 1000,
+        .status_interval_us = 10000000,
+        .dlq = r->dlq,
+    };
+    eng_info("msg=\"starting\" sinks=%s", r->cs.names);
+    return eng_pg_source_run(&sopt, r->cs.pipeline, &stop_requested, err) != 0 ? -1 : 0;
+}
+
+static void run_release(struct run *r, int status)
+{
+    eng_admin_stop(r->admin); /* first: /readyz reads the pipeline */
+    eng_cli_sinks_destroy(&r->cs);
+    eng_dlq_destroy(r->dlq);
+    eng_options_free(&r->o);
+    if (r->lock_fd >= 0) {
+        close(r->lock_fd);
+        /* last, after every thread has ended: nothing is logged after it */
+        if (status == 0)
+            eng_info("msg=\"stopped\"");
+    }
+}
+
 int eng_cmd_run(int argc, char **argv)
 {
-    struct eng_options o;
+    struct run r = {.lock_fd = -1, .batch_events = 10000, .batch_ms = 50};
     struct eng_error err;
-    struct eng_cli_sinks cs = {0};
-    struct eng_admin *admin = NULL;
-    struct eng_dlq *dlq = NULL;
-    int status = 1;
-    int lock_fd = -1;
-    int64_t batch_events = 10000, batch_ms = 50;
-
     eng_error_clear(&err);
-    int prc = eng_options_parse(&o, ENG_CMD_RUN, argc, argv, usage);
+    int prc = eng_options_parse(&r.o, ENG_CMD_RUN, argc, argv, usage);
     if (prc != 0) {
-        eng_options_free(&o);
+        eng_options_free(&r.o);
         return prc > 0 ? 0 : 2;
     }
-    if (!eng_cli_log_level(&o)) {
-        status = 2;
+    int status = 2;
+    if (!check_run_options(&r.o, &r.batch_events, &r.batch_ms))
         goto out;
-    }
-    if (!eng_opt_int(&o, OPT_BATCH_EVENTS, 1, 1000000, &batch_events) ||
-        !eng_opt_int(&o, OPT_BATCH_MS, 1, 60000, &batch_ms)) {
-        status = 2;
+    status = 1;
+    r.lock_fd = lock_state_dir(eng_opt(&r.o, OPT_STATE_DIR));
+    if (r.lock_fd < 0)
         goto out;
-    }
-    if (strcmp(eng_opt(&o, OPT_SOURCE), "pg") != 0) {
-        fprintf(stderr, "engage: --source %s is not available in this build\n",
-                eng_opt(&o, OPT_SOURCE));
-        status = 2;
-        goto out;
-    }
-    if (eng_opt(&o, OPT_PG) == NULL) {
-        fprintf(stderr, "engage: --pg (or ENGAGE_PG) is required\n\n%s", usage);
-        status = 2;
-        goto out;
-    }
-    if (!eng_opt_sinks_valid(&o)) {
-        status = 2;
-        goto out;
-    }
-    lock_fd = lock_state_dir(eng_opt(&o, OPT_STATE_DIR));
-    if (lock_fd < 0)
-        goto out;
-    int crc = eng_cli_sinks_create(&o, true, true, &cs, &err);
-    if (crc == 2) {
-        status = 2;
-        goto out;
-    }
-    if (crc != 0)
+    int crc = eng_cli_sinks_create(&r.o, true, true, &r.cs, &err);
+    if (crc != 0) {
+        status = crc;
+        if (crc == 2)
+            goto out;
         goto fail;
-
-    eng_cli_catch_stop_signals(on_signal);
-
-    if (strcmp(eng_opt(&o, OPT_ADMIN_ADDR), "off") != 0) {
-        struct eng_admin_hooks hooks = {.ready = ready_hook, .ctx = &cs};
-        admin = eng_admin_start(eng_opt(&o, OPT_ADMIN_ADDR), hooks, &err);
-        if (admin == NULL)
-            goto fail;
     }
-    dlq = eng_dlq_create(eng_opt(&o, OPT_PG), eng_opt(&o, OPT_DLQ_TABLE));
-    if (eng_pipeline_start(cs.pipeline, &err) != 0)
-        goto fail;
-
-    struct eng_pg_source_options sopt = {
-        .conninfo = eng_opt(&o, OPT_PG),
-        .slot = eng_opt(&o, OPT_SLOT),
-        .publication = eng_opt(&o, OPT_PUBLICATION),
-        .state_dir = eng_opt(&o, OPT_STATE_DIR),
-        .batch_max_events = (uint32_t)batch_events,
-        .batch_max_us = batch_ms * 1000,
-        .status_interval_us = 10000000,
-        .dlq = dlq,
-    };
-    eng_info("msg=\"starting\" sinks=%s", cs.names);
-    if (eng_pg_source_run(&sopt, cs.pipeline, &stop_requested, &err) != 0)
+    if (run_start(&r, &err) != 0 || run_stream(&r, &err) != 0)
         goto fail;
     status = 0;
     goto out;
@@ -198,15 +222,6 @@ fail:
     eng_error("msg=\"%s\"", err.msg);
     status = 1;
 out:
-    eng_admin_stop(admin); /* first: /readyz reads the pipeline */
-    eng_cli_sinks_destroy(&cs);
-    eng_dlq_destroy(dlq);
-    eng_options_free(&o);
-    if (lock_fd >= 0) {
-        close(lock_fd);
-        /* last, after every thread has ended: nothing is logged after it */
-        if (status == 0)
-            eng_info("msg=\"stopped\"");
-    }
+    run_release(&r, status);
     return status;
 }

@@ -335,65 +335,84 @@ static size_t scrub_span(char *s, size_t start, size_t end)
     return start + stars;
 }
 
-bool eng_options_scrub_secrets(char *arg)
+/* scheme://user:password@host: the password is between the first ':' of the authority and
+ * its last '@'. Returns true when there was one to hide. */
+static bool scrub_url_password(char *arg)
+{
+    char *scheme = strstr(arg, "://");
+    if (scheme == NULL)
+        return false;
+    char *auth = scheme + 3;
+    size_t alen = strcspn(auth, "/?#");
+    char *at = NULL;
+    for (size_t i = 0; i < alen; i++) {
+        if (auth[i] == '@')
+            at = auth + i;
+    }
+    char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon == NULL || at <= colon + 1)
+        return false;
+    scrub_span(arg, (size_t)(colon + 1 - arg), (size_t)(at - arg));
+    return true;
+}
+
+static size_t skip_blanks(const char *s, size_t i)
+{
+    while (s[i] == ' ' || s[i] == '\t')
+        i++;
+    return i;
+}
+
+/* The end of the value that starts at arg[i]: a conninfo-quoted one ('...', with \' and \\
+ * escapes) or one up to a blank, '&' or '#'. */
+static size_t value_end(const char *arg, size_t i)
+{
+    if (arg[i] != '\'') {
+        while (arg[i] != '\0' && arg[i] != ' ' && arg[i] != '\t' && arg[i] != '&' && arg[i] != '#')
+            i++;
+        return i;
+    }
+    i++;
+    while (arg[i] != '\0' && arg[i] != '\'') {
+        if (arg[i] == '\\' && arg[i + 1] != '\0')
+            i++;
+        i++;
+    }
+    return arg[i] == '\'' ? i + 1 : i;
+}
+
+/* password=value, password = 'quoted value', ?password=value&...: every value hidden.
+ * Returns true when there was one. */
+static bool scrub_password_params(char *arg)
 {
     bool changed = false;
-    /* scheme://user:password@host: the password is between the first ':' of the authority and
-     * its last '@' */
-    char *scheme = strstr(arg, "://");
-    if (scheme != NULL) {
-        char *auth = scheme + 3;
-        size_t alen = strcspn(auth, "/?#");
-        char *at = NULL;
-        for (size_t i = 0; i < alen; i++) {
-            if (auth[i] == '@')
-                at = auth + i;
-        }
-        char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-        if (colon != NULL && at > colon + 1) {
-            scrub_span(arg, (size_t)(colon + 1 - arg), (size_t)(at - arg));
-            changed = true;
-        }
-    }
-    /* password=value, password = 'quoted value', ?password=value&... */
     size_t pos = 0;
     for (;;) {
-        char *p = strcasestr(arg + pos, "password");
+        const char *p = strcasestr(arg + pos, "password");
         if (p == NULL)
             break;
-        size_t i = (size_t)(p - arg) + strlen("password");
-        while (arg[i] == ' ' || arg[i] == '\t')
-            i++;
+        size_t i = skip_blanks(arg, (size_t)(p - arg) + strlen("password"));
         if (arg[i] != '=') {
             pos = i;
             continue;
         }
-        i++;
-        while (arg[i] == ' ' || arg[i] == '\t')
-            i++;
-        size_t start = i;
-        if (arg[i] == '\'') { /* conninfo quoting: \' and \\ escape */
-            i++;
-            while (arg[i] != '\0' && arg[i] != '\'') {
-                if (arg[i] == '\\' && arg[i + 1] != '\0')
-                    i++;
-                i++;
-            }
-            if (arg[i] == '\'')
-                i++;
-        } else {
-            while (arg[i] != '\0' && arg[i] != ' ' && arg[i] != '\t' && arg[i] != '&' &&
-                   arg[i] != '#')
-                i++;
-        }
-        if (i > start) {
-            pos = scrub_span(arg, start, i);
+        size_t start = skip_blanks(arg, i + 1);
+        size_t end = value_end(arg, start);
+        if (end > start) {
+            pos = scrub_span(arg, start, end);
             changed = true;
         } else {
-            pos = i;
+            pos = end;
         }
     }
     return changed;
+}
+
+bool eng_options_scrub_secrets(char *arg)
+{
+    bool url = scrub_url_password(arg);
+    bool params = scrub_password_params(arg);
+    return url || params;
 }
 
 bool eng_opt_sinks_valid(const struct eng_options *o)

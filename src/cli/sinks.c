@@ -70,100 +70,150 @@ void eng_cli_catch_stop_signals(void (*handler)(int))
     signal(SIGPIPE, SIG_IGN);
 }
 
+/* The numbers the sinks and the pipeline take from the options. */
+struct sink_numbers {
+    int64_t depth, queue_mb, ch_interval_ms, seen_ttl, call_events;
+};
+
+/* The sinks created so far, in the order the pipeline gets them. */
+struct sink_list {
+    struct eng_sink *v[8];
+    size_t n;
+};
+
+/* Reads the numbers and checks --sinks and the HTTP options (into *hopt); false after
+ * printing a usage error. */
+static bool read_numbers(const struct eng_options *o, struct sink_numbers *nums,
+                         struct eng_http_options *hopt)
+{
+    *nums = (struct sink_numbers){
+        .depth = 1024, .queue_mb = 128, .ch_interval_ms = 200, .call_events = 1000};
+    return eng_opt_int(o, OPT_QUEUE_DEPTH, 1, 1 << 20, &nums->depth) &&
+           eng_opt_int(o, OPT_QUEUE_MB, 1, 1 << 20, &nums->queue_mb) &&
+           eng_opt_int(o, OPT_CLICKHOUSE_INTERVAL_MS, 0, 60000, &nums->ch_interval_ms) &&
+           eng_opt_int(o, OPT_SEEN_TTL, 0, UINT32_MAX, &nums->seen_ttl) &&
+           eng_opt_int(o, OPT_REDIS_CALL_EVENTS, 1, 100000, &nums->call_events) &&
+           eng_cli_http_options(o, hopt) && eng_opt_sinks_valid(o);
+}
+
+/* Each add_* creates one sink into list (and names it in out); returns 0, 2 after printing a
+ * usage error, or 1 with err set. */
+static int add_clickhouse(const struct eng_options *o, const struct sink_numbers *nums,
+                          struct sink_list *list, struct eng_cli_sinks *out, struct eng_error *err)
+{
+    const char *url = sink_url(o, "clickhouse", OPT_CLICKHOUSE);
+    if (url == NULL)
+        return 2;
+    struct eng_sink *sink = eng_clickhouse_sink_create(url, err);
+    if (sink == NULL)
+        return 1;
+    sink->min_write_interval_us = nums->ch_interval_ms * 1000;
+    list->v[list->n++] = sink;
+    add_name(out, "clickhouse");
+    return 0;
+}
+
+static int add_redis(const struct eng_options *o, const struct sink_numbers *nums,
+                     bool rebuild_redis, struct sink_list *list, struct eng_cli_sinks *out,
+                     struct eng_error *err)
+{
+    const char *url = sink_url(o, "redis", OPT_REDIS);
+    if (url == NULL)
+        return 2;
+    struct eng_redis_options ropt;
+    eng_redis_options_init(&ropt);
+    ropt.seen_ttl_s = (uint32_t)nums->seen_ttl;
+    ropt.max_events_per_call = (uint32_t)nums->call_events;
+    if (rebuild_redis) {
+        struct eng_redis_repair_options rr = {.conninfo = eng_opt(o, OPT_PG),
+                                              .dlq_table = eng_opt(o, OPT_DLQ_TABLE),
+                                              .redis_url = url,
+                                              .redis = ropt,
+                                              .state_dir = eng_opt(o, OPT_STATE_DIR)};
+        out->redis_repair = eng_redis_repair_create(&rr, err);
+        if (out->redis_repair == NULL)
+            return 1;
+        eng_redis_repair_attach(out->redis_repair, &ropt);
+    }
+    struct eng_sink *sink = eng_redis_sink_create(url, &ropt, err);
+    if (sink == NULL)
+        return 1;
+    list->v[list->n++] = sink;
+    add_name(out, "redis");
+    return 0;
+}
+
+static int add_http(const struct eng_options *o, struct eng_http_options *hopt,
+                    struct sink_list *list, struct eng_cli_sinks *out, struct eng_error *err)
+{
+    const char *url = sink_url(o, "http", OPT_HTTP);
+    if (url == NULL)
+        return 2;
+    /* The sink thread parks through a dlq of its own (one connection per thread). */
+    out->http_dlq = eng_dlq_create(eng_opt(o, OPT_PG), eng_opt(o, OPT_DLQ_TABLE));
+    hopt->dlq = out->http_dlq;
+    struct eng_sink *sink = eng_http_sink_create(url, hopt, err);
+    if (sink == NULL)
+        return 1;
+    list->v[list->n++] = sink;
+    add_name(out, "http");
+    return 0;
+}
+
+/* Creates every sink the options enable, in the order clickhouse, redis, http, stdout. */
+static int add_sinks(const struct eng_options *o, const struct sink_numbers *nums,
+                     struct eng_http_options *hopt, bool http_by_default, bool rebuild_redis,
+                     struct sink_list *list, struct eng_cli_sinks *out, struct eng_error *err)
+{
+    int rc = 0;
+    if (rc == 0 && eng_opt_sink_enabled(o, "clickhouse"))
+        rc = add_clickhouse(o, nums, list, out, err);
+    if (rc == 0 && eng_opt_sink_enabled(o, "redis"))
+        rc = add_redis(o, nums, rebuild_redis, list, out, err);
+    if (rc == 0 && eng_opt_sink_enabled(o, "http") &&
+        (http_by_default || eng_opt(o, OPT_SINKS) != NULL))
+        rc = add_http(o, hopt, list, out, err);
+    if (rc == 0 && eng_opt_sink_enabled(o, "stdout")) {
+        list->v[list->n++] = eng_stdout_sink_create(1);
+        add_name(out, "stdout");
+    }
+    if (rc == 0 && list->n == 0) {
+        fprintf(stderr, "engage: no sink configured: give --clickhouse, --redis or --http\n");
+        rc = 2;
+    }
+    return rc;
+}
+
 int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default, bool rebuild_redis,
                          struct eng_cli_sinks *out, struct eng_error *err)
 {
-    struct eng_sink *sinks[8];
-    size_t nsinks = 0;
-    int status = 1;
-    int64_t depth = 1024, queue_mb = 128, ch_interval_ms = 200, seen_ttl = 0, call_events = 1000;
+    struct sink_numbers nums;
     struct eng_http_options hopt;
+    struct sink_list list = {.n = 0};
     memset(out, 0, sizeof(*out));
-    if (!eng_opt_int(o, OPT_QUEUE_DEPTH, 1, 1 << 20, &depth) ||
-        !eng_opt_int(o, OPT_QUEUE_MB, 1, 1 << 20, &queue_mb) ||
-        !eng_opt_int(o, OPT_CLICKHOUSE_INTERVAL_MS, 0, 60000, &ch_interval_ms) ||
-        !eng_opt_int(o, OPT_SEEN_TTL, 0, UINT32_MAX, &seen_ttl) ||
-        !eng_opt_int(o, OPT_REDIS_CALL_EVENTS, 1, 100000, &call_events) ||
-        !eng_cli_http_options(o, &hopt) || !eng_opt_sinks_valid(o))
+    if (!read_numbers(o, &nums, &hopt))
         return 2;
-
-    if (eng_opt_sink_enabled(o, "clickhouse")) {
-        const char *url = sink_url(o, "clickhouse", OPT_CLICKHOUSE);
-        if (url == NULL)
-            goto usage;
-        sinks[nsinks] = eng_clickhouse_sink_create(url, err);
-        if (sinks[nsinks] == NULL)
-            goto fail;
-        sinks[nsinks++]->min_write_interval_us = ch_interval_ms * 1000;
-        add_name(out, "clickhouse");
-    }
-    if (eng_opt_sink_enabled(o, "redis")) {
-        const char *url = sink_url(o, "redis", OPT_REDIS);
-        if (url == NULL)
-            goto usage;
-        struct eng_redis_options ropt;
-        eng_redis_options_init(&ropt);
-        ropt.seen_ttl_s = (uint32_t)seen_ttl;
-        ropt.max_events_per_call = (uint32_t)call_events;
-        if (rebuild_redis) {
-            struct eng_redis_repair_options rr = {.conninfo = eng_opt(o, OPT_PG),
-                                                  .dlq_table = eng_opt(o, OPT_DLQ_TABLE),
-                                                  .redis_url = url,
-                                                  .redis = ropt,
-                                                  .state_dir = eng_opt(o, OPT_STATE_DIR)};
-            out->redis_repair = eng_redis_repair_create(&rr, err);
-            if (out->redis_repair == NULL)
-                goto fail;
-            eng_redis_repair_attach(out->redis_repair, &ropt);
-        }
-        sinks[nsinks] = eng_redis_sink_create(url, &ropt, err);
-        if (sinks[nsinks] == NULL)
-            goto fail;
-        nsinks++;
-        add_name(out, "redis");
-    }
-    if (eng_opt_sink_enabled(o, "http") && (http_by_default || eng_opt(o, OPT_SINKS) != NULL)) {
-        const char *url = sink_url(o, "http", OPT_HTTP);
-        if (url == NULL)
-            goto usage;
-        /* The sink thread parks through a dlq of its own (one connection per thread). */
-        out->http_dlq = eng_dlq_create(eng_opt(o, OPT_PG), eng_opt(o, OPT_DLQ_TABLE));
-        hopt.dlq = out->http_dlq;
-        sinks[nsinks] = eng_http_sink_create(url, &hopt, err);
-        if (sinks[nsinks] == NULL)
-            goto fail;
-        nsinks++;
-        add_name(out, "http");
-    }
-    if (eng_opt_sink_enabled(o, "stdout")) {
-        sinks[nsinks++] = eng_stdout_sink_create(1);
-        add_name(out, "stdout");
-    }
-    if (nsinks == 0) {
-        fprintf(stderr, "engage: no sink configured: give --clickhouse, --redis or --http\n");
-        goto usage;
-    }
-
+    int rc = add_sinks(o, &nums, &hopt, http_by_default, rebuild_redis, &list, out, err);
+    if (rc != 0)
+        goto fail;
     /* Events a sink refuses for good are parked in the dead-letter table under its name. */
-    struct eng_pipeline_options popt = {.queue_depth = (uint32_t)depth,
-                                        .queue_bytes = (size_t)queue_mb << 20,
+    struct eng_pipeline_options popt = {.queue_depth = (uint32_t)nums.depth,
+                                        .queue_bytes = (size_t)nums.queue_mb << 20,
                                         .dlq_conninfo = eng_opt(o, OPT_PG),
                                         .dlq_table = eng_opt(o, OPT_DLQ_TABLE)};
-    out->pipeline = eng_pipeline_create(sinks, nsinks, &popt, err);
-    nsinks = 0; /* now owned by the pipeline */
-    if (out->pipeline == NULL)
-        goto fail;
-    return 0;
-usage:
-    status = 2;
+    out->pipeline = eng_pipeline_create(list.v, list.n, &popt, err);
+    list.n = 0; /* now owned by the pipeline */
+    if (out->pipeline != NULL)
+        return 0;
+    rc = 1;
 fail:
-    for (size_t i = 0; i < nsinks; i++)
-        eng_sink_destroy(sinks[i]);
+    for (size_t i = 0; i < list.n; i++)
+        eng_sink_destroy(list.v[i]);
     eng_dlq_destroy(out->http_dlq);
     out->http_dlq = NULL;
     eng_redis_repair_destroy(out->redis_repair);
     out->redis_repair = NULL;
-    return status;
+    return rc;
 }
 
 bool eng_cli_sinks_ready(struct eng_cli_sinks *cs, char *why, size_t whylen)
