@@ -97,20 +97,22 @@ static const struct fault_key {
 static int set_fault(struct eng_mockapi_faults *f, const struct fault_key *k, json_t *v,
                      struct eng_error *err)
 {
-    char *field = (char *)f + k->off;
+    void *field = (char *)f + k->off; /* of the type k->kind says */
+    int *status = field;
     int64_t i64;
     int rc;
     switch (k->kind) {
     case FAULT_RATE:
-        return get_rate(v, k->name, (double *)(void *)field, err);
+        return get_rate(v, k->name, field, err);
     case FAULT_I64:
-        return get_int(v, k->name, k->lo, k->hi, (int64_t *)(void *)field, err);
+        return get_int(v, k->name, k->lo, k->hi, field, err);
     case FAULT_STATUS:
         rc = get_int(v, k->name, k->lo, k->hi, &i64, err);
-        *(int *)(void *)field = (int)i64;
+        if (rc == 0)
+            *status = (int)i64;
         return rc;
     case FAULT_BOOL:
-        return get_bool(v, k->name, (bool *)field, err);
+        return get_bool(v, k->name, field, err);
     }
     eng_die("mock-api: fault key \"%s\" of no kind", k->name);
 }
