@@ -82,13 +82,20 @@ if ! $system_python; then
     python3 -c 'import psycopg2' 2>/dev/null || pip_missing+=(psycopg2-binary)
     python3 -c 'import redis' 2>/dev/null || pip_missing+=(redis)
     python3 -c 'import yaml' 2>/dev/null || pip_missing+=(pyyaml)
+    python3 -c 'import lizard' 2>/dev/null || pip_missing+=(lizard) # tests/ops: function size
     if [ "${#pip_missing[@]}" -gt 0 ]; then
         PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}"
         for p in "${pip_missing[@]}"; do echo "installed pip: $p"; done
     fi
 fi
 
-python3 -c 'import pytest, psycopg2, redis, yaml' || {
-    echo "deps.sh: python3 still cannot import pytest, psycopg2, redis and yaml" >&2
+# lizard (function length and complexity, tests/ops/test_structure.py) is on PyPI only.
+if $system_python && ! python3 -c 'import lizard' 2>/dev/null; then
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+        --break-system-packages lizard && echo "installed pip: lizard"
+fi
+
+python3 -c 'import pytest, psycopg2, redis, yaml, lizard' || {
+    echo "deps.sh: python3 still cannot import pytest, psycopg2, redis, yaml and lizard" >&2
     exit 1
 }

@@ -30,3 +30,13 @@ def test_layer_check_catches_a_sink_including_the_pipeline(tmp_path):
     assert r.returncode == 1, r.stdout
     assert "sink must not include pipeline" in r.stdout
     assert "core must not include source" in r.stdout
+
+
+def test_no_function_over_80_lines_or_complexity_25():
+    """Issue 9, item 3: lizard over src/ finds no function longer than 80 lines or with a
+    cyclomatic complexity over 25 (scripts/deps.sh installs lizard)."""
+    r = subprocess.run([sys.executable, "-m", "lizard", "-w", "-L", "80", "-C", "25", str(TOP / "src")],
+                       capture_output=True, text=True)
+    warnings = [line for line in r.stdout.splitlines() if "warning:" in line]
+    assert not warnings, "\n".join(warnings)
+    assert r.returncode == 0, r.stdout + r.stderr
