@@ -263,6 +263,8 @@ static struct eng_http_options opts(struct eng_dlq *dlq)
 {
     struct eng_http_options o;
     eng_http_options_default(&o);
+    o.batch_size = 1; /* the scenarios count requests per event */
+    o.max_in_flight = 8;
     o.dlq = dlq;
     o.seed = 7;
     o.timeout_ms = 2000;
