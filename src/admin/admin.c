@@ -33,14 +33,14 @@
  * catch); a reaper thread shuts such connections down. */
 #define ADMIN_HEADER_DEADLINE_US (5 * 1000000)
 #define ADMIN_REAP_TICK_MS       250
-#define READY_WHY_LEN              1024
+#define READY_WHY_LEN            1024
 
 /* One open connection, for the header deadline. The slot is freed (fd invalid) by MHD's
  * closed notification, which comes before MHD closes the socket, and the reaper shuts a
  * socket down only under the same lock: it never touches a descriptor MHD has let go. */
 struct admin_conn {
-    MHD_socket fd;   /* MHD_INVALID_SOCKET: a free slot */
-    bool waiting;    /* for a request's headers, since since_us */
+    MHD_socket fd; /* MHD_INVALID_SOCKET: a free slot */
+    bool waiting;  /* for a request's headers, since since_us */
     int64_t since_us;
 };
 

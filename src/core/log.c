@@ -12,7 +12,7 @@
 static enum eng_log_level min_level = ENG_LOG_INFO;
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
-#define TAIL        " truncated=true"
+#define TAIL         " truncated=true"
 #define TAIL_RESERVE (sizeof(TAIL) + 1) /* the tail and a closing quote */
 
 void eng_log_set_level(enum eng_log_level level)
@@ -32,8 +32,8 @@ bool eng_log_parse_level(const char *s, enum eng_log_level *out)
 }
 
 /* A bounded line: an escape sequence is added whole or not at all (plain text may be cut),
- * and once something does not fit nothing more is added, so a cut never splits an escape. `room` keeps TAIL_RESERVE free
- * for the closing quote and the truncation mark. */
+ * and once something does not fit nothing more is added, so a cut never splits an escape. `room`
+ * keeps TAIL_RESERVE free for the closing quote and the truncation mark. */
 struct line {
     char *p;
     size_t len, room;
@@ -87,11 +87,21 @@ static void put_escaped(struct line *l, const char *s, size_t n)
         size_t elen = 2;
         esc[0] = '\\';
         switch (c) {
-        case '"':  esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
         default:
             esc[1] = 'x';
             esc[2] = "0123456789abcdef"[c >> 4];
@@ -206,15 +216,14 @@ static size_t parse_spec(const char *fmt, struct spec *sp)
 }
 
 /* Formats a number with spec (the star arguments already read) into tmp. */
-static int format_number(char *tmp, size_t cap, const struct spec *sp, int w, int pr,
-                         va_list *ap)
+static int format_number(char *tmp, size_t cap, const struct spec *sp, int w, int pr, va_list *ap)
 {
     /* The spec text holds '*' where a star was: hand printf the value read for it. */
-#define FMT1(T)                                                                                   \
-    (sp->star_width && sp->star_prec ? snprintf(tmp, cap, sp->text, w, pr, va_arg(*ap, T))       \
-     : sp->star_width               ? snprintf(tmp, cap, sp->text, w, va_arg(*ap, T))            \
-     : sp->star_prec                ? snprintf(tmp, cap, sp->text, pr, va_arg(*ap, T))           \
-                                    : snprintf(tmp, cap, sp->text, va_arg(*ap, T)))
+#define FMT1(T)                                                                                    \
+    (sp->star_width && sp->star_prec ? snprintf(tmp, cap, sp->text, w, pr, va_arg(*ap, T))         \
+     : sp->star_width                ? snprintf(tmp, cap, sp->text, w, va_arg(*ap, T))             \
+     : sp->star_prec                 ? snprintf(tmp, cap, sp->text, pr, va_arg(*ap, T))            \
+                                     : snprintf(tmp, cap, sp->text, va_arg(*ap, T)))
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
     const char *len = sp->length;

@@ -18,7 +18,6 @@ struct eng_pg_state {
     uint64_t lsn;       /* every transaction ending at or before it is durable everywhere */
 };
 
-
 /* The confirm bound (DIR/<slot>.bound): a position at or past every flush LSN engage ever
  * sent for the slot, written before the flush LSN passes it. A slot whose confirmed
  * position is beyond it was not confirmed by engage (dropped and created again). Load
@@ -37,6 +36,5 @@ int eng_pg_state_save(const char *dir, const char *slot, const struct eng_pg_sta
  * error (a corrupt file is an error, never silently ignored). */
 int eng_pg_state_load(const char *dir, const char *slot, struct eng_pg_state *st,
                       struct eng_content_cache *cache, struct eng_error *err) ENG_MUSTCHECK;
-
 
 #endif

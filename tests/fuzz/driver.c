@@ -64,7 +64,7 @@ static void add(const uint8_t *p, size_t n)
 
 static int hexval(int c)
 {
-    return c >= '0' && c <= '9' ? c - '0'
+    return c >= '0' && c <= '9'   ? c - '0'
            : c >= 'a' && c <= 'f' ? c - 'a' + 10
            : c >= 'A' && c <= 'F' ? c - 'A' + 10
                                   : -1;
@@ -157,9 +157,9 @@ static size_t below(size_t n)
 /* One mutation of buf (n bytes, room for max_len); returns the new length. */
 static size_t mutate(uint8_t *buf, size_t n)
 {
-    static const char *const tokens[] = {"\"", "\\", "'", "%", "%00", "%zz", ":", "@", "/", "[",
-                                         "]", "=", "#", "\n", "\r\n", " ", "0", "-1", "99999999999",
-                                         "\xff", "GMT", "password=", "://"};
+    static const char *const tokens[] = {
+        "\"", "\\", "'",    "%", "%00", "%zz", ":",           "@",    "/",   "[",         "]",  "=",
+        "#",  "\n", "\r\n", " ", "0",   "-1",  "99999999999", "\xff", "GMT", "password=", "://"};
     switch (below(8)) {
     case 0: /* flip a bit */
         if (n)
@@ -307,8 +307,7 @@ int main(int argc, char **argv)
             max_len = strtoull(a + 9, NULL, 10);
             if (max_len == 0 || max_len > 4096)
                 max_len = 4096;
-        }
-        else if (a[0] == '-')
+        } else if (a[0] == '-')
             dprintf(report_fd, "%s: ignoring %s\n", target, a);
         else
             load(a);

@@ -21,9 +21,9 @@ static void test_plain_values(void **state)
     (void)state;
     assert_string_equal(FMT("msg=\"started\" n=%d slot=%s", 5, "engage_slot"),
                         "msg=\"started\" n=5 slot=engage_slot");
-    assert_string_equal(FMT("msg=\"x\" a=%lld b=%u c=%zu d=%.2f e=%x", -7LL, 3u, (size_t)12, 0.125,
-                            255u),
-                        "msg=\"x\" a=-7 b=3 c=12 d=0.12 e=ff");
+    assert_string_equal(
+        FMT("msg=\"x\" a=%lld b=%u c=%zu d=%.2f e=%x", -7LL, 3u, (size_t)12, 0.125, 255u),
+        "msg=\"x\" a=-7 b=3 c=12 d=0.12 e=ff");
     assert_string_equal(FMT("msg=\"x\" w=%*d p=%.*s pct=100%%", 4, 7, 3, "abcdef"),
                         "msg=\"x\" w=\"   7\" p=abc pct=100%");
 }
