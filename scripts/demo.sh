@@ -119,7 +119,7 @@ echo "== engage /metrics (excerpt)"
 curl -s "http://$ENGAGE_ADMIN_ADDR/metrics" | grep -E '^engage_(source_events|sink_acked_events|enrich_misses)' || true
 echo
 echo "== engage status"
-"$engage" status --state-dir "$dir/state" || true
+"$engage" status || true
 echo
 echo "== engage top"
 "$engage" top | cat
