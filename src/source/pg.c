@@ -407,6 +407,11 @@ static int restore_checkpoint(struct pgsrc *s, bool exists, uint64_t confirmed_f
             return err->code;
         s->state_lsn = st.lsn;
         s->cp.acked = st.lsn > confirmed_flush ? st.lsn : confirmed_flush;
+        /* The restored position is sent as the flush LSN before anything else: the bound on
+         * file must cover it first (a state file written past the bound by an engage before
+         * this fix, or a bound lost with a crash). */
+        if (s->cp.acked > s->confirm_bound && save_bound(s, s->cp.acked, err) != 0)
+            return err->code;
         eng_info("msg=\"restored checkpoint\" slot=%s content_rows=%u", slot,
                  eng_content_cache_count(s->durable));
     } else if (exists) {
@@ -629,6 +634,12 @@ static uint64_t cp_durable(void *ctx)
 static int cp_save(void *ctx, uint64_t lsn, struct eng_error *err)
 {
     struct pgsrc *s = ctx;
+    /* The bound first: the state file's position is sent as the flush LSN at the next start,
+     * so it must never pass the bound on file (a kill in between would leave a slot
+     * confirmed past the bound, which the next start takes for a re-created slot). */
+    int brc = bound_cover(s, lsn, err);
+    if (brc != 0)
+        return brc;
     size_t k = 0;
     while (k < s->pending.n && s->pending.v[k].end_lsn <= lsn) {
         apply_change(s->durable, &s->pending.v[k]);
@@ -647,7 +658,7 @@ static int cp_save(void *ctx, uint64_t lsn, struct eng_error *err)
             return rc;
         s->state_dirty = false;
     }
-    return bound_cover(s, lsn, err);
+    return 0;
 }
 
 static void cp_ack(void *ctx, uint64_t lsn)
