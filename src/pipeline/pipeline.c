@@ -638,6 +638,8 @@ static bool lane_write(struct sink_lane *l, bool *open, struct eng_backoff *bo,
         if (ordered)
             lane_set_inflight(l, w->n);
         bool durable = lane_deliver(l, open, bo, w, spill);
+        if (durable && spill) /* from the start, or the rest after a hurry between parts */
+            eng_counter_add(l->m_spilled, 1);
         if (durable && !whole)
             lane_set_done(l, &w->events[w->n - 1]);
         if (w != take[0])
@@ -735,8 +737,6 @@ static void lane_ack(struct sink_lane *l, const struct lane_take *t)
 {
     struct eng_pipeline *p = l->p;
     struct eng_batch **take = l->take;
-    if (t->spill)
-        eng_counter_add(l->m_spilled, 1);
     int64_t now = eng_clock_wall_us();
     for (uint32_t j = 0; j < t->k; j++) {
         for (uint32_t i = 0; i < take[j]->n; i++) {
