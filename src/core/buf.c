@@ -129,38 +129,17 @@ void eng_buf_put_json_str(struct eng_buf *b, const char *str, size_t n)
         char esc[8];
         size_t elen = 2;
         esc[0] = '\\';
-        switch (c) {
-        case '"':
-            esc[1] = '"';
-            break;
-        case '\\':
-            esc[1] = '\\';
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        case '\b':
-            esc[1] = 'b';
-            break;
-        case '\f':
-            esc[1] = 'f';
-            break;
-        default:
-            if (c < 0x20) {
-                memcpy(esc, "\\u00", 4);
-                esc[4] = hex[c >> 4];
-                esc[5] = hex[c & 15];
-                elen = 6;
-            } else { /* an invalid UTF-8 byte */
-                memcpy(esc, "\\ufffd", 6);
-                elen = 6;
-            }
+        esc[1] = eng_short_escape(c);
+        if (esc[1] == 0 && (c == '\b' || c == '\f')) {
+            esc[1] = c == '\b' ? 'b' : 'f';
+        } else if (esc[1] == 0 && c < 0x20) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            elen = 6;
+        } else if (esc[1] == 0) { /* an invalid UTF-8 byte */
+            memcpy(esc, "\\ufffd", 6);
+            elen = 6;
         }
         eng_buf_append(b, esc, elen);
         i++;
@@ -168,6 +147,24 @@ void eng_buf_put_json_str(struct eng_buf *b, const char *str, size_t n)
     }
     eng_buf_append(b, s + run, n - run);
     eng_buf_putc(b, '"');
+}
+
+char eng_short_escape(unsigned char c)
+{
+    switch (c) {
+    case '"':
+        return '"';
+    case '\\':
+        return '\\';
+    case '\n':
+        return 'n';
+    case '\r':
+        return 'r';
+    case '\t':
+        return 't';
+    default:
+        return 0;
+    }
 }
 
 void eng_buf_reset(struct eng_buf *b)

@@ -38,4 +38,8 @@ void eng_buf_put_json_str(struct eng_buf *b, const char *s, size_t n);
 void eng_buf_reset(struct eng_buf *b);
 void eng_buf_free(struct eng_buf *b);
 
+/* The letter of the two-character escape (backslash and the letter) that JSON and logfmt
+ * share for c: '"', '\\', 'n', 'r', 't'; 0 when c has none of those. */
+char eng_short_escape(unsigned char c);
+
 #endif

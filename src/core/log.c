@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "log.h"
 
 static enum eng_log_level min_level = ENG_LOG_INFO;
@@ -86,23 +87,8 @@ static void put_escaped(struct line *l, const char *s, size_t n)
         char esc[5];
         size_t elen = 2;
         esc[0] = '\\';
-        switch (c) {
-        case '"':
-            esc[1] = '"';
-            break;
-        case '\\':
-            esc[1] = '\\';
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        default:
+        esc[1] = eng_short_escape(c);
+        if (esc[1] == 0) {
             esc[1] = 'x';
             esc[2] = "0123456789abcdef"[c >> 4];
             esc[3] = "0123456789abcdef"[c & 15];
