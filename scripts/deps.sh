@@ -19,6 +19,7 @@ DEB_PACKAGES=(
     clickhouse-server clickhouse-client
     curl valgrind
     faketime  # tests/e2e/test_clock.py: engage with its clock shifted
+    kcat      # Kafka mode: the stack's readiness check, the e2e tests' producer and consumer
     # operations checks (tests/ops): promtool, compose validation, man page lint, unit verify
     prometheus docker-compose mandoc man-db systemd
 )
@@ -50,12 +51,19 @@ if $system_python; then
     DEB_PACKAGES+=(python3-pytest python3-psycopg2 python3-redis python3-yaml)
 fi
 
+# Kafka, Connect and Debezium run on the machine's Java 17 and come through
+# mvn (scripts/kafka/install.sh). Java and Maven are installed only when
+# missing, and with --no-upgrade: an install must never upgrade the JDK.
+JAVA_PACKAGES=()
+command -v java >/dev/null 2>&1 || JAVA_PACKAGES+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || JAVA_PACKAGES+=(maven)
+
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
     deb_installed "$pkg" || missing+=("$pkg")
 done
 
-if [ "${#missing[@]}" -gt 0 ]; then
+if [ "${#missing[@]}" -gt 0 ] || [ "${#JAVA_PACKAGES[@]}" -gt 0 ]; then
     policy=/usr/sbin/policy-rc.d
     own_policy=false
     if [ ! -e "$policy" ]; then
@@ -68,8 +76,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     trap cleanup EXIT
 
     "${SUDO[@]}" apt-get update -qq >/dev/null
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ "${#missing[@]}" -gt 0 ]; then
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends --no-upgrade "${missing[@]}" >/dev/null
+    fi
+    if [ "${#JAVA_PACKAGES[@]}" -gt 0 ]; then
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends --no-upgrade "${JAVA_PACKAGES[@]}" >/dev/null
+        for pkg in "${JAVA_PACKAGES[@]}"; do echo "installed deb: $pkg"; done
+    fi
     for pkg in "${missing[@]}"; do
         deb_installed "$pkg" || { echo "deps.sh: package \"$pkg\" did not install" >&2; exit 1; }
         echo "installed deb: $pkg"
@@ -99,3 +114,8 @@ python3 -c 'import pytest, psycopg2, redis, yaml, lizard' || {
     echo "deps.sh: python3 still cannot import pytest, psycopg2, redis, yaml and lizard" >&2
     exit 1
 }
+
+# The Kafka broker, Kafka Connect and the Debezium PostgreSQL plugin (jars
+# from Maven Central, under ${ENGAGE_CACHE:-$HOME/.cache/engage}/kafka):
+# silent when already laid out.
+bash "$(dirname "${BASH_SOURCE[0]}")/kafka/install.sh" --quiet

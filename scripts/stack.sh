@@ -7,9 +7,24 @@
 #   stack.sh down DIR                stop everything; safe to call twice
 #   stack.sh env DIR                 print DIR/env (shell-sourceable)
 #   stack.sh status DIR              one line per service; exit 1 unless all run
+#   stack.sh up DIR kafka [connect]  the same, and a Kafka broker (KRaft,
+#                                    broker+controller in one JVM), and Kafka
+#                                    Connect standalone with the Debezium
+#                                    PostgreSQL plugin (connect implies kafka);
+#                                    DIR/env gains KAFKA_BOOTSTRAP=127.0.0.1:PORT
+#                                    and CONNECT_URL=http://127.0.0.1:PORT
 #   stack.sh start|stop|restart DIR SERVICE
-#                                    one service (pg, redis, clickhouse), on the
-#                                    port it had: for outage and restart tests
+#                                    one service (pg, redis, clickhouse, kafka,
+#                                    connect), on the port it had: for outage
+#                                    and restart tests (kafka and connect get
+#                                    new ports the first time they start in DIR)
+#
+# Kafka and Connect run from jars laid out by scripts/kafka/install.sh (run by
+# scripts/deps.sh; stack.sh runs it too, a no-op once laid out), on the
+# machine's Java 17 with -Xmx512m each; files under DIR/kafka and DIR/connect.
+# Connect starts with no connector: tests add them through its REST API.
+# status lists kafka and connect, and fails for them only if asked for in DIR
+# (by up or start) since the last down.
 #
 # Several stacks may run at once (other engineers, CI): ports come from the
 # kernel (bind to port 0) and a start that loses a race for its port retries
@@ -17,7 +32,8 @@
 # checked to be the ones started there, are ever signalled.
 #
 # Knobs: STACK_READY_TIMEOUT (s, default 60), STACK_STOP_TIMEOUT (s, default
-# 60), PG_BIN (default /usr/lib/postgresql/15/bin).
+# 60), PG_BIN (default /usr/lib/postgresql/15/bin), JAVA (default java),
+# ENGAGE_CACHE (where install.sh lays out the jars).
 set -euo pipefail
 
 ME=stack.sh
@@ -131,6 +147,7 @@ addr_in_use() { grep -qiE 'address already in use|could not bind|could not creat
 
 load_ports() {
     PG_PORT='' REDIS_PORT='' CH_HTTP_PORT='' CH_TCP_PORT='' CH_INTERSERVER_PORT=''
+    KAFKA_PORT='' KAFKA_CONTROLLER_PORT='' CONNECT_PORT=''
     if [ -f "$DIR/ports" ]; then
         # shellcheck disable=SC1091
         . "$DIR/ports"
@@ -141,6 +158,8 @@ save_ports() {
     printf 'PG_PORT=%s\nREDIS_PORT=%s\nCH_HTTP_PORT=%s\nCH_TCP_PORT=%s\nCH_INTERSERVER_PORT=%s\n' \
         "$PG_PORT" "$REDIS_PORT" "$CH_HTTP_PORT" "$CH_TCP_PORT" "$CH_INTERSERVER_PORT" \
         >"$DIR/ports.tmp"
+    printf 'KAFKA_PORT=%s\nKAFKA_CONTROLLER_PORT=%s\nCONNECT_PORT=%s\n' \
+        "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$CONNECT_PORT" >>"$DIR/ports.tmp"
     mv "$DIR/ports.tmp" "$DIR/ports"
 }
 
@@ -465,6 +484,207 @@ ch_stop() {
     fi
 }
 
+# ------------------------------------------------- Kafka (KRaft) and Connect
+
+# The jars come from scripts/kafka/install.sh (a fast no-op once laid out;
+# it downloads from Maven Central when they are missing).
+KAFKA_HOME=''
+kafka_home() {
+    [ -n "$KAFKA_HOME" ] && return 0
+    KAFKA_HOME=$(bash "$SCRIPT_DIR/kafka/install.sh" --home) || die "scripts/kafka/install.sh failed"
+}
+
+# java_pid NAME CONF: the pid in DIR/NAME/NAME.pid, if that process runs
+# with CONF on its command line (so a recycled pid is never taken for ours).
+java_pid() {
+    local pid
+    [ -s "$DIR/$1/$1.pid" ] || return 1
+    pid=$(<"$DIR/$1/$1.pid")
+    alive "$pid" && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF "$2" || return 1
+    echo "$pid"
+}
+kafka_pid() { java_pid kafka "$DIR/kafka/server.properties"; }
+connect_pid() { java_pid connect "$DIR/connect/worker.properties"; }
+
+# java_run NAME MAIN ARGS...: start a JVM of the stack in a new session, its
+# output appended to DIR/NAME/NAME.log; sets JAVA_PID.
+java_run() {
+    local name=$1
+    shift
+    setsid "${JAVA:-java}" -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.properties" \
+        -cp "$KAFKA_HOME/lib/*" "$@" \
+        </dev/null >>"$DIR/$name/$name.log" 2>&1 9>&- &
+    JAVA_PID=$!
+    echo "$JAVA_PID" >"$DIR/$name/$name.pid"
+}
+
+# A Kafka cluster id is 16 random bytes in unpadded URL-safe base64 (what
+# kafka.tools.StorageTool random-uuid prints), made here without a JVM start;
+# Kafka refuses ids that start with "-".
+kafka_cluster_id() {
+    "$PY" -c '
+import base64, os
+while True:
+    s = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    if not s.startswith("-"):
+        print(s)
+        break
+'
+}
+
+# One process is broker and controller. The controller quorum is static
+# (controller.quorum.voters), so a restart on new ports after a lost race
+# needs no re-format.
+kafka_write_config() {
+    mkdir -p "$DIR/kafka/data"
+    cat >"$DIR/kafka/server.properties" <<EOF
+# written by engage scripts/stack.sh on each start
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$DIR/kafka/data
+num.partitions=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.flush.interval.messages=9223372036854775807
+EOF
+}
+
+kafka_format() {
+    [ -s "$DIR/kafka/data/meta.properties" ] && return 0
+    if ! "${JAVA:-java}" -Xmx256m -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.properties" \
+        -cp "$KAFKA_HOME/lib/*" kafka.tools.StorageTool format \
+        -t "$(kafka_cluster_id)" -c "$DIR/kafka/server.properties" \
+        </dev/null >"$DIR/kafka/format.log" 2>&1; then
+        tail -n 20 "$DIR/kafka/format.log" >&2
+        note "could not format Kafka's storage (log: $DIR/kafka/format.log)"
+        return 1
+    fi
+}
+
+# kafka_ready PORT PID: the broker on PORT (held by PID) answers a metadata
+# request and lists itself.
+kafka_ready() {
+    port_owned_by "$1" "$2" &&
+        timeout 10 kcat -L -b "127.0.0.1:$1" -m 3 2>/dev/null | grep -q ' 1 brokers:'
+}
+
+# java_wait NAME PID READY_CMD...: wait for READY_CMD; 0 ready, 2 a port
+# taken, 1 any other failure.
+java_wait() {
+    local name=$1 pid=$2 off=$3 log="$DIR/$1/$1.log" deadline
+    shift 3
+    deadline=$((SECONDS + READY_TIMEOUT))
+    until "$@"; do
+        if ! alive "$pid"; then
+            if log_since "$log" "$off" | addr_in_use; then return 2; fi
+            log_since "$log" "$off" | grep -vE '^\s+at ' | tail -n 20 >&2
+            return 1
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            note "timed out after ${READY_TIMEOUT}s waiting for $name (log: $log)"
+            kill -TERM "$pid" 2>/dev/null || true
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# kafka_start: 0 ready, 2 a port taken, 1 any other failure. Ports come from
+# KAFKA_PORT and KAFKA_CONTROLLER_PORT.
+kafka_start() {
+    local off
+    command -v kcat >/dev/null 2>&1 || die "kcat not found (run scripts/deps.sh)"
+    kafka_home
+    kafka_write_config
+    kafka_format || return 1
+    off=$(log_size "$DIR/kafka/kafka.log")
+    java_run kafka kafka.Kafka "$DIR/kafka/server.properties"
+    java_wait kafka "$JAVA_PID" "$off" kafka_ready "$KAFKA_PORT" "$JAVA_PID"
+}
+
+# Connect standalone: no connectors at start (tests add them through the
+# REST API; a standalone worker forgets them when it stops, its source
+# offsets stay in DIR/connect/offsets). plugin.discovery=service_load skips
+# the classpath scan (8 s).
+connect_write_config() {
+    mkdir -p "$DIR/connect"
+    cat >"$DIR/connect/worker.properties" <<EOF
+# written by engage scripts/stack.sh on each start
+bootstrap.servers=127.0.0.1:$KAFKA_PORT
+listeners=http://127.0.0.1:$CONNECT_PORT
+rest.advertised.host.name=127.0.0.1
+rest.advertised.port=$CONNECT_PORT
+key.converter=org.apache.kafka.connect.json.JsonConverter
+value.converter=org.apache.kafka.connect.json.JsonConverter
+key.converter.schemas.enable=true
+value.converter.schemas.enable=true
+offset.storage.file.filename=$DIR/connect/offsets
+offset.flush.interval.ms=1000
+plugin.path=$KAFKA_HOME/plugins
+plugin.discovery=service_load
+EOF
+}
+
+connect_ready() {  # PORT PID
+    port_owned_by "$1" "$2" &&
+        curl -sf --max-time 2 "http://127.0.0.1:$1/" >/dev/null 2>&1 &&
+        curl -sf --max-time 2 "http://127.0.0.1:$1/connector-plugins" 2>/dev/null |
+        grep -qF '"io.debezium.connector.postgresql.PostgresConnector"'
+}
+
+connect_start() {
+    local off
+    kafka_home
+    kafka_pid >/dev/null || {
+        note "connect needs the broker: start kafka first"
+        return 1
+    }
+    connect_write_config
+    off=$(log_size "$DIR/connect/connect.log")
+    java_run connect org.apache.kafka.connect.cli.ConnectStandalone "$DIR/connect/worker.properties"
+    java_wait connect "$JAVA_PID" "$off" connect_ready "$CONNECT_PORT" "$JAVA_PID"
+}
+
+# java_stop NAME PIDFUNC: TERM (a clean shutdown), KILL after STOP_TIMEOUT.
+java_stop() {
+    local pid
+    pid=$($2) || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! wait_gone "$STOP_TIMEOUT" "$pid"; then
+        note "$1 (pid $pid) did not stop in ${STOP_TIMEOUT}s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_gone 10 "$pid" || return 1
+    fi
+}
+kafka_stop() { java_stop kafka kafka_pid; }
+connect_stop() { java_stop connect connect_pid; }
+
+# DIR/extras: the optional services (kafka, connect) asked for in this DIR
+# since the last down; status counts them, down forgets them.
+extras_add() {
+    local s have=''
+    [ -f "$DIR/extras" ] && have=$(<"$DIR/extras")
+    for s in "$@"; do
+        case " $have " in *" $s "*) ;; *) have="${have:+$have }$s" ;; esac
+    done
+    echo "$have" >"$DIR/extras"
+}
+extras() { if [ -f "$DIR/extras" ]; then cat "$DIR/extras"; fi; }
+
 # ------------------------------------------------------------------ commands
 
 # start_service NAME FRESH: FRESH=1 picks new ports and retries when one is
@@ -477,6 +697,8 @@ start_service() {
             pg) PG_PORT=$(free_ports 1) ;;
             redis) REDIS_PORT=$(free_ports 1) ;;
             clickhouse) read -r CH_HTTP_PORT CH_TCP_PORT CH_INTERSERVER_PORT < <(free_ports 3) ;;
+            kafka) read -r KAFKA_PORT KAFKA_CONTROLLER_PORT < <(free_ports 2) ;;
+            connect) CONNECT_PORT=$(free_ports 1) ;;
             esac
         fi
         rc=0
@@ -484,6 +706,8 @@ start_service() {
         pg) pg_start "$PG_PORT" || rc=$? ;;
         redis) redis_start "$REDIS_PORT" || rc=$? ;;
         clickhouse) ch_start || rc=$? ;;
+        kafka) kafka_start || rc=$? ;;
+        connect) connect_start || rc=$? ;;
         esac
         case $rc in
         0) return 0 ;;
@@ -509,7 +733,9 @@ service_running() {
     pg) pg_running ;;
     redis) redis_pid >/dev/null ;;
     clickhouse) ch_pid >/dev/null ;;
-    *) die "unknown service \"$1\" (pg, redis, clickhouse)" ;;
+    kafka) kafka_pid >/dev/null ;;
+    connect) connect_pid >/dev/null ;;
+    *) die "unknown service \"$1\" (pg, redis, clickhouse, kafka, connect)" ;;
     esac
 }
 
@@ -518,7 +744,9 @@ stop_service() {
     pg) pg_stop ;;
     redis) redis_stop ;;
     clickhouse) ch_stop ;;
-    *) die "unknown service \"$1\" (pg, redis, clickhouse)" ;;
+    kafka) kafka_stop ;;
+    connect) connect_stop ;;
+    *) die "unknown service \"$1\" (pg, redis, clickhouse, kafka, connect)" ;;
     esac
 }
 
@@ -539,6 +767,12 @@ write_env() {
         CH_HTTP_PORT "$CH_HTTP_PORT" \
         CH_TCP_PORT "$CH_TCP_PORT" \
         >"$DIR/env.tmp"
+    if kafka_pid >/dev/null; then
+        printf 'export %s=%q\n' KAFKA_BOOTSTRAP "127.0.0.1:$KAFKA_PORT" >>"$DIR/env.tmp"
+    fi
+    if connect_pid >/dev/null; then
+        printf 'export %s=%q\n' CONNECT_URL "http://127.0.0.1:$CONNECT_PORT" >>"$DIR/env.tmp"
+    fi
     mv "$DIR/env.tmp" "$DIR/env"
 }
 
@@ -556,7 +790,8 @@ cmd_up() {
     take_lock
     load_ports
     pg_init
-    for s in pg redis clickhouse; do
+    if [ "${#EXTRAS[@]}" -gt 0 ]; then extras_add "${EXTRAS[@]}"; fi
+    for s in pg redis clickhouse "${EXTRAS[@]}"; do
         if service_running "$s"; then
             note "$s already running"
             continue
@@ -578,6 +813,8 @@ cmd_up() {
     echo "ENGAGE_PG=postgresql://postgres@127.0.0.1:$PG_PORT/engage"
     echo "ENGAGE_CLICKHOUSE=http://127.0.0.1:$CH_HTTP_PORT"
     echo "ENGAGE_REDIS=redis://127.0.0.1:$REDIS_PORT"
+    if kafka_pid >/dev/null; then echo "KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"; fi
+    if connect_pid >/dev/null; then echo "CONNECT_URL=http://127.0.0.1:$CONNECT_PORT"; fi
 }
 
 cmd_down() {
@@ -585,10 +822,12 @@ cmd_down() {
     [ -d "$DIR" ] || return 0
     take_lock
     load_ports
+    connect_stop || rc=1
+    kafka_stop || rc=1
     ch_stop || rc=1
     redis_stop || rc=1
     pg_stop || rc=1
-    rm -f "$DIR/env"
+    rm -f "$DIR/env" "$DIR/extras"
     if [ -f "$DIR/pg/sockdir" ]; then
         d=$(<"$DIR/pg/sockdir")
         case $d in /tmp/engage-pgsock.*) rm -rf "$d" ;; esac
@@ -598,11 +837,12 @@ cmd_down() {
 }
 
 cmd_status() {
-    local s all=0
-    for s in pg redis clickhouse; do
+    local s all=0 wanted
+    wanted=" pg redis clickhouse $(extras) "
+    for s in pg redis clickhouse kafka connect; do
         if service_running "$s"; then echo "$s running"; else
             echo "$s stopped"
-            all=1
+            case $wanted in *" $s "*) all=1 ;; esac
         fi
     done
     return $all
@@ -618,8 +858,22 @@ take_lock() {
 [ $# -ge 2 ] || usage
 CMD=$1
 DIR=$(realpath -m -- "$2")
+EXTRAS=()
 case $CMD in
-up) cmd_up ;;
+up)
+    shift 2
+    for s in "$@"; do
+        case $s in
+        kafka) ;;
+        connect) [[ " $* " == *" kafka "* ]] || EXTRAS+=(kafka) ;;
+        *) usage ;;
+        esac
+        EXTRAS+=("$s")
+    done
+    # kafka before connect, whatever the order given
+    if [[ " ${EXTRAS[*]-} " == *" connect "* ]]; then EXTRAS=(kafka connect); elif [ "${#EXTRAS[@]}" -gt 0 ]; then EXTRAS=(kafka); fi
+    cmd_up
+    ;;
 down) cmd_down ;;
 env)
     [ -f "$DIR/env" ] || die "no stack is up in $DIR"
@@ -634,7 +888,20 @@ start | stop | restart)
     svc=$3
     if [ "$CMD" != start ]; then stop_service "$svc"; fi
     if [ "$CMD" != stop ]; then
-        service_running "$svc" || start_service "$svc" 0 || die "$svc did not start"
+        if ! service_running "$svc"; then
+            fresh=0
+            case $svc in
+            kafka | connect)
+                # never started in DIR: new ports; after that, the same ones
+                if [ "$svc" = kafka ] && [ -z "$KAFKA_PORT" ]; then fresh=1; fi
+                if [ "$svc" = connect ] && [ -z "$CONNECT_PORT" ]; then fresh=1; fi
+                extras_add "$svc"
+                ;;
+            esac
+            start_service "$svc" "$fresh" || die "$svc did not start"
+            save_ports
+            if [ -f "$DIR/env" ]; then write_env; fi
+        fi
     fi
     ;;
 *) usage ;;
