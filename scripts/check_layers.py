@@ -10,7 +10,8 @@ from pathlib import Path
 ALLOWED = {
     "core": set(),                       # the base: errors, buffers, log, metrics, clocks, files
     "db": {"core"},                      # libpq connections and error classification
-    "decode": {"core"},                  # pgoutput bytes -> messages; no I/O
+    "decode": {"core", "enrich"},        # pgoutput bytes and Debezium JSON -> messages; no I/O
+                                         # (enrich only for the row types eng_text, eng_content)
     "enrich": {"core"},                  # row -> enriched event; the content cache
     "dlq": {"core", "db"},               # the dead-letter table
     "checkpoint": {"core"},              # save, then acknowledge, the durable position
