@@ -1,0 +1,831 @@
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/pgtext.h"
+#include "debezium_out.h"
+
+#define DBZ_VERSION     "3.6.1.Final"
+#define DBZ_UNAVAILABLE "__debezium_unavailable_value"
+
+/* The JSON of the io.debezium.connector.postgresql.Source schema, as the JSON converter writes
+ * it (the field order is the payload's order). */
+static const char source_schema[] =
+    "{\"type\":\"struct\",\"fields\":["
+    "{\"type\":\"string\",\"optional\":false,\"field\":\"version\"},"
+    "{\"type\":\"string\",\"optional\":false,\"field\":\"connector\"},"
+    "{\"type\":\"string\",\"optional\":false,\"field\":\"name\"},"
+    "{\"type\":\"int64\",\"optional\":false,\"field\":\"ts_ms\"},"
+    "{\"type\":\"string\",\"optional\":true,\"name\":\"io.debezium.data.Enum\",\"version\":1,"
+    "\"parameters\":{\"allowed\":\"true,first,first_in_data_collection,last_in_data_collection,"
+    "last,false,incremental\"},\"default\":\"false\",\"field\":\"snapshot\"},"
+    "{\"type\":\"string\",\"optional\":false,\"field\":\"db\"},"
+    "{\"type\":\"string\",\"optional\":true,\"field\":\"sequence\"},"
+    "{\"type\":\"int64\",\"optional\":true,\"field\":\"ts_us\"},"
+    "{\"type\":\"int64\",\"optional\":true,\"field\":\"ts_ns\"},"
+    "{\"type\":\"string\",\"optional\":false,\"field\":\"schema\"},"
+    "{\"type\":\"string\",\"optional\":false,\"field\":\"table\"},"
+    "{\"type\":\"int64\",\"optional\":true,\"field\":\"txId\"},"
+    "{\"type\":\"int64\",\"optional\":true,\"field\":\"lsn\"},"
+    "{\"type\":\"int64\",\"optional\":true,\"field\":\"xmin\"},"
+    "{\"type\":\"string\",\"optional\":true,\"field\":\"origin\"},"
+    "{\"type\":\"int64\",\"optional\":true,\"field\":\"origin_lsn\"}],"
+    "\"optional\":false,\"name\":\"io.debezium.connector.postgresql.Source\",\"version\":1,"
+    "\"field\":\"source\"}";
+
+/* The envelope's fields after source. */
+static const char envelope_tail_schema[] =
+    "{\"type\":\"struct\",\"fields\":["
+    "{\"type\":\"string\",\"optional\":false,\"field\":\"id\"},"
+    "{\"type\":\"int64\",\"optional\":false,\"field\":\"total_order\"},"
+    "{\"type\":\"int64\",\"optional\":false,\"field\":\"data_collection_order\"}],"
+    "\"optional\":true,\"name\":\"event.block\",\"version\":1,\"field\":\"transaction\"},"
+    "{\"type\":\"string\",\"optional\":false,\"field\":\"op\"},"
+    "{\"type\":\"int64\",\"optional\":true,\"field\":\"ts_ms\"},"
+    "{\"type\":\"int64\",\"optional\":true,\"field\":\"ts_us\"},"
+    "{\"type\":\"int64\",\"optional\":true,\"field\":\"ts_ns\"}";
+
+enum vkind {
+    V_INT16,
+    V_INT32,
+    V_INT64,
+    V_BOOL,
+    V_FLOAT32,
+    V_FLOAT64,
+    V_STRING,
+    V_TS_MICRO, /* timestamp(4..6) and timestamp: io.debezium.time.MicroTimestamp */
+    V_TS_MILLI, /* timestamp(0..3): io.debezium.time.Timestamp */
+    V_DATE,
+    V_TSTZ,
+};
+
+/* How Debezium (time.precision.mode=adaptive, the default) maps a PostgreSQL type. */
+struct coltype {
+    const char *type;
+    const char *name; /* the logical type, or NULL */
+    enum vkind kind;
+};
+
+enum {
+    OID_BOOL = 16,
+    OID_CHAR = 18,
+    OID_NAME = 19,
+    OID_INT8 = 20,
+    OID_INT2 = 21,
+    OID_INT4 = 23,
+    OID_TEXT = 25,
+    OID_OID = 26,
+    OID_JSON = 114,
+    OID_XML = 142,
+    OID_FLOAT4 = 700,
+    OID_FLOAT8 = 701,
+    OID_BPCHAR = 1042,
+    OID_VARCHAR = 1043,
+    OID_DATE = 1082,
+    OID_TIMESTAMP = 1114,
+    OID_TIMESTAMPTZ = 1184,
+    OID_UUID = 2950,
+    OID_JSONB = 3802,
+};
+
+static struct coltype col_type(uint32_t oid, int32_t typmod)
+{
+    switch (oid) {
+    case OID_BOOL:
+        return (struct coltype){"boolean", NULL, V_BOOL};
+    case OID_INT2:
+        return (struct coltype){"int16", NULL, V_INT16};
+    case OID_INT4:
+        return (struct coltype){"int32", NULL, V_INT32};
+    case OID_INT8:
+    case OID_OID:
+        return (struct coltype){"int64", NULL, V_INT64};
+    case OID_FLOAT4:
+        return (struct coltype){"float", NULL, V_FLOAT32};
+    case OID_FLOAT8:
+        return (struct coltype){"double", NULL, V_FLOAT64};
+    case OID_DATE:
+        return (struct coltype){"int32", "io.debezium.time.Date", V_DATE};
+    case OID_TIMESTAMP:
+        if (typmod >= 0 && typmod <= 3)
+            return (struct coltype){"int64", "io.debezium.time.Timestamp", V_TS_MILLI};
+        return (struct coltype){"int64", "io.debezium.time.MicroTimestamp", V_TS_MICRO};
+    case OID_TIMESTAMPTZ:
+        return (struct coltype){"string", "io.debezium.time.ZonedTimestamp", V_TSTZ};
+    case OID_UUID:
+        return (struct coltype){"string", "io.debezium.data.Uuid", V_STRING};
+    case OID_JSON:
+    case OID_JSONB:
+        return (struct coltype){"string", "io.debezium.data.Json", V_STRING};
+    case OID_XML:
+        return (struct coltype){"string", "io.debezium.data.Xml", V_STRING};
+    default: /* text, varchar, bpchar, name, char; and every type not mapped: its text */
+        return (struct coltype){"string", NULL, V_STRING};
+    }
+}
+
+struct eng_dbz_schema {
+    struct eng_buf key_head;   /* {"schema":...,"payload": (empty without schemas) */
+    struct eng_buf value_head; /* the same for the value */
+    struct eng_buf src_head;   /* "source":{"version":...,"name":"<prefix>","ts_ms": */
+    struct eng_buf src_db;     /* ,"db":"<db>","sequence": */
+    struct eng_buf src_mid;    /* ,"schema":"<schema>","table":"<table>","txId": */
+    char **field;              /* per column: "<name>": */
+    char **null_json;          /* per column: what a NULL is written as (see fallback_json) */
+    enum vkind *kind;
+    int *key_cols; /* the key's columns */
+    int nkey;
+    uint16_t ncols;
+    bool schemas;
+};
+
+/* ---- JSON strings as Jackson writes them ---------------------------------------------- */
+
+/* Code point of the valid UTF-8 sequence at s (at most n bytes) and its length; 0 when it
+ * is not valid UTF-8. */
+static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    unsigned char c = s[0];
+    size_t len;
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+        *cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        *cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        *cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        *cp = (*cp << 6) | (s[i] & 0x3F);
+    }
+    if ((len == 3 && *cp < 0x800) || (len == 4 && (*cp < 0x10000 || *cp > 0x10FFFF)) ||
+        (*cp >= 0xD800 && *cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+static void put_u_escape(struct eng_buf *b, uint32_t unit)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char e[6] = {'\\',          'u', hex[unit >> 12 & 15], hex[unit >> 8 & 15], hex[unit >> 4 & 15],
+                 hex[unit & 15]};
+    eng_buf_append(b, e, sizeof(e));
+}
+
+/* One character that needs escaping under Jackson's defaults: the two-character escapes
+ * (engage's, plus \b and \f), other control characters as \u00XX with upper-case hex, and
+ * characters past U+FFFF as an escaped surrogate pair. */
+static void put_jackson_escape(struct eng_buf *b, uint32_t cp)
+{
+    char c = eng_short_escape((unsigned char)cp);
+    if (cp < 0x80 && c == 0 && (cp == '\b' || cp == '\f'))
+        c = cp == '\b' ? 'b' : 'f';
+    if (cp < 0x80 && c != 0) {
+        char e[2] = {'\\', c};
+        eng_buf_append(b, e, 2);
+    } else if (cp < 0x10000) {
+        put_u_escape(b, cp);
+    } else {
+        put_u_escape(b, 0xD800 + ((cp - 0x10000) >> 10));
+        put_u_escape(b, 0xDC00 + ((cp - 0x10000) & 0x3FF));
+    }
+}
+
+/* Appends s as Jackson writes a Java string (the Kafka JSON converter's defaults): unlike
+ * eng_buf_put_json_str, upper-case hex, \b and \f, surrogate pairs escaped; other non-ASCII
+ * raw. Returns false on invalid UTF-8 (PostgreSQL's JDBC driver refuses it too). */
+static bool put_jackson_str(struct eng_buf *b, const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t run = 0, i = 0;
+    eng_buf_putc(b, '"');
+    while (i < n) {
+        uint32_t cp;
+        size_t len = utf8_decode(s + i, n - i, &cp);
+        if (len == 0)
+            return false;
+        if (cp >= 0x20 && cp != '"' && cp != '\\' && cp < 0x10000) {
+            i += len;
+            continue;
+        }
+        eng_buf_append(b, s + run, i - run);
+        put_jackson_escape(b, cp);
+        i += len;
+        run = i;
+    }
+    eng_buf_append(b, s + run, n - run);
+    eng_buf_putc(b, '"');
+    return true;
+}
+
+/* ---- values ------------------------------------------------------------------------------ */
+
+/* Copies the text into a NUL-terminated scratch of cap bytes; false when it does not fit. */
+static bool to_cstr(const struct eng_pgo_column *c, char *out, size_t cap)
+{
+    if (c->len >= cap)
+        return false;
+    memcpy(out, c->data, c->len);
+    out[c->len] = '\0';
+    return true;
+}
+
+/* The shortest decimal digits that read back as v (as a float when single), in the form
+ * "d.ddde[+-]x" of printf's %e. */
+static void shortest_e(double v, bool single, char *out, size_t cap)
+{
+    for (int prec = 0; prec < 17; prec++) {
+        snprintf(out, cap, "%.*e", prec, v);
+        double back = strtod(out, NULL);
+        if (single ? (float)back == (float)v : back == v)
+            return;
+    }
+    snprintf(out, cap, "%.16e", v);
+}
+
+/* Writes v as Java's Double.toString / Float.toString lay it out ("1.0E-4", "0.001",
+ * "1.0E7", "123.456"), from the shortest digits that read back as v. Java 17's own digits
+ * are not always the shortest (1e23 prints as 9.999999999999999E22): those values differ. */
+static void put_java_float(struct eng_buf *b, double v, bool single)
+{
+    if (v == 0) {
+        eng_buf_puts(b, signbit(v) ? "-0.0" : "0.0");
+        return;
+    }
+    char e[40], digits[24];
+    shortest_e(fabs(v), single, e, sizeof(e));
+    size_t nd = 0;
+    const char *p = e;
+    for (; *p != 'e'; p++)
+        if (*p != '.')
+            digits[nd++] = *p;
+    while (nd > 1 && digits[nd - 1] == '0')
+        nd--;
+    int exp10 = atoi(p + 1);
+    if (v < 0)
+        eng_buf_putc(b, '-');
+    if (exp10 >= -3 && exp10 < 7) {
+        if (exp10 < 0) {
+            eng_buf_puts(b, "0.");
+            for (int i = -1; i > exp10; i--)
+                eng_buf_putc(b, '0');
+            eng_buf_append(b, digits, nd);
+            return;
+        }
+        for (int i = 0; i <= exp10; i++)
+            eng_buf_putc(b, (size_t)i < nd ? digits[i] : '0');
+        eng_buf_putc(b, '.');
+        if (nd > (size_t)exp10 + 1)
+            eng_buf_append(b, digits + exp10 + 1, nd - (size_t)exp10 - 1);
+        else
+            eng_buf_putc(b, '0');
+        return;
+    }
+    eng_buf_putc(b, digits[0]);
+    eng_buf_putc(b, '.');
+    if (nd > 1)
+        eng_buf_append(b, digits + 1, nd - 1);
+    else
+        eng_buf_putc(b, '0');
+    eng_buf_printf(b, "E%d", exp10);
+}
+
+/* float4/float8 text ("1.5", "1e+20", "NaN", "Infinity", "-Infinity"). Jackson writes the
+ * non-finite ones as strings. */
+static bool put_float(struct eng_buf *b, const struct eng_pgo_column *c, bool single)
+{
+    char s[64], *end;
+    if (!to_cstr(c, s, sizeof(s)) || c->len == 0)
+        return false;
+    if (strcmp(s, "NaN") == 0 || strcmp(s, "Infinity") == 0 || strcmp(s, "-Infinity") == 0) {
+        eng_buf_printf(b, "\"%s\"", s);
+        return true;
+    }
+    double v = single ? (double)strtof(s, &end) : strtod(s, &end);
+    if (*end != '\0' || !isfinite(v))
+        return false;
+    put_java_float(b, v, single);
+    return true;
+}
+
+static bool put_int(struct eng_buf *b, const struct eng_pgo_column *c, int64_t lo, int64_t hi)
+{
+    int64_t v;
+    if (!eng_parse_i64(c->data, c->len, &v) || v < lo || v > hi)
+        return false;
+    eng_buf_put_i64(b, v);
+    return true;
+}
+
+/* "YYYY-MM-DD" as days since 1970-01-01. */
+static bool parse_date(const struct eng_pgo_column *c, int64_t *days)
+{
+    char ts[20];
+    int64_t us;
+    if (c->len != 10)
+        return false;
+    memcpy(ts, c->data, 10);
+    memcpy(ts + 10, " 00:00:00", 9);
+    if (!eng_parse_timestamp(ts, 19, &us))
+        return false;
+    *days = us / INT64_C(86400000000);
+    return true;
+}
+
+/* The UTC offset at the end of a timestamptz ("+00", "-05:30", "+05:30:15"), in seconds; pos
+ * is where its sign is. */
+static bool parse_offset(const char *s, size_t n, size_t *pos, int64_t *secs)
+{
+    size_t i = n;
+    while (i > 19 && s[i - 1] != '+' && s[i - 1] != '-')
+        i--;
+    if (i <= 19)
+        return false;
+    *pos = i - 1;
+    int64_t part[3] = {0, 0, 0};
+    int np = 0;
+    while (i < n && np < 3) {
+        if (n - i < 2 || !eng_parse_i64(s + i, 2, &part[np]))
+            return false;
+        np++;
+        i += 2;
+        if (i < n && s[i++] != ':')
+            return false;
+    }
+    if (i != n || np == 0)
+        return false;
+    *secs = (part[0] * 3600 + part[1] * 60 + part[2]) * (s[*pos] == '-' ? -1 : 1);
+    return true;
+}
+
+/* timestamptz text ("2026-01-08 14:21:52.5+02") as Debezium's ZonedTimestamp writes it: ISO-8601
+ * in UTC, the fraction without trailing zeros ("2026-01-08T12:21:52.5Z"). */
+static bool put_tstz(struct eng_buf *b, const struct eng_pgo_column *c)
+{
+    size_t pos;
+    int64_t off, us;
+    if (!parse_offset(c->data, c->len, &pos, &off) || !eng_parse_timestamp(c->data, pos, &us))
+        return false;
+    us -= off * 1000000;
+    if (us < INT64_C(-62135596800000000) || us >= INT64_C(253402300800000000))
+        return false; /* out of years 1..9999 in UTC */
+    char ts[20];
+    eng_format_timestamp(us, ts);
+    ts[10] = 'T';
+    eng_buf_putc(b, '"');
+    eng_buf_append(b, ts, 19);
+    int64_t frac = ((us % 1000000) + 1000000) % 1000000;
+    if (frac != 0) {
+        char f[8];
+        int len = snprintf(f, sizeof(f), ".%06d", (int)frac);
+        while (f[len - 1] == '0')
+            len--;
+        eng_buf_append(b, f, (size_t)len);
+    }
+    eng_buf_puts(b, "Z\"");
+    return true;
+}
+
+static int64_t floor_div(int64_t a, int64_t d)
+{
+    return a / d - (a % d != 0 && (a < 0) != (d < 0));
+}
+
+static bool put_text_value(struct eng_buf *b, enum vkind kind, const struct eng_pgo_column *c)
+{
+    int64_t v;
+    switch (kind) {
+    case V_INT16:
+        return put_int(b, c, INT16_MIN, INT16_MAX);
+    case V_INT32:
+        return put_int(b, c, INT32_MIN, INT32_MAX);
+    case V_INT64:
+        return put_int(b, c, INT64_MIN, INT64_MAX);
+    case V_BOOL:
+        if (c->len != 1 || (c->data[0] != 't' && c->data[0] != 'f'))
+            return false;
+        eng_buf_puts(b, c->data[0] == 't' ? "true" : "false");
+        return true;
+    case V_FLOAT32:
+    case V_FLOAT64:
+        return put_float(b, c, kind == V_FLOAT32);
+    case V_TS_MICRO:
+    case V_TS_MILLI:
+        if (!eng_parse_timestamp(c->data, c->len, &v))
+            return false;
+        eng_buf_put_i64(b, kind == V_TS_MICRO ? v : floor_div(v, 1000));
+        return true;
+    case V_DATE:
+        if (!parse_date(c, &v))
+            return false;
+        eng_buf_put_i64(b, v);
+        return true;
+    case V_TSTZ:
+        return put_tstz(b, c);
+    case V_STRING:
+    default:
+        return put_jackson_str(b, c->data, c->len);
+    }
+}
+
+/* Debezium's converters give a NOT NULL column that has no value the schema's default, or
+ * this fallback (a NULL in a delete's before image under the default replica identity; a
+ * default expression that is not a constant, such as nextval(...) or now()). */
+static const char *fallback_json(enum vkind kind)
+{
+    switch (kind) {
+    case V_BOOL:
+        return "false";
+    case V_FLOAT32:
+    case V_FLOAT64:
+        return "0.0";
+    case V_STRING:
+        return "\"\"";
+    case V_TSTZ:
+        return "\"1970-01-01T00:00:00Z\"";
+    default:
+        return "0";
+    }
+}
+
+static int put_value(struct eng_buf *b, const struct eng_dbz_schema *s, int i,
+                     const struct eng_pgo_column *c, struct eng_error *err)
+{
+    const char *why = NULL;
+    if (c->kind == ENG_PGO_NULL)
+        eng_buf_puts(b, s->null_json[i]);
+    else if (c->kind == ENG_PGO_UNCHANGED && s->kind[i] == V_STRING)
+        eng_buf_puts(b, "\"" DBZ_UNAVAILABLE "\"");
+    else if (c->kind != ENG_PGO_TEXT)
+        why = "not in text format";
+    else if (!put_text_value(b, s->kind[i], c))
+        why = "does not parse as its type";
+    if (why == NULL)
+        return 0;
+    /* field[i] is "\"name\":" */
+    return eng_error_set(err, ENG_EINVAL, false, "debezium encoder: column %.*s: value %s",
+                         (int)strlen(s->field[i]) - 1, s->field[i], why);
+}
+
+/* ---- the schema, built once per table ---------------------------------------------------- */
+
+static void put_field_schema(struct eng_buf *b, const struct eng_dbz_col *c, bool optional)
+{
+    struct coltype t = col_type(c->type_oid, c->typmod);
+    eng_buf_printf(b, "{\"type\":\"%s\",\"optional\":%s", t.type, optional ? "true" : "false");
+    if (t.name != NULL)
+        eng_buf_printf(b, ",\"name\":\"%s\",\"version\":1", t.name);
+    if (c->default_json != NULL) {
+        eng_buf_puts(b, ",\"default\":");
+        eng_buf_puts(b, c->default_json);
+    }
+    eng_buf_puts(b, ",\"field\":");
+    (void)put_jackson_str(b, c->name, strlen(c->name));
+    eng_buf_putc(b, '}');
+}
+
+/* "<prefix>.<schema>.<table>.<suffix>" as a JSON string. */
+static void put_schema_name(struct eng_buf *b, const struct eng_dbz_table *t, const char *suffix)
+{
+    struct eng_buf name = {0};
+    eng_buf_printf(&name, "%s.%s.%s.%s", t->prefix, t->schema, t->table, suffix);
+    (void)put_jackson_str(b, name.data, name.len);
+    eng_buf_free(&name);
+}
+
+static void put_row_schema(struct eng_buf *b, const struct eng_dbz_table *t, const char *field)
+{
+    eng_buf_puts(b, "{\"type\":\"struct\",\"fields\":[");
+    for (uint16_t i = 0; i < t->ncols; i++) {
+        if (i > 0)
+            eng_buf_putc(b, ',');
+        put_field_schema(b, &t->cols[i], !t->cols[i].not_null);
+    }
+    eng_buf_puts(b, "],\"optional\":true,\"name\":");
+    put_schema_name(b, t, "Value");
+    eng_buf_printf(b, ",\"field\":\"%s\"}", field);
+}
+
+static void build_value_head(struct eng_dbz_schema *s, const struct eng_dbz_table *t)
+{
+    struct eng_buf *b = &s->value_head;
+    eng_buf_puts(b, "{\"schema\":{\"type\":\"struct\",\"fields\":[");
+    put_row_schema(b, t, "before");
+    eng_buf_putc(b, ',');
+    put_row_schema(b, t, "after");
+    eng_buf_putc(b, ',');
+    eng_buf_puts(b, source_schema);
+    eng_buf_putc(b, ',');
+    eng_buf_puts(b, envelope_tail_schema);
+    eng_buf_puts(b, "],\"optional\":false,\"name\":");
+    put_schema_name(b, t, "Envelope");
+    eng_buf_puts(b, ",\"version\":2},\"payload\":");
+}
+
+static void build_key_head(struct eng_dbz_schema *s, const struct eng_dbz_table *t)
+{
+    struct eng_buf *b = &s->key_head;
+    eng_buf_puts(b, "{\"schema\":{\"type\":\"struct\",\"fields\":[");
+    for (int k = 0; k < s->nkey; k++) {
+        const struct eng_dbz_col *c = &t->cols[s->key_cols[k]];
+        if (k > 0)
+            eng_buf_putc(b, ',');
+        put_field_schema(b, c, !c->not_null);
+    }
+    eng_buf_puts(b, "],\"optional\":false,\"name\":");
+    put_schema_name(b, t, "Key");
+    eng_buf_puts(b, "},\"payload\":");
+}
+
+static void build_source(struct eng_dbz_schema *s, const struct eng_dbz_table *t)
+{
+    eng_buf_puts(&s->src_head, "\"source\":{\"version\":\"" DBZ_VERSION
+                               "\",\"connector\":\"postgresql\",\"name\":");
+    (void)put_jackson_str(&s->src_head, t->prefix, strlen(t->prefix));
+    eng_buf_puts(&s->src_head, ",\"ts_ms\":");
+    eng_buf_puts(&s->src_db, ",\"db\":");
+    (void)put_jackson_str(&s->src_db, t->db, strlen(t->db));
+    eng_buf_puts(&s->src_db, ",\"sequence\":");
+    eng_buf_puts(&s->src_mid, ",\"schema\":");
+    (void)put_jackson_str(&s->src_mid, t->schema, strlen(t->schema));
+    eng_buf_puts(&s->src_mid, ",\"table\":");
+    (void)put_jackson_str(&s->src_mid, t->table, strlen(t->table));
+    eng_buf_puts(&s->src_mid, ",\"txId\":");
+}
+
+static bool pick_key(struct eng_dbz_schema *s, const struct eng_dbz_table *t)
+{
+    s->key_cols = eng_calloc(t->ncols ? t->ncols : 1, sizeof(int));
+    if (t->key_col >= 0) {
+        if (t->key_col >= t->ncols)
+            return false;
+        s->key_cols[s->nkey++] = t->key_col;
+        return true;
+    }
+    for (int i = 0; i < t->ncols; i++)
+        if (t->cols[i].pkey)
+            s->key_cols[s->nkey++] = i;
+    return s->nkey > 0;
+}
+
+struct eng_dbz_schema *eng_dbz_schema_create(const struct eng_dbz_table *t, struct eng_error *err)
+{
+    struct eng_dbz_schema *s = eng_calloc(1, sizeof(*s));
+    s->ncols = t->ncols;
+    s->schemas = t->schemas;
+    if (!pick_key(s, t)) {
+        eng_error_set(err, ENG_EINVAL, false,
+                      "debezium encoder: table \"%s.%s\" has no message key column", t->schema,
+                      t->table);
+        eng_dbz_schema_destroy(s);
+        return NULL;
+    }
+    s->field = eng_calloc(t->ncols ? t->ncols : 1, sizeof(char *));
+    s->null_json = eng_calloc(t->ncols ? t->ncols : 1, sizeof(char *));
+    s->kind = eng_calloc(t->ncols ? t->ncols : 1, sizeof(enum vkind));
+    for (uint16_t i = 0; i < t->ncols; i++) {
+        const struct eng_dbz_col *c = &t->cols[i];
+        struct eng_buf f = {0};
+        (void)put_jackson_str(&f, c->name, strlen(c->name));
+        eng_buf_putc(&f, ':');
+        s->field[i] = f.data; /* now owned by s */
+        s->kind[i] = col_type(c->type_oid, c->typmod).kind;
+        s->null_json[i] = eng_strdup(!c->not_null              ? "null"
+                                     : c->default_json != NULL ? c->default_json
+                                                               : fallback_json(s->kind[i]));
+    }
+    if (t->schemas) {
+        build_value_head(s, t);
+        build_key_head(s, t);
+    }
+    build_source(s, t);
+    return s;
+}
+
+void eng_dbz_schema_destroy(struct eng_dbz_schema *s)
+{
+    if (s == NULL)
+        return;
+    for (uint16_t i = 0; s->field != NULL && i < s->ncols; i++) {
+        free(s->field[i]);
+        free(s->null_json[i]);
+    }
+    free(s->field);
+    free(s->null_json);
+    free(s->kind);
+    free(s->key_cols);
+    eng_buf_free(&s->key_head);
+    eng_buf_free(&s->value_head);
+    eng_buf_free(&s->src_head);
+    eng_buf_free(&s->src_db);
+    eng_buf_free(&s->src_mid);
+    free(s);
+}
+
+/* ---- records ----------------------------------------------------------------------------- */
+
+static int put_row(struct eng_buf *b, const struct eng_dbz_schema *s,
+                   const struct eng_pgo_tuple *row, struct eng_error *err)
+{
+    if (row == NULL) {
+        eng_buf_puts(b, "null");
+        return 0;
+    }
+    if (row->ncols != s->ncols)
+        return eng_error_set(err, ENG_EINVAL, false,
+                             "debezium encoder: a row of %u columns for a table of %u",
+                             (unsigned)row->ncols, (unsigned)s->ncols);
+    eng_buf_putc(b, '{');
+    for (int i = 0; i < s->ncols; i++) {
+        if (i > 0)
+            eng_buf_putc(b, ',');
+        eng_buf_puts(b, s->field[i]);
+        int rc = put_value(b, s, i, &row->cols[i], err);
+        if (rc != 0)
+            return rc;
+    }
+    eng_buf_putc(b, '}');
+    return 0;
+}
+
+static void put_source(struct eng_buf *b, const struct eng_dbz_schema *s,
+                       const struct eng_dbz_source *src)
+{
+    eng_buf_append(b, s->src_head.data, s->src_head.len);
+    eng_buf_put_i64(b, floor_div(src->ts_us, 1000));
+    eng_buf_puts(b, ",\"snapshot\":");
+    (void)put_jackson_str(b, src->snapshot, strlen(src->snapshot));
+    eng_buf_append(b, s->src_db.data, s->src_db.len);
+    if (src->has_lsn && src->has_last_commit)
+        eng_buf_printf(b, "\"[\\\"%" PRIu64 "\\\",\\\"%" PRIu64 "\\\"]\"", src->last_commit_lsn,
+                       src->lsn);
+    else if (src->has_lsn)
+        eng_buf_printf(b, "\"[null,\\\"%" PRIu64 "\\\"]\"", src->lsn);
+    else
+        eng_buf_puts(b, "null");
+    eng_buf_puts(b, ",\"ts_us\":");
+    eng_buf_put_i64(b, src->ts_us);
+    eng_buf_puts(b, ",\"ts_ns\":");
+    eng_buf_put_i64(b, src->ts_us * 1000);
+    eng_buf_append(b, s->src_mid.data, s->src_mid.len);
+    if (src->has_tx_id)
+        eng_buf_put_i64(b, src->tx_id);
+    else
+        eng_buf_puts(b, "null");
+    eng_buf_puts(b, ",\"lsn\":");
+    if (src->has_lsn)
+        eng_buf_printf(b, "%" PRIu64, src->lsn);
+    else
+        eng_buf_puts(b, "null");
+    eng_buf_puts(b, ",\"xmin\":null,\"origin\":null,\"origin_lsn\":null}");
+}
+
+static int put_value_json(struct eng_buf *b, const struct eng_dbz_schema *s,
+                          const struct eng_dbz_source *src, char op,
+                          const struct eng_pgo_tuple *before, const struct eng_pgo_tuple *after,
+                          struct eng_error *err)
+{
+    eng_buf_append(b, s->value_head.data, s->value_head.len);
+    eng_buf_puts(b, "{\"before\":");
+    int rc = put_row(b, s, before, err);
+    if (rc != 0)
+        return rc;
+    eng_buf_puts(b, ",\"after\":");
+    rc = put_row(b, s, after, err);
+    if (rc != 0)
+        return rc;
+    eng_buf_putc(b, ',');
+    put_source(b, s, src);
+    eng_buf_printf(b, ",\"transaction\":null,\"op\":\"%c\",\"ts_ms\":", op);
+    eng_buf_put_i64(b, floor_div(src->now_ns, 1000000));
+    eng_buf_puts(b, ",\"ts_us\":");
+    eng_buf_put_i64(b, floor_div(src->now_ns, 1000));
+    eng_buf_puts(b, ",\"ts_ns\":");
+    eng_buf_put_i64(b, src->now_ns);
+    eng_buf_putc(b, '}');
+    if (s->schemas)
+        eng_buf_putc(b, '}');
+    return 0;
+}
+
+static int put_key_json(struct eng_buf *b, const struct eng_dbz_schema *s,
+                        const struct eng_pgo_tuple *row, struct eng_error *err)
+{
+    if (row->ncols != s->ncols)
+        return eng_error_set(err, ENG_EINVAL, false,
+                             "debezium encoder: a row of %u columns for a table of %u",
+                             (unsigned)row->ncols, (unsigned)s->ncols);
+    eng_buf_append(b, s->key_head.data, s->key_head.len);
+    eng_buf_putc(b, '{');
+    for (int k = 0; k < s->nkey; k++) {
+        int i = s->key_cols[k];
+        if (k > 0)
+            eng_buf_putc(b, ',');
+        eng_buf_puts(b, s->field[i]);
+        int rc = put_value(b, s, i, &row->cols[i], err);
+        if (rc != 0)
+            return rc;
+    }
+    eng_buf_putc(b, '}');
+    if (s->schemas)
+        eng_buf_putc(b, '}');
+    return 0;
+}
+
+int eng_dbz_encode(const struct eng_dbz_schema *s, const struct eng_dbz_source *src, char op,
+                   const struct eng_pgo_tuple *before, const struct eng_pgo_tuple *after,
+                   struct eng_buf *key, struct eng_buf *value, struct eng_error *err)
+{
+    bool ok = (op == 'c' || op == 'r') ? after != NULL && before == NULL
+              : op == 'u'              ? after != NULL
+              : op == 'd'              ? before != NULL && after == NULL
+                                       : false;
+    if (!ok)
+        return eng_error_set(err, ENG_EINVAL, false,
+                             "debezium encoder: op '%c' with the wrong rows (before %s, after %s)",
+                             op, before ? "given" : "absent", after ? "given" : "absent");
+    int rc = put_key_json(key, s, op == 'd' ? before : after, err);
+    if (rc == 0)
+        rc = put_value_json(value, s, src, op, before, after, err);
+    if (rc == 0 && (key->overflow || value->overflow))
+        rc = eng_error_set(err, ENG_ENOMEM, false, "debezium encoder: record over the buffer cap");
+    return rc;
+}
+
+void eng_dbz_headers(const char *prefix, const char *run_id,
+                     struct eng_dbz_header h[ENG_DBZ_NHEADERS])
+{
+    h[0] = (struct eng_dbz_header){"__debezium.context.connectorLogicalName", prefix};
+    h[1] = (struct eng_dbz_header){"__debezium.context.taskId", "0"};
+    h[2] = (struct eng_dbz_header){"__debezium.context.connectorName", "postgresql"};
+    h[3] = (struct eng_dbz_header){"__debezium.context.runId", run_id};
+}
+
+/* ---- column defaults --------------------------------------------------------------------- */
+
+/* The literal of a constant default as pg_get_expr prints it: "0", "(-1)", "'view'::text",
+ * "'2026-01-01 00:00:00'::timestamp without time zone", "true". Copies it, unquoted, into
+ * out; false for anything else (function calls such as nextval(...) or now()). */
+static bool default_literal(const char *expr, struct eng_buf *out)
+{
+    size_t n = strlen(expr);
+    const char *cast = strstr(expr, "::");
+    if (cast != NULL)
+        n = (size_t)(cast - expr);
+    if (n >= 2 && expr[0] == '(' && expr[n - 1] == ')') {
+        expr++;
+        n -= 2;
+    }
+    if (n == 0 || memchr(expr, '(', n) != NULL)
+        return false;
+    if (expr[0] != '\'') {
+        eng_buf_append(out, expr, n);
+        return true;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if (expr[i] == '\'' && i + 1 < n && expr[i + 1] == '\'')
+            i++;
+        else if (expr[i] == '\'')
+            return i == n - 1;
+        eng_buf_putc(out, expr[i]);
+    }
+    return false;
+}
+
+bool eng_dbz_default_json(uint32_t type_oid, int32_t typmod, bool not_null, const char *expr,
+                          struct eng_buf *out)
+{
+    if (expr == NULL)
+        return false;
+    struct eng_buf lit = {0};
+    bool ok = default_literal(expr, &lit);
+    if (ok && type_oid == OID_BOOL && lit.len > 1) /* true/false print as such */
+        lit.len = 1;
+    if (ok) {
+        struct eng_pgo_column c = {ENG_PGO_TEXT, (uint32_t)lit.len, lit.data ? lit.data : ""};
+        size_t mark = out->len;
+        ok = put_text_value(out, col_type(type_oid, typmod).kind, &c);
+        if (!ok)
+            out->len = mark;
+    }
+    eng_buf_free(&lit);
+    if (!ok && not_null) {
+        eng_buf_puts(out, fallback_json(col_type(type_oid, typmod).kind));
+        ok = true;
+    }
+    return ok;
+}
