@@ -471,3 +471,262 @@ class EngageProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# ------------------------------------------------------------------- Kafka
+#
+# The broker and Kafka Connect that scripts/stack.sh starts with
+# `start DIR kafka` / `start DIR connect` (conftest's kafka and connect
+# fixtures). Produce and consume go through kcat; topics are created with
+# Kafka's own TopicCommand (a JVM start, about 1 s); connectors through
+# Connect's REST API.
+
+KAFKA_INSTALL_SH = REPO_ROOT / "scripts" / "kafka" / "install.sh"
+KAFKA_TOOLS_LOG4J = REPO_ROOT / "scripts" / "kafka" / "log4j2-tools.properties"
+DEBEZIUM_CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
+
+_kafka_home = None
+
+
+def kafka_home():
+    """The directory scripts/kafka/install.sh laid out (lib/, plugins/);
+    installs it first if missing."""
+    global _kafka_home
+    if _kafka_home is None:
+        out = subprocess.run(
+            ["bash", str(KAFKA_INSTALL_SH), "--home"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, timeout=900, check=True,
+        )
+        _kafka_home = Path(out.stdout.strip())
+    return _kafka_home
+
+
+def kafka_tool(main_class, *args, timeout=120):
+    """Run a Kafka command-line class (e.g. org.apache.kafka.tools.TopicCommand)
+    on the stack's classpath; return its stdout. Raises RuntimeError with its
+    output on a non-zero exit."""
+    cmd = [
+        "java", "-Xmx256m", "-XX:TieredStopAtLevel=1", "-Xshare:auto",
+        f"-Dlog4j2.configurationFile={KAFKA_TOOLS_LOG4J}",
+        "-cp", str(kafka_home() / "lib" / "*"), main_class, *[str(a) for a in args],
+    ]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{main_class} {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def create_topic(bootstrap, name, partitions=1, config=None, timeout=120):
+    """Create a topic (replication factor 1) and wait until its metadata
+    shows every partition. config: topic settings, e.g. {"retention.ms": 1000}."""
+    args = ["--bootstrap-server", bootstrap, "--create", "--topic", name,
+            "--partitions", partitions, "--replication-factor", 1]
+    for k, v in (config or {}).items():
+        args += ["--config", f"{k}={v}"]
+    kafka_tool("org.apache.kafka.tools.TopicCommand", *args, timeout=timeout)
+    wait_for(lambda: topic_partitions(bootstrap, name) == partitions, 30, interval=0.1,
+             what=f"topic {name} with {partitions} partitions")
+
+
+def delete_topic(bootstrap, name, timeout=120):
+    kafka_tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server", bootstrap,
+               "--delete", "--topic", name, timeout=timeout)
+
+
+def kafka_metadata(bootstrap, topic=None, timeout=10):
+    """The broker's metadata as kcat -L -J prints it (a dict); topic limits it
+    to one topic."""
+    cmd = ["kcat", "-L", "-J", "-b", bootstrap, "-m", str(timeout)]
+    if topic:
+        cmd += ["-t", topic]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout + 10)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kcat -L -b {bootstrap} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def topic_partitions(bootstrap, topic):
+    """How many partitions topic has (0 if it does not exist)."""
+    for t in kafka_metadata(bootstrap, topic).get("topics", []):
+        if t.get("topic") == topic and not t.get("error"):
+            return len(t.get("partitions", []))
+    return 0
+
+
+def produce(bootstrap, topic, value, key=None, headers=(), partition=None, timeout=30):
+    """Produce one message with kcat (value and key: str, bytes or None;
+    value None is a tombstone; headers: (name, value) pairs). partition
+    None: the partitioner's choice (kcat's is librdkafka's
+    consistent_random, not Java's murmur2)."""
+    import tempfile
+
+    def text(x):
+        return x.decode() if isinstance(x, bytes) else x
+
+    cmd = ["kcat", "-P", "-b", bootstrap, "-t", topic]
+    if partition is not None:
+        cmd += ["-p", str(partition)]
+    for k, v in headers:
+        cmd += ["-H", f"{k}={v}"]
+    stdin, path = b"", None
+    if value is None:
+        # "KEY<US>" on stdin; -Z makes the empty value (and an empty key) NULL.
+        cmd += ["-Z", "-K", "\x1f"]
+        stdin = ((text(key) or "") + "\x1f\n").encode()
+    else:
+        if key is not None:
+            cmd += ["-k", text(key)]
+        fd, path = tempfile.mkstemp(prefix="engage-kcat-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(value.encode() if isinstance(value, str) else value)
+        cmd.append(path)  # a file is sent whole as one message
+    try:
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
+    finally:
+        if path:
+            os.unlink(path)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kcat -P -t {topic} failed ({proc.returncode}): {proc.stderr.decode(errors='replace').strip()}")
+
+
+def consume_all(bootstrap, topic, timeout=60):
+    """Every message now in topic, from the beginning of each partition to
+    its end, as dicts {partition, offset, key, value, headers, timestamp}:
+    key and value are the message's bytes decoded as UTF-8 (None for NULL),
+    headers a list of [name, value] pairs in order. Sorted by (partition,
+    offset). A topic that does not exist gives []."""
+    if topic_partitions(bootstrap, topic) == 0:
+        return []
+    proc = subprocess.run(
+        ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-J", "-q"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"kcat -C -t {topic} failed ({proc.returncode}): {proc.stderr.decode(errors='replace').strip()}")
+    out = []
+    for line in proc.stdout.decode().splitlines():
+        if not line.strip():
+            continue
+        m = json.loads(line)
+        flat = m.get("headers") or []
+        out.append({
+            "partition": m["partition"],
+            "offset": m["offset"],
+            "key": m.get("key"),
+            "value": m.get("payload"),
+            "headers": [[flat[i], flat[i + 1]] for i in range(0, len(flat), 2)],
+            "timestamp": m.get("ts"),
+        })
+    out.sort(key=lambda r: (r["partition"], r["offset"]))
+    return out
+
+
+def wait_for_messages(bootstrap, topic, count, timeout=60, what=None):
+    """Wait until topic holds at least count messages; return them all."""
+    return wait_for(
+        lambda: (lambda msgs: msgs if len(msgs) >= count else None)(consume_all(bootstrap, topic)),
+        timeout, interval=0.25, what=what or f"{count} messages in {topic}",
+    )
+
+
+# --------------------------------------------------------- Kafka Connect
+
+
+class ConnectError(RuntimeError):
+    pass
+
+
+def _connect_request(connect_url, method, path, body=None, timeout=30):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(connect_url.rstrip("/") + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            text = resp.read().decode()
+            return json.loads(text) if text.strip() else None
+    except urllib.error.HTTPError as exc:
+        raise ConnectError(f"Connect {method} {path}: {exc.code} {exc.read().decode(errors='replace').strip()}") from None
+
+
+def connector_create(connect_url, name, config, timeout=30):
+    """POST /connectors; return Connect's answer (the connector's info)."""
+    return _connect_request(connect_url, "POST", "/connectors", {"name": name, "config": config}, timeout)
+
+
+def connector_delete(connect_url, name, timeout=30):
+    """DELETE /connectors/NAME; a connector that does not exist is no error."""
+    try:
+        _connect_request(connect_url, "DELETE", f"/connectors/{urllib.parse.quote(name)}", timeout=timeout)
+    except ConnectError as exc:
+        if " 404 " not in str(exc):
+            raise
+
+
+def connector_status(connect_url, name, timeout=30):
+    """GET /connectors/NAME/status as a dict."""
+    return _connect_request(connect_url, "GET", f"/connectors/{urllib.parse.quote(name)}/status", timeout=timeout)
+
+
+def connectors(connect_url):
+    """The names of the connectors that run on the worker."""
+    return _connect_request(connect_url, "GET", "/connectors")
+
+
+def wait_connector_running(connect_url, name, timeout=60):
+    """Wait until the connector and all its tasks (at least one) are
+    RUNNING; return the status. A FAILED connector or task ends the wait
+    at once with its trace."""
+
+    def running():
+        st = connector_status(connect_url, name)
+        states = [st["connector"]] + st.get("tasks", [])
+        for s in states:
+            if s.get("state") == "FAILED":
+                raise GiveUp(f"connector {name} failed: {s.get('trace', '')[:4000]}")
+        if st["connector"]["state"] == "RUNNING" and st.get("tasks") and all(
+            t["state"] == "RUNNING" for t in st["tasks"]
+        ):
+            return st
+        return None
+
+    return wait_for(running, timeout, interval=0.2, what=f"connector {name} to run")
+
+
+def debezium_config(pg_uri, topic_prefix="dbserver1", slot="debezium_slot", publication="debezium_pub",
+                    schemas=True, tables=("public.engagement_events", "public.content"),
+                    key_columns="public.engagement_events:content_id", **extra):
+    """The Debezium PostgreSQL connector's config for the database of pg_uri,
+    as the brief sets it up: pgoutput, topic.prefix, the two tables, the
+    event's key content_id, the JSON converter for key and value with
+    (schemas=True) or without the schema part. slot and publication default
+    to names engage does not use (engage_slot / engage_pub); give each
+    connector on one server a slot of its own. extra: more settings, with
+    "_" for "." in their names (snapshot_mode="never") or through a dict
+    passed as **{"snapshot.mode": "never"}."""
+    parts = urllib.parse.urlsplit(pg_uri)
+    schemas = "true" if schemas else "false"
+    config = {
+        "connector.class": DEBEZIUM_CONNECTOR_CLASS,
+        "tasks.max": "1",
+        "plugin.name": "pgoutput",
+        "database.hostname": parts.hostname or "127.0.0.1",
+        "database.port": str(parts.port or 5432),
+        "database.user": urllib.parse.unquote(parts.username or "postgres"),
+        "database.password": urllib.parse.unquote(parts.password or ""),
+        "database.dbname": parts.path.lstrip("/") or "postgres",
+        "topic.prefix": topic_prefix,
+        "table.include.list": ",".join(tables),
+        "slot.name": slot,
+        "publication.name": publication,
+        "publication.autocreate.mode": "filtered",
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "key.converter.schemas.enable": schemas,
+        "value.converter.schemas.enable": schemas,
+    }
+    if key_columns:
+        config["message.key.columns"] = key_columns
+    for k, v in extra.items():
+        config[k if "." in k else k.replace("_", ".")] = str(v)
+    return config
