@@ -1,3 +1,4 @@
+#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -244,64 +245,121 @@ static bool to_cstr(const struct eng_pgo_column *c, char *out, size_t cap)
     return true;
 }
 
-/* The shortest decimal digits that read back as v (as a float when single), in the form
- * "d.ddde[+-]x" of printf's %e. */
-static void shortest_e(double v, bool single, char *out, size_t cap)
+/* The decimal digits of a float and the power of ten of the first: d[0].d[1]... x 10^exp10. */
+struct fdigits {
+    char d[24];
+    size_t nd;
+    int exp10;
+};
+
+/* Strips trailing zeros (keeping one digit). */
+static void fdigits_trim(struct fdigits *f)
 {
-    for (int prec = 0; prec < 17; prec++) {
-        snprintf(out, cap, "%.*e", prec, v);
-        double back = strtod(out, NULL);
-        if (single ? (float)back == (float)v : back == v)
-            return;
-    }
-    snprintf(out, cap, "%.16e", v);
+    while (f->nd > 1 && f->d[f->nd - 1] == '0')
+        f->nd--;
 }
 
-/* Writes v as Java's Double.toString / Float.toString lay it out ("1.0E-4", "0.001",
- * "1.0E7", "123.456"), from the shortest digits that read back as v. Java 17's own digits
- * are not always the shortest (1e23 prints as 9.999999999999999E22): those values differ. */
+/* The shortest digits that read back as v (> 0; as a float when single). */
+static void shortest_digits(double v, bool single, struct fdigits *f)
+{
+    char e[40];
+    for (int prec = 0; prec <= 17; prec++) {
+        snprintf(e, sizeof(e), "%.*e", prec, v);
+        double back = strtod(e, NULL);
+        if (single ? (float)back == (float)v : back == v)
+            break;
+    }
+    /* Java writes two digits where one is enough for a subnormal (4.9E-324, 1.4E-45). */
+    if (e[1] == 'e' && (single ? v < FLT_MIN : v < DBL_MIN))
+        snprintf(e, sizeof(e), "%.1e", v);
+    const char *p = e;
+    f->nd = 0;
+    for (; *p != 'e'; p++)
+        if (*p != '.')
+            f->d[f->nd++] = *p;
+    f->exp10 = atoi(p + 1);
+    fdigits_trim(f);
+}
+
+/* Java 17's FloatingDecimal takes another path for an integer below 2^63 past the type's
+ * precision (2^24 for float, 2^53 for double): it prints the integer, rounding off a number of
+ * low digits taken from a table by the power of two of the ulp, which can be more digits than
+ * the shortest (Float.toString(2.57756902E9f) is "2.57756902E9", not "2.577569E9").
+ * Returns false when v (> 0) is not such a value. */
+static bool java_long_digits(double v, bool single, struct fdigits *f)
+{
+    static const int insignificant[] = {
+        0,  0,  0,  0,  1,  1,  1,  2,  2,  2,  3,  3,  3,  3,  4,  4,  4,  5,  5,  5,  6,  6,
+        6,  6,  7,  7,  7,  8,  8,  8,  9,  9,  9,  9,  10, 10, 10, 11, 11, 11, 12, 12, 12, 12,
+        13, 13, 13, 14, 14, 14, 15, 15, 15, 15, 16, 16, 16, 17, 17, 17, 18, 18, 18, 19};
+    int nsig = single ? 24 : 53;
+    int bin_exp = ilogb(v);
+    if (v != floor(v) || bin_exp > 62 || bin_exp <= nsig)
+        return false;
+    uint64_t lv = (uint64_t)v;
+    int drop = bin_exp - nsig - 1 < (int)(sizeof(insignificant) / sizeof(insignificant[0]))
+                   ? insignificant[bin_exp - nsig - 1]
+                   : 0;
+    uint64_t pow10 = 1;
+    for (int i = 0; i < drop; i++)
+        pow10 *= 10;
+    uint64_t residue = lv % pow10;
+    lv /= pow10;
+    if (drop > 0 && residue >= pow10 / 2)
+        lv++;
+    int n = snprintf(f->d, sizeof(f->d), "%" PRIu64, lv);
+    f->nd = (size_t)n;
+    f->exp10 = n - 1 + drop;
+    fdigits_trim(f);
+    return true;
+}
+
+/* Lays the digits out as Java's Double.toString / Float.toString do: plain between 10^-3 and
+ * 10^7 ("0.001", "123.456", "100.0"), else computerized scientific ("1.0E-4", "1.0E7"). */
+static void put_java_layout(struct eng_buf *b, const struct fdigits *f)
+{
+    int x = f->exp10;
+    if (x < -3 || x >= 7) {
+        eng_buf_putc(b, f->d[0]);
+        eng_buf_putc(b, '.');
+        if (f->nd > 1)
+            eng_buf_append(b, f->d + 1, f->nd - 1);
+        else
+            eng_buf_putc(b, '0');
+        eng_buf_printf(b, "E%d", x);
+    } else if (x < 0) {
+        eng_buf_puts(b, "0.");
+        for (int i = -1; i > x; i--)
+            eng_buf_putc(b, '0');
+        eng_buf_append(b, f->d, f->nd);
+    } else {
+        for (int i = 0; i <= x; i++)
+            eng_buf_putc(b, (size_t)i < f->nd ? f->d[i] : '0');
+        eng_buf_putc(b, '.');
+        if (f->nd > (size_t)x + 1)
+            eng_buf_append(b, f->d + x + 1, f->nd - (size_t)x - 1);
+        else
+            eng_buf_putc(b, '0');
+    }
+}
+
+/* Writes v as Jackson does through Java 17's Double.toString / Float.toString. Checked against
+ * them on 35,000 random values of every magnitude: one differed, the subnormal 1e-323 (Java
+ * "1.0E-323", here "9.9E-324"): Java's digits for the few subnormals below 1e-322 (float: 1e-44)
+ * are not always reproduced. Java 19 and later print the shortest digits everywhere, which
+ * differs from Java 17 on the large integers and subnormals handled above. */
 static void put_java_float(struct eng_buf *b, double v, bool single)
 {
     if (v == 0) {
         eng_buf_puts(b, signbit(v) ? "-0.0" : "0.0");
         return;
     }
-    char e[40], digits[24];
-    shortest_e(fabs(v), single, e, sizeof(e));
-    size_t nd = 0;
-    const char *p = e;
-    for (; *p != 'e'; p++)
-        if (*p != '.')
-            digits[nd++] = *p;
-    while (nd > 1 && digits[nd - 1] == '0')
-        nd--;
-    int exp10 = atoi(p + 1);
+    struct fdigits f;
+    if (!java_long_digits(fabs(v), single, &f))
+        shortest_digits(fabs(v), single, &f);
     if (v < 0)
         eng_buf_putc(b, '-');
-    if (exp10 >= -3 && exp10 < 7) {
-        if (exp10 < 0) {
-            eng_buf_puts(b, "0.");
-            for (int i = -1; i > exp10; i--)
-                eng_buf_putc(b, '0');
-            eng_buf_append(b, digits, nd);
-            return;
-        }
-        for (int i = 0; i <= exp10; i++)
-            eng_buf_putc(b, (size_t)i < nd ? digits[i] : '0');
-        eng_buf_putc(b, '.');
-        if (nd > (size_t)exp10 + 1)
-            eng_buf_append(b, digits + exp10 + 1, nd - (size_t)exp10 - 1);
-        else
-            eng_buf_putc(b, '0');
-        return;
-    }
-    eng_buf_putc(b, digits[0]);
-    eng_buf_putc(b, '.');
-    if (nd > 1)
-        eng_buf_append(b, digits + 1, nd - 1);
-    else
-        eng_buf_putc(b, '0');
-    eng_buf_printf(b, "E%d", exp10);
+    put_java_layout(b, &f);
 }
 
 /* float4/float8 text ("1.5", "1e+20", "NaN", "Infinity", "-Infinity"). Jackson writes the
