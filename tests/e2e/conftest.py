@@ -3,6 +3,11 @@
   stack        (session)  the servers: reuses $ENGAGE_STACK_DIR if DIR/env
                           exists there, else starts a stack in a temp dir and
                           stops it at the end ($ENGAGE_KEEP_STACK=1 keeps the dir)
+  kafka        (session)  the stack's Kafka broker (stack.sh start DIR kafka,
+                          once; also in a reused $ENGAGE_STACK_DIR):
+                          a lib.KafkaStack, .bootstrap = "127.0.0.1:PORT"
+  connect      (session)  Kafka Connect with the Debezium plugin, on that
+                          broker: the same lib.KafkaStack, .connect_url set
   db           (function) a fresh PostgreSQL database with scripts/schema.sql
   clean_sinks  (function) drops engagement.events_enriched, FLUSHALL on Redis
   engage       (function) factory: engage(*args, env=None, name="engage")
@@ -40,6 +45,24 @@ def stack():
         lib._run_stack("down", dir, timeout=180)
         if not os.environ.get("ENGAGE_KEEP_STACK"):
             shutil.rmtree(dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka(stack):
+    """The broker, started in the stack's dir on first use; stopped with the
+    stack (an owned stack's down), left running in a reused one."""
+    k = lib.KafkaStack(stack.dir)
+    if not (k.bootstrap and k.running("kafka")):
+        k.start("kafka")
+    return k
+
+
+@pytest.fixture(scope="session")
+def connect(kafka):
+    """Kafka Connect (standalone, no connectors) on the kafka fixture's broker."""
+    if not (kafka.connect_url and kafka.running("connect")):
+        kafka.start("connect")
+    return kafka
 
 
 class TestDatabase:

@@ -144,6 +144,8 @@ class Stack:
             "pg": self.dir / "pg" / "data" / "postmaster.pid",
             "redis": self.dir / "redis" / "redis.pid",
             "clickhouse": self.dir / "ch" / "ch.pid",
+            "kafka": self.dir / "kafka" / "kafka.pid",
+            "connect": self.dir / "connect" / "connect.pid",
         }[service]
         try:
             return int(path.read_text().split()[0])
@@ -480,6 +482,49 @@ class EngageProcess:
 # fixtures). Produce and consume go through kcat; topics are created with
 # Kafka's own TopicCommand (a JVM start, about 1 s); connectors through
 # Connect's REST API.
+
+class KafkaStack:
+    """The Kafka broker (and Kafka Connect, once started) of a Stack's dir.
+
+    Attributes: dir, bootstrap ("127.0.0.1:PORT"), connect_url
+    ("http://127.0.0.1:PORT", None until Connect runs). stop/start/restart
+    ("kafka" or "connect") keep the port: bootstrap stays valid.
+    """
+
+    def __init__(self, dir):
+        self.dir = Path(dir)
+        self.bootstrap = None
+        self.connect_url = None
+        self.reload()
+
+    def reload(self):
+        env = read_env_file(self.dir / "env")
+        self.bootstrap = env.get("KAFKA_BOOTSTRAP")
+        self.connect_url = env.get("CONNECT_URL")
+        return self
+
+    def running(self, service="kafka"):
+        return subprocess.run(
+            ["bash", str(STACK_SH), "status", str(self.dir)], capture_output=True, text=True, timeout=60
+        ).stdout.count(f"{service} running") == 1
+
+    def start(self, service="kafka", timeout=300):
+        _run_stack("start", self.dir, service, timeout=timeout)
+        return self.reload()
+
+    def stop(self, service="kafka", timeout=180):
+        _run_stack("stop", self.dir, service, timeout=timeout)
+
+    def restart(self, service="kafka", timeout=300):
+        _run_stack("restart", self.dir, service, timeout=timeout)
+        return self.reload()
+
+    def pid(self, service="kafka"):
+        try:
+            return int((self.dir / service / f"{service}.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
 
 KAFKA_INSTALL_SH = REPO_ROOT / "scripts" / "kafka" / "install.sh"
 KAFKA_TOOLS_LOG4J = REPO_ROOT / "scripts" / "kafka" / "log4j2-tools.properties"
