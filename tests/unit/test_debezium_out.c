@@ -273,13 +273,259 @@ static void test_content_noschema(void **state)
     check_file("content_noschema.jsonl", &content_case, false);
 }
 
+/* ---- types the workload does not have, against what Java wrote ------------------------------
+ * Expected texts from Kafka's JsonConverter (Jackson 2.21, Java 17) and Debezium's
+ * ZonedTimestamp; the schema layout from JsonConverter.asJsonSchema of Debezium's builders. */
+
+static const struct eng_dbz_col type_cols[] = {
+    {"b", 16, -1, false, true, NULL},     {"s", 21, -1, false, false, NULL},
+    {"i", 23, -1, false, false, NULL},    {"l", 20, -1, false, false, NULL},
+    {"f4", 700, -1, false, false, NULL},  {"f8", 701, -1, true, false, "0.0"},
+    {"d", 1082, -1, false, false, NULL},  {"t3", 1114, 3, false, false, NULL},
+    {"tz", 1184, -1, false, false, NULL}, {"u", 2950, -1, false, false, NULL},
+    {"j", 3802, -1, false, false, NULL},  {"x", 25, -1, false, false, NULL},
+};
+#define NTYPES (sizeof(type_cols) / sizeof(type_cols[0]))
+
+static struct eng_dbz_schema *type_schema(bool schemas)
+{
+    struct eng_dbz_table t = {"p", "db", "public", "t", NTYPES, type_cols, -1, schemas};
+    struct eng_error err = {0};
+    struct eng_dbz_schema *s = eng_dbz_schema_create(&t, &err);
+    assert_non_null(s);
+    return s;
+}
+
+/* Encodes one insert of text (NULL: SQL NULL) into value; returns eng_dbz_encode's rc. */
+static int encode_types(const struct eng_dbz_schema *s, const char *const text[NTYPES],
+                        struct eng_buf *value, struct eng_error *err)
+{
+    struct eng_pgo_column cols[NTYPES];
+    struct eng_pgo_tuple row;
+    fill_tuple(&row, cols, NTYPES, text);
+    struct eng_dbz_source src = {"false", 0, false, 0, false, 0, false, 0, 0};
+    struct eng_buf key = {0};
+    int rc = eng_dbz_encode(s, &src, 'c', NULL, &row, &key, value, err);
+    eng_buf_free(&key);
+    return rc;
+}
+
+static void assert_after(const struct eng_buf *value, const char *want)
+{
+    const char *p = strstr(value->data, "\"after\":");
+    assert_non_null(p);
+    p += strlen("\"after\":");
+    const char *end = strstr(p, ",\"source\":");
+    assert_non_null(end);
+    if (strlen(want) != (size_t)(end - p) || memcmp(p, want, strlen(want)) != 0)
+        fprintf(stderr, "# want %s\n# got  %.*s\n", want, (int)(end - p), p);
+    assert_int_equal(strlen(want), (size_t)(end - p));
+    assert_memory_equal(p, want, strlen(want));
+}
+
+static void test_types(void **state)
+{
+    (void)state;
+    struct eng_dbz_schema *s = type_schema(false);
+    struct eng_buf v = {0};
+    struct eng_error err = {0};
+    static const char *const row1[NTYPES] = {
+        "t",
+        "-32768",
+        "2147483647",
+        "-9223372036854775808",
+        "1.1",
+        "1e+20",
+        "2026-01-08",
+        "2026-01-08 14:21:52.123",
+        "2026-01-08 14:21:52.5+02",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "{\"a\": 1}",
+        "a\x01\x1f\b\f\n\r\t\"\\/\x7f\xc2\x80\xc3\xa9\xe2\x80\xa8\xf0\x9f\x98\x80"};
+    assert_int_equal(encode_types(s, row1, &v, &err), 0);
+    assert_after(&v, "{\"b\":true,\"s\":-32768,\"i\":2147483647,\"l\":-9223372036854775808,"
+                     "\"f4\":1.1,\"f8\":1.0E20,\"d\":20461,\"t3\":1767882112123,"
+                     "\"tz\":\"2026-01-08T12:21:52.5Z\","
+                     "\"u\":\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\",\"j\":\"{\\\"a\\\": 1}\","
+                     "\"x\":\"a\\u0001\\u001F\\b\\f\\n\\r\\t\\\"\\\\/\x7f\xc2\x80\xc3\xa9"
+                     "\xe2\x80\xa8\\uD83D\\uDE00\"}");
+    static const char *const row2[NTYPES] = {"f",
+                                             "0",
+                                             "-1",
+                                             "0",
+                                             "NaN",
+                                             N,
+                                             "1969-12-31",
+                                             "1969-12-31 23:59:59.999",
+                                             "2026-01-08 00:30:00-05:30",
+                                             N,
+                                             N,
+                                             ""};
+    eng_buf_reset(&v);
+    assert_int_equal(encode_types(s, row2, &v, &err), 0);
+    assert_after(&v, "{\"b\":false,\"s\":0,\"i\":-1,\"l\":0,\"f4\":\"NaN\",\"f8\":0.0,\"d\":-1,"
+                     "\"t3\":-1,\"tz\":\"2026-01-08T06:00:00Z\",\"u\":null,\"j\":null,\"x\":\"\"}");
+    static const char *const row3[NTYPES] = {
+        N, N, N, N, "3.4028235e+38", "-Infinity", N, N, "2026-01-08 14:21:52.000123+00", N, N, N};
+    eng_buf_reset(&v);
+    assert_int_equal(encode_types(s, row3, &v, &err), 0);
+    assert_after(&v, "{\"b\":null,\"s\":null,\"i\":null,\"l\":null,\"f4\":3.4028235E38,"
+                     "\"f8\":\"-Infinity\",\"d\":null,\"t3\":null,"
+                     "\"tz\":\"2026-01-08T14:21:52.000123Z\",\"u\":null,\"j\":null,\"x\":null}");
+    eng_buf_free(&v);
+    eng_dbz_schema_destroy(s);
+}
+
+/* Each field's schema as JsonConverter.asJsonSchema writes Debezium's builders. */
+static void test_type_schema(void **state)
+{
+    (void)state;
+    struct eng_dbz_schema *s = type_schema(true);
+    struct eng_buf v = {0};
+    struct eng_error err = {0};
+    static const char *const nulls[NTYPES] = {0};
+    assert_int_equal(encode_types(s, nulls, &v, &err), 0);
+    static const char want[] =
+        "{\"type\":\"struct\",\"fields\":[{\"type\":\"boolean\",\"optional\":true,\"field\":\"b\"},"
+        "{\"type\":\"int16\",\"optional\":true,\"field\":\"s\"},"
+        "{\"type\":\"int32\",\"optional\":true,\"field\":\"i\"},"
+        "{\"type\":\"int64\",\"optional\":true,\"field\":\"l\"},"
+        "{\"type\":\"float\",\"optional\":true,\"field\":\"f4\"},"
+        "{\"type\":\"double\",\"optional\":false,\"default\":0.0,\"field\":\"f8\"},"
+        "{\"type\":\"int32\",\"optional\":true,\"name\":\"io.debezium.time.Date\",\"version\":1,"
+        "\"field\":\"d\"},"
+        "{\"type\":\"int64\",\"optional\":true,\"name\":\"io.debezium.time.Timestamp\","
+        "\"version\":1,\"field\":\"t3\"},"
+        "{\"type\":\"string\",\"optional\":true,\"name\":\"io.debezium.time.ZonedTimestamp\","
+        "\"version\":1,\"field\":\"tz\"},"
+        "{\"type\":\"string\",\"optional\":true,\"name\":\"io.debezium.data.Uuid\",\"version\":1,"
+        "\"field\":\"u\"},"
+        "{\"type\":\"string\",\"optional\":true,\"name\":\"io.debezium.data.Json\",\"version\":1,"
+        "\"field\":\"j\"},"
+        "{\"type\":\"string\",\"optional\":true,\"field\":\"x\"}],"
+        "\"optional\":true,\"name\":\"p.public.t.Value\",\"field\":\"before\"}";
+    assert_non_null(strstr(v.data, want));
+    eng_buf_free(&v);
+    eng_dbz_schema_destroy(s);
+}
+
+static void expect_einval(const struct eng_dbz_schema *s, int col, const char *text)
+{
+    const char *row[NTYPES] = {0};
+    row[col] = text;
+    struct eng_buf v = {0};
+    struct eng_error err = {0};
+    assert_int_equal(encode_types(s, row, &v, &err), ENG_EINVAL);
+    assert_non_null(strstr(err.msg, type_cols[col].name));
+    eng_buf_free(&v);
+}
+
+static void test_refused_values(void **state)
+{
+    (void)state;
+    struct eng_dbz_schema *s = type_schema(false);
+    expect_einval(s, 0, "true"); /* pgoutput sends t/f */
+    expect_einval(s, 1, "32768");
+    expect_einval(s, 2, "1.5");
+    expect_einval(s, 3, "9223372036854775808");
+    expect_einval(s, 4, "1.5x");
+    expect_einval(s, 5, "");
+    expect_einval(s, 6, "2026-02-30");
+    expect_einval(s, 7, "infinity");
+    expect_einval(s, 8, "2026-01-08 14:21:52"); /* no offset */
+    expect_einval(s, 11, "bad \xff utf-8");
+    eng_dbz_schema_destroy(s);
+}
+
+static void test_unchanged_toast_and_binary(void **state)
+{
+    (void)state;
+    struct eng_dbz_schema *s = type_schema(false);
+    struct eng_pgo_column cols[NTYPES] = {0};
+    for (size_t i = 0; i < NTYPES; i++)
+        cols[i].kind = ENG_PGO_NULL;
+    cols[11].kind = ENG_PGO_UNCHANGED;
+    struct eng_pgo_tuple row = {NTYPES, cols};
+    struct eng_dbz_source src = {"false", 0, false, 0, false, 0, false, 0, 0};
+    struct eng_buf k = {0}, v = {0};
+    struct eng_error err = {0};
+    assert_int_equal(eng_dbz_encode(s, &src, 'u', NULL, &row, &k, &v, &err), 0);
+    assert_non_null(strstr(v.data, "\"x\":\"__debezium_unavailable_value\"}"));
+    cols[2].kind = ENG_PGO_UNCHANGED; /* an int column cannot be unchanged TOAST */
+    assert_int_equal(eng_dbz_encode(s, &src, 'u', NULL, &row, &k, &v, &err), ENG_EINVAL);
+    cols[2].kind = ENG_PGO_BINARY;
+    assert_int_equal(eng_dbz_encode(s, &src, 'u', NULL, &row, &k, &v, &err), ENG_EINVAL);
+    assert_int_equal(eng_dbz_encode(s, &src, 'x', NULL, &row, &k, &v, &err), ENG_EINVAL);
+    assert_int_equal(eng_dbz_encode(s, &src, 'c', &row, &row, &k, &v, &err), ENG_EINVAL);
+    assert_int_equal(eng_dbz_encode(s, &src, 'd', NULL, &row, &k, &v, &err), ENG_EINVAL);
+    row.ncols = 3;
+    assert_int_equal(eng_dbz_encode(s, &src, 'c', NULL, &row, &k, &v, &err), ENG_EINVAL);
+    eng_buf_free(&k);
+    eng_buf_free(&v);
+    eng_dbz_schema_destroy(s);
+}
+
+static void expect_default(uint32_t oid, int32_t typmod, bool not_null, const char *expr,
+                           const char *want)
+{
+    struct eng_buf out = {0};
+    bool has = eng_dbz_default_json(oid, typmod, not_null, expr, &out);
+    if (want == NULL) {
+        assert_false(has);
+        assert_int_equal(out.len, 0);
+    } else {
+        assert_true(has);
+        assert_string_equal(out.data, want);
+    }
+    eng_buf_free(&out);
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    expect_default(25, -1, false, "'view'::text", "\"view\"");
+    expect_default(25, -1, false, "'it''s'::text", "\"it's\"");
+    expect_default(23, -1, false, "'-1'::integer", "-1");
+    expect_default(23, -1, true, "0", "0");
+    expect_default(23, -1, false, "(-5)", "-5");
+    expect_default(16, -1, false, "true", "true");
+    expect_default(701, -1, false, "'1.5'::double precision", "1.5");
+    expect_default(1114, -1, false, "'2026-01-01 00:00:00'::timestamp without time zone",
+                   "1767225600000000");
+    expect_default(20, -1, false, "nextval('s'::regclass)", NULL);
+    expect_default(20, -1, true, "nextval('s'::regclass)", "0");
+    expect_default(1184, -1, true, "now()", "\"1970-01-01T00:00:00Z\"");
+    expect_default(25, -1, true, "gen_random_uuid()::text", "\"\"");
+    expect_default(16, -1, true, "random() > 0.5", "false");
+    expect_default(23, -1, true, NULL, NULL);
+}
+
+static void test_schema_refused(void **state)
+{
+    (void)state;
+    struct eng_dbz_col cols[2] = {{"a", 23, -1, false, false, NULL},
+                                  {"b", 23, -1, false, false, NULL}};
+    struct eng_dbz_table t = {"p", "db", "public", "t", 2, cols, -1, true};
+    struct eng_error err = {0};
+    assert_null(eng_dbz_schema_create(&t, &err)); /* no primary key and no key column */
+    assert_int_equal(err.code, ENG_EINVAL);
+    t.key_col = 2;
+    assert_null(eng_dbz_schema_create(&t, &err));
+    t.key_col = 1;
+    struct eng_dbz_schema *s = eng_dbz_schema_create(&t, &err);
+    assert_non_null(s);
+    eng_dbz_schema_destroy(s);
+    eng_dbz_schema_destroy(NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_events_schema),
-        cmocka_unit_test(test_content_schema),
-        cmocka_unit_test(test_events_noschema),
-        cmocka_unit_test(test_content_noschema),
+        cmocka_unit_test(test_events_schema),   cmocka_unit_test(test_content_schema),
+        cmocka_unit_test(test_events_noschema), cmocka_unit_test(test_content_noschema),
+        cmocka_unit_test(test_types),           cmocka_unit_test(test_type_schema),
+        cmocka_unit_test(test_refused_values),  cmocka_unit_test(test_unchanged_toast_and_binary),
+        cmocka_unit_test(test_defaults),        cmocka_unit_test(test_schema_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
