@@ -1,17 +1,14 @@
 /* engage run: PostgreSQL logical replication -> enrichment -> sinks. */
-#include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../admin/admin.h"
 #include "../core/log.h"
 #include "../dlq/dlq.h"
 #include "../pipeline/pipeline.h"
+#include "../source/kafka.h"
 #include "../source/pg.h"
 #include "commands.h"
 #include "options.h"
@@ -19,15 +16,26 @@
 
 static const char usage[] =
     "usage: engage run --pg CONNINFO [--clickhouse URL] [--redis URL] [--http URL] [OPTIONS]\n"
+    "       engage run --source kafka --kafka BOOTSTRAP --pg CONNINFO [SINKS] [OPTIONS]\n"
     "\n"
     "Streams every new engagement_events row through the pgoutput plugin, enriches it with its\n"
-    "content row and writes it to every configured sink, exactly once in effect.\n"
+    "content row and writes it to every configured sink, exactly once in effect. With\n"
+    "--source kafka it reads the rows from the topic Debezium or `engage capture` writes\n"
+    "instead, as one member of a consumer group (start several to share the partitions).\n"
     "\n"
     "  --pg CONNINFO          libpq conninfo or URI                      (ENGAGE_PG)\n"
     "  --clickhouse URL       http://[user:pass@]host:port               (ENGAGE_CLICKHOUSE)\n"
     "  --redis URL            redis://[:pass@]host:port[/db]             (ENGAGE_REDIS)\n"
     "  --http URL             base URL of the external API               (ENGAGE_HTTP)\n"
     "  --sinks LIST           clickhouse,redis,http,stdout (default: every sink with a URL)\n"
+    "  --source pg|kafka      where events come from (default pg)                 (ENGAGE_SOURCE)\n"
+    "  --kafka BOOTSTRAP      host:port[,host:port] of the brokers                (ENGAGE_KAFKA)\n"
+    "  --group G              kafka: consumer group (default engage)\n"
+    "  --topic T              kafka: events topic (default dbserver1.public.engagement_events)\n"
+    "  --content-topic T      kafka: content topic, read whole by every member (default the\n"
+    "                         events topic's prefix + .content; \"\" for none)\n"
+    "  --snapshot-reads       kafka: deliver snapshot reads (op \"r\") as events too\n"
+    "  -X, --kafka-property K=V  a librdkafka property (TLS, SASL, ...); repeatable\n"
     "  --slot NAME            replication slot (default engage_slot)\n"
     "  --publication NAME     publication (default engage_pub)\n"
     "  --state-dir DIR        checkpoint state (default ./engage-state)\n"
@@ -68,53 +76,6 @@ static bool ready_hook(void *ctx, char *why, size_t whylen)
     return eng_cli_sinks_ready(ctx, why, whylen);
 }
 
-/* Takes the state directory's lock (flock on DIR/lock, created with the directory when
- * missing), so that a second engage on the same directory refuses at once instead of waiting
- * on the slot. Returns the descriptor that holds the lock until it is closed (or the process
- * ends), or -1 after logging why. */
-static int lock_state_dir(const char *dir)
-{
-    char path[4096];
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        eng_error("msg=\"could not create the state directory\" dir=\"%s\" error=\"%s\"", dir,
-                  strerror(errno));
-        return -1;
-    }
-    if ((size_t)snprintf(path, sizeof(path), "%s/lock", dir) >= sizeof(path)) {
-        eng_error("msg=\"state directory path too long\" dir=\"%s\"", dir);
-        return -1;
-    }
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        eng_error("msg=\"could not open the state directory's lock\" path=\"%s\" error=\"%s\"",
-                  path, strerror(errno));
-        return -1;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
-        char holder[32] = "";
-        ssize_t n = pread(fd, holder, sizeof(holder) - 1, 0);
-        holder[n > 0 ? n : 0] = '\0';
-        holder[strcspn(holder, "\n")] = '\0';
-        if (e == EWOULDBLOCK)
-            eng_error("msg=\"the state directory is in use by another engage (runbook: stop that "
-                      "one, or give this one its own --state-dir and --slot)\" dir=\"%s\" "
-                      "holder_pid=%s",
-                      dir, holder[0] ? holder : "unknown");
-        else
-            eng_error("msg=\"could not lock the state directory\" path=\"%s\" error=\"%s\"", path,
-                      strerror(e));
-        close(fd);
-        return -1;
-    }
-    char pid[32];
-    int len = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
-        eng_warn("msg=\"could not write the pid into the state directory's lock\" path=\"%s\"",
-                 path); /* the lock holds all the same */
-    return fd;
-}
-
 /* Checks what run needs beyond each option's own parse; false after printing a usage
  * error. */
 static bool check_run_options(const struct eng_options *o, int64_t *batch_events, int64_t *batch_ms)
@@ -122,9 +83,13 @@ static bool check_run_options(const struct eng_options *o, int64_t *batch_events
     if (!eng_cli_log_level(o) || !eng_opt_int(o, OPT_BATCH_EVENTS, 1, 1000000, batch_events) ||
         !eng_opt_int(o, OPT_BATCH_MS, 1, 60000, batch_ms))
         return false;
-    if (strcmp(eng_opt(o, OPT_SOURCE), "pg") != 0) {
-        fprintf(stderr, "engage: --source %s is not available in this build\n",
-                eng_opt(o, OPT_SOURCE));
+    const char *source = eng_opt(o, OPT_SOURCE);
+    if (strcmp(source, "pg") != 0 && strcmp(source, "kafka") != 0) {
+        fprintf(stderr, "engage: --source must be pg or kafka, not \"%s\"\n", source);
+        return false;
+    }
+    if (strcmp(source, "kafka") == 0 && eng_opt(o, OPT_KAFKA) == NULL) {
+        fprintf(stderr, "engage: --source kafka needs --kafka (or ENGAGE_KAFKA)\n\n%s", usage);
         return false;
     }
     if (eng_opt(o, OPT_PG) == NULL) {
@@ -159,9 +124,35 @@ static int run_start(struct run *r, struct eng_error *err)
     return eng_pipeline_start(r->cs.pipeline, err);
 }
 
+/* Consumes the Kafka topic until stopped. Returns 0 or -1 with err set. */
+static int run_kafka(struct run *r, struct eng_error *err)
+{
+    size_t nprops;
+    char **props = eng_opt_lines(&r->o, OPT_KAFKA_PROPERTY, &nprops);
+    struct eng_kafka_source_options kopt = {
+        .bootstrap = eng_opt(&r->o, OPT_KAFKA),
+        .group = eng_opt(&r->o, OPT_GROUP),
+        .topic = eng_opt(&r->o, OPT_TOPIC),
+        .content_topic = eng_opt(&r->o, OPT_CONTENT_TOPIC),
+        .conninfo = eng_opt(&r->o, OPT_PG),
+        .props = (const char *const *)props,
+        .nprops = nprops,
+        .batch_max_events = (uint32_t)r->batch_events,
+        .batch_max_us = r->batch_ms * 1000,
+        .snapshot_reads = eng_opt_flag(&r->o, OPT_SNAPSHOT_READS),
+        .dlq = r->dlq,
+    };
+    eng_info("msg=\"starting\" source=kafka sinks=%s", r->cs.names);
+    int rc = eng_kafka_source_run(&kopt, r->cs.pipeline, &stop_requested, err);
+    eng_opt_lines_free(props);
+    return rc != 0 ? -1 : 0;
+}
+
 /* Streams from the slot until stopped. Returns 0 or -1 with err set. */
 static int run_stream(struct run *r, struct eng_error *err)
 {
+    if (strcmp(eng_opt(&r->o, OPT_SOURCE), "kafka") == 0)
+        return run_kafka(r, err);
     struct eng_pg_source_options sopt = {
         .conninfo = eng_opt(&r->o, OPT_PG),
         .slot = eng_opt(&r->o, OPT_SLOT),
@@ -204,7 +195,7 @@ int eng_cmd_run(int argc, char **argv)
     if (!check_run_options(&r.o, &r.batch_events, &r.batch_ms))
         goto out;
     status = 1;
-    r.lock_fd = lock_state_dir(eng_opt(&r.o, OPT_STATE_DIR));
+    r.lock_fd = eng_cli_lock_state_dir(eng_opt(&r.o, OPT_STATE_DIR));
     if (r.lock_fd < 0)
         goto out;
     int crc = eng_cli_sinks_create(&r.o, true, true, &r.cs, &err);

@@ -9,5 +9,6 @@ int eng_cmd_dlq(int argc, char **argv);
 int eng_cmd_backfill(int argc, char **argv);
 int eng_cmd_status(int argc, char **argv);
 int eng_cmd_top(int argc, char **argv);
+int eng_cmd_capture(int argc, char **argv);
 
 #endif

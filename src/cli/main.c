@@ -14,6 +14,7 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  run        PostgreSQL logical replication -> sinks (`engage --pg ...` alone runs it too)\n"
+    "  capture    PostgreSQL -> Kafka, as Debezium's PostgreSQL connector writes it\n"
     "  backfill   a time range of engagement_events -> sinks (--start T --end T)\n"
     "  dlq        the dead-letter table: dlq list, dlq replay, dlq discard\n"
     "  status     the slot's lag, whether engage is ready, the dead letters\n"
@@ -28,8 +29,9 @@ struct command {
 };
 
 static const struct command commands[] = {
-    {"run", eng_cmd_run},       {"backfill", eng_cmd_backfill}, {"dlq", eng_cmd_dlq},
-    {"status", eng_cmd_status}, {"top", eng_cmd_top},           {"mock-api", eng_cmd_mock_api},
+    {"run", eng_cmd_run},         {"backfill", eng_cmd_backfill}, {"dlq", eng_cmd_dlq},
+    {"status", eng_cmd_status},   {"top", eng_cmd_top},           {"mock-api", eng_cmd_mock_api},
+    {"capture", eng_cmd_capture},
 };
 
 static int dispatch(int argc, char **argv)

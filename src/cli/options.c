@@ -17,8 +17,10 @@
 #define DISCARD (1u << ENG_CMD_DLQ_DISCARD)
 #define STATUS  (1u << ENG_CMD_STATUS)
 #define TOP     (1u << ENG_CMD_TOP)
+#define CAPTURE (1u << ENG_CMD_CAPTURE)
 #define DLQ     (LIST | REPLAY | DISCARD)
 #define SINKS   (RUN | BACKFIL)          /* what eng_cli_sinks_create reads */
+#define STREAM  (RUN | CAPTURE)          /* the replication stream's and Kafka's options */
 #define HTTP    (RUN | BACKFIL | REPLAY) /* the HTTP sink's options */
 #define ALL_CMD ((1u << ENG_CMD__COUNT) - 1)
 
@@ -35,23 +37,24 @@ struct opt_def {
  * since one environment or file may serve several subcommands. The HTTP sink's options have
  * no default here: eng_http_options_default holds them. */
 static const struct opt_def defs[OPT__COUNT] = {
-    [OPT_PG] = {"pg", "ENGAGE_PG", NULL, false, SINKS | DLQ | STATUS},
+    [OPT_PG] = {"pg", "ENGAGE_PG", NULL, false, SINKS | DLQ | STATUS | CAPTURE},
     [OPT_CLICKHOUSE] = {"clickhouse", "ENGAGE_CLICKHOUSE", NULL, false, SINKS},
     [OPT_REDIS] = {"redis", "ENGAGE_REDIS", NULL, false, SINKS | TOP},
     [OPT_HTTP] = {"http", "ENGAGE_HTTP", NULL, false, HTTP},
-    [OPT_KAFKA] = {"kafka", "ENGAGE_KAFKA", NULL, false, 0}, /* not built yet */
+    [OPT_KAFKA] = {"kafka", "ENGAGE_KAFKA", NULL, false, STREAM},
     [OPT_SINKS] = {"sinks", "ENGAGE_SINKS", NULL, false, SINKS},
-    [OPT_SLOT] = {"slot", "ENGAGE_SLOT", "engage_slot", false, RUN | STATUS},
-    [OPT_PUBLICATION] = {"publication", "ENGAGE_PUBLICATION", "engage_pub", false, RUN},
-    [OPT_ADMIN_ADDR] = {"admin-addr", "ENGAGE_ADMIN_ADDR", "127.0.0.1:9187", false, RUN | STATUS},
-    [OPT_STATE_DIR] = {"state-dir", "ENGAGE_STATE_DIR", "engage-state", false, SINKS},
-    [OPT_BATCH_EVENTS] = {"batch-events", "ENGAGE_BATCH_EVENTS", "10000", false, SINKS},
-    [OPT_BATCH_MS] = {"batch-ms", "ENGAGE_BATCH_MS", "50", false, RUN},
-    [OPT_QUEUE_DEPTH] = {"queue-depth", "ENGAGE_QUEUE_DEPTH", "1024", false, SINKS},
-    [OPT_QUEUE_MB] = {"queue-mb", "ENGAGE_QUEUE_MB", "128", false, SINKS},
+    [OPT_SLOT] = {"slot", "ENGAGE_SLOT", "engage_slot", false, STREAM | STATUS},
+    [OPT_PUBLICATION] = {"publication", "ENGAGE_PUBLICATION", "engage_pub", false, STREAM},
+    [OPT_ADMIN_ADDR] = {"admin-addr", "ENGAGE_ADMIN_ADDR", "127.0.0.1:9187", false,
+                        STREAM | STATUS},
+    [OPT_STATE_DIR] = {"state-dir", "ENGAGE_STATE_DIR", "engage-state", false, SINKS | CAPTURE},
+    [OPT_BATCH_EVENTS] = {"batch-events", "ENGAGE_BATCH_EVENTS", "10000", false, SINKS | CAPTURE},
+    [OPT_BATCH_MS] = {"batch-ms", "ENGAGE_BATCH_MS", "50", false, STREAM},
+    [OPT_QUEUE_DEPTH] = {"queue-depth", "ENGAGE_QUEUE_DEPTH", "1024", false, SINKS | CAPTURE},
+    [OPT_QUEUE_MB] = {"queue-mb", "ENGAGE_QUEUE_MB", "128", false, SINKS | CAPTURE},
     [OPT_CLICKHOUSE_INTERVAL_MS] = {"clickhouse-interval-ms", "ENGAGE_CLICKHOUSE_INTERVAL_MS",
                                     "200", false, SINKS},
-    [OPT_LOG_LEVEL] = {"log-level", "ENGAGE_LOG_LEVEL", "info", false, SINKS | STATUS},
+    [OPT_LOG_LEVEL] = {"log-level", "ENGAGE_LOG_LEVEL", "info", false, SINKS | STATUS | CAPTURE},
     [OPT_SOURCE] = {"source", "ENGAGE_SOURCE", "pg", false, RUN},
     [OPT_HTTP_BATCH] = {"http-batch", "ENGAGE_HTTP_BATCH", NULL, false, HTTP},
     [OPT_HTTP_TIMEOUT_MS] = {"http-timeout-ms", "ENGAGE_HTTP_TIMEOUT_MS", NULL, false, HTTP},
@@ -61,7 +64,8 @@ static const struct opt_def defs[OPT__COUNT] = {
     [OPT_HTTP_INFLIGHT] = {"http-inflight", "ENGAGE_HTTP_INFLIGHT", NULL, false, HTTP},
     [OPT_HTTP_TOKEN_FILE] = {"http-token-file", "ENGAGE_HTTP_TOKEN_FILE", NULL, false, HTTP},
     [OPT_HTTP_RATE] = {"http-rate", "ENGAGE_HTTP_RATE", NULL, false, HTTP},
-    [OPT_DLQ_TABLE] = {"dlq-table", "ENGAGE_DLQ_TABLE", "engage_dlq", false, SINKS | DLQ | STATUS},
+    [OPT_DLQ_TABLE] = {"dlq-table", "ENGAGE_DLQ_TABLE", "engage_dlq", false,
+                       SINKS | DLQ | STATUS | CAPTURE},
     [OPT_SEEN_TTL] = {"seen-ttl", "ENGAGE_SEEN_TTL", "0", false, SINKS},
     [OPT_REDIS_CALL_EVENTS] = {"redis-call-events", "ENGAGE_REDIS_CALL_EVENTS", "1000", false,
                                SINKS},
@@ -74,7 +78,37 @@ static const struct opt_def defs[OPT__COUNT] = {
     [OPT_ALL] = {"all", NULL, NULL, true, LIST},
     [OPT_PENDING] = {"pending", NULL, NULL, true, LIST},
     [OPT_JSON] = {"json", NULL, NULL, true, LIST | STATUS},
+    [OPT_GROUP] = {"group", "ENGAGE_GROUP", "engage", false, RUN},
+    [OPT_TOPIC] = {"topic", "ENGAGE_TOPIC", "dbserver1.public.engagement_events", false, RUN},
+    [OPT_CONTENT_TOPIC] = {"content-topic", "ENGAGE_CONTENT_TOPIC", NULL, false, RUN},
+    [OPT_SNAPSHOT_READS] = {"snapshot-reads", NULL, NULL, true, RUN},
+    [OPT_TOPIC_PREFIX] = {"topic-prefix", "ENGAGE_TOPIC_PREFIX", "dbserver1", false, CAPTURE},
+    [OPT_KEY] = {"key", "ENGAGE_KEY", "content_id", false, CAPTURE},
+    [OPT_NO_SCHEMAS] = {"no-schemas", NULL, NULL, true, CAPTURE},
+    [OPT_PARTITIONS] = {"partitions", "ENGAGE_PARTITIONS", "1", false, CAPTURE},
+    [OPT_KAFKA_PROPERTY] = {"kafka-property", NULL, NULL, false, STREAM},
 };
+
+/* Where a subcommand's default differs from the table's: capture runs beside run on one
+ * machine, so it has a slot, a state directory and an admin port of its own. */
+static const struct {
+    enum eng_opt_id id;
+    enum eng_cmd_id cmd;
+    const char *def;
+} cmd_defaults[] = {
+    {OPT_SLOT, ENG_CMD_CAPTURE, "engage_capture"},
+    {OPT_STATE_DIR, ENG_CMD_CAPTURE, "engage-capture-state"},
+    {OPT_ADMIN_ADDR, ENG_CMD_CAPTURE, "127.0.0.1:9188"},
+};
+
+static const char *default_for(enum eng_cmd_id cmd, int id)
+{
+    for (size_t i = 0; i < sizeof(cmd_defaults) / sizeof(cmd_defaults[0]); i++) {
+        if ((int)cmd_defaults[i].id == id && cmd_defaults[i].cmd == cmd)
+            return cmd_defaults[i].def;
+    }
+    return defs[id].def;
+}
 
 static const char *const cmd_names[ENG_CMD__COUNT] = {
     [ENG_CMD_RUN] = "run",
@@ -84,6 +118,7 @@ static const char *const cmd_names[ENG_CMD__COUNT] = {
     [ENG_CMD_DLQ_DISCARD] = "dlq discard",
     [ENG_CMD_STATUS] = "status",
     [ENG_CMD_TOP] = "top",
+    [ENG_CMD_CAPTURE] = "capture",
 };
 
 bool eng_options_takes(enum eng_cmd_id cmd, enum eng_opt_id id)
@@ -229,6 +264,17 @@ static void bad_option(enum eng_cmd_id cmd, const char *arg, int short_opt, bool
         fprintf(stderr, "engage %s: unknown option %.*s\n", name, len, arg);
 }
 
+/* Appends line to the newline-separated list *list. */
+static void add_line(char **list, const char *line)
+{
+    size_t old = *list ? strlen(*list) : 0;
+    char *s = eng_realloc(*list, old + strlen(line) + 2);
+    if (old > 0)
+        s[old++] = '\n';
+    strcpy(s + old, line);
+    *list = s;
+}
+
 /* Reads the flags of argv into o. Returns 0, 1 after printing usage for --help, or -1 after
  * printing a usage error. */
 static int parse_argv(struct eng_options *o, enum eng_cmd_id cmd, int argc, char **argv,
@@ -236,15 +282,20 @@ static int parse_argv(struct eng_options *o, enum eng_cmd_id cmd, int argc, char
 {
     struct option longopts[OPT__COUNT + 2];
     build_longopts(cmd, longopts);
+    bool kafka = eng_options_takes(cmd, OPT_KAFKA_PROPERTY); /* -X key=value */
     optind = 1;
     opterr = 0; /* bad_option says it, naming the subcommand */
     for (;;) {
-        int c = getopt_long(argc, argv, ":h", longopts, NULL);
+        int c = getopt_long(argc, argv, kafka ? ":hX:" : ":h", longopts, NULL);
         if (c == -1)
             break;
         if (c == 'h') {
             fputs(usage, stdout);
             return 1;
+        }
+        if (c == 'X' || c == 1000 + OPT_KAFKA_PROPERTY) {
+            add_line(&o->v[OPT_KAFKA_PROPERTY], optarg);
+            continue;
         }
         if (c < 1000 || c >= 1000 + OPT__COUNT) {
             bool is_long = c == ':' || optopt == 0 || optopt >= 1000;
@@ -276,8 +327,9 @@ int eng_options_parse(struct eng_options *o, enum eng_cmd_id cmd, int argc, char
     if (o->v[OPT_CONFIG] != NULL && read_config(o, mine, o->v[OPT_CONFIG]) != 0)
         return -1;
     for (int i = 0; i < OPT__COUNT; i++) {
-        if ((defs[i].cmds & mine) && o->v[i] == NULL && defs[i].def != NULL)
-            o->v[i] = eng_strdup(defs[i].def);
+        const char *def = default_for(cmd, i);
+        if ((defs[i].cmds & mine) && o->v[i] == NULL && def != NULL)
+            o->v[i] = eng_strdup(def);
     }
     return 0;
 }
@@ -466,4 +518,28 @@ bool eng_opt_sink_enabled(const struct eng_options *o, const char *name)
             p++;
     }
     return false;
+}
+
+char **eng_opt_lines(const struct eng_options *o, enum eng_opt_id id, size_t *n)
+{
+    const char *s = o->v[id];
+    size_t count = 0;
+    for (const char *p = s; p != NULL && *p != '\0'; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : "")
+        count++;
+    char **lines = eng_calloc(count + 1, sizeof(*lines));
+    const char *p = s;
+    for (size_t i = 0; i < count; i++) {
+        size_t len = strcspn(p, "\n");
+        lines[i] = eng_strndup(p, len);
+        p += len + (p[len] == '\n');
+    }
+    *n = count;
+    return lines;
+}
+
+void eng_opt_lines_free(char **lines)
+{
+    for (size_t i = 0; lines != NULL && lines[i] != NULL; i++)
+        free(lines[i]);
+    free(lines);
 }

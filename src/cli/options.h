@@ -43,12 +43,21 @@ enum eng_opt_id {
     OPT_CONFIG,
     OPT_START,
     OPT_END,
-    OPT_ORIGIN,  /* dlq: rows of this origin */
-    OPT_IDS,     /* dlq: these row ids */
-    OPT_LIMIT,   /* dlq: at most N rows */
-    OPT_ALL,     /* dlq list: every row (a flag) */
-    OPT_PENDING, /* dlq list: pending rows only (a flag) */
-    OPT_JSON,    /* dlq list, status: JSON out (a flag) */
+    OPT_ORIGIN,         /* dlq: rows of this origin */
+    OPT_IDS,            /* dlq: these row ids */
+    OPT_LIMIT,          /* dlq: at most N rows */
+    OPT_ALL,            /* dlq list: every row (a flag) */
+    OPT_PENDING,        /* dlq list: pending rows only (a flag) */
+    OPT_JSON,           /* dlq list, status: JSON out (a flag) */
+    OPT_GROUP,          /* run --source kafka: the consumer group */
+    OPT_TOPIC,          /* run --source kafka: the events topic */
+    OPT_CONTENT_TOPIC,  /* run --source kafka: the content topic ("" none) */
+    OPT_SNAPSHOT_READS, /* run --source kafka: deliver op "r" too (a flag) */
+    OPT_TOPIC_PREFIX,   /* capture: topic.prefix */
+    OPT_KEY,            /* capture: content_id or primary */
+    OPT_NO_SCHEMAS,     /* capture: the JSON converter's schemas off (a flag) */
+    OPT_PARTITIONS,     /* capture: partitions of a topic it creates */
+    OPT_KAFKA_PROPERTY, /* run, capture: -X key=value, repeatable (lines, in order) */
     OPT__COUNT
 };
 
@@ -61,6 +70,7 @@ enum eng_cmd_id {
     ENG_CMD_DLQ_DISCARD,
     ENG_CMD_STATUS,
     ENG_CMD_TOP,
+    ENG_CMD_CAPTURE,
     ENG_CMD__COUNT
 };
 
@@ -120,5 +130,10 @@ bool eng_opt_double(const struct eng_options *o, enum eng_opt_id id, double min,
 /* True when sink name ("clickhouse", "redis", "http") is enabled: listed in --sinks, or, when
  * --sinks is absent, configured with a URL. */
 bool eng_opt_sink_enabled(const struct eng_options *o, const char *name);
+
+/* The lines of a repeatable option (--kafka-property / -X) as a NULL-terminated array of
+ * copies, *n of them; free with eng_opt_lines_free. */
+char **eng_opt_lines(const struct eng_options *o, enum eng_opt_id id, size_t *n);
+void eng_opt_lines_free(char **lines);
 
 #endif

@@ -1,7 +1,12 @@
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../core/log.h"
 
@@ -231,4 +236,51 @@ void eng_cli_sinks_destroy(struct eng_cli_sinks *cs)
     cs->http_dlq = NULL;
     eng_redis_repair_destroy(cs->redis_repair); /* after the sinks that report to it */
     cs->redis_repair = NULL;
+}
+
+/* Takes the state directory's lock (flock on DIR/lock, created with the directory when
+ * missing), so that a second engage on the same directory refuses at once instead of waiting
+ * on the slot. Returns the descriptor that holds the lock until it is closed (or the process
+ * ends), or -1 after logging why. */
+int eng_cli_lock_state_dir(const char *dir)
+{
+    char path[4096];
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        eng_error("msg=\"could not create the state directory\" dir=\"%s\" error=\"%s\"", dir,
+                  strerror(errno));
+        return -1;
+    }
+    if ((size_t)snprintf(path, sizeof(path), "%s/lock", dir) >= sizeof(path)) {
+        eng_error("msg=\"state directory path too long\" dir=\"%s\"", dir);
+        return -1;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        eng_error("msg=\"could not open the state directory's lock\" path=\"%s\" error=\"%s\"",
+                  path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char holder[32] = "";
+        ssize_t n = pread(fd, holder, sizeof(holder) - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        if (e == EWOULDBLOCK)
+            eng_error("msg=\"the state directory is in use by another engage (runbook: stop that "
+                      "one, or give this one its own --state-dir and --slot)\" dir=\"%s\" "
+                      "holder_pid=%s",
+                      dir, holder[0] ? holder : "unknown");
+        else
+            eng_error("msg=\"could not lock the state directory\" path=\"%s\" error=\"%s\"", path,
+                      strerror(e));
+        close(fd);
+        return -1;
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        eng_warn("msg=\"could not write the pid into the state directory's lock\" path=\"%s\"",
+                 path); /* the lock holds all the same */
+    return fd;
 }

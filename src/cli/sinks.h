@@ -46,4 +46,10 @@ void eng_cli_catch_stop_signals(void (*handler)(int));
 /* Stops and frees the pipeline, its sinks and the dead-letter connection. */
 void eng_cli_sinks_destroy(struct eng_cli_sinks *cs);
 
+/* Takes the state directory's lock (flock on DIR/lock, created with the directory when
+ * missing), so that a second engage on the same directory refuses at once instead of waiting
+ * on the slot. Returns the descriptor that holds the lock until it is closed (or the process
+ * ends), or -1 after logging why. */
+int eng_cli_lock_state_dir(const char *dir);
+
 #endif

@@ -93,6 +93,7 @@ struct eng_batch *eng_batch_merge(struct eng_batch *const *bs, uint32_t n, uint3
             e->event_type.off += str_off;
             e->device.off += str_off;
             e->content_type.off += str_off;
+            e->key.off += str_off;
             e->json.off = e->json.off - (uint32_t)json_from + json_off;
         }
         m->seq = b->seq;

@@ -26,6 +26,7 @@ enum eng_event_flags {
     ENG_EV_LENGTH_NULL = 1u << 6,   /* length_seconds NULL (or no content row) */
     ENG_EV_SECONDS_VALID = 1u << 7, /* engagement_seconds is not NULL */
     ENG_EV_PCT_VALID = 1u << 8,     /* engagement_pct is not NULL */
+    ENG_EV_TOMBSTONE = 1u << 9,     /* capture: a message with a key and no value */
 };
 
 /* One engagement event, enriched. Text fields are slices of batch->strings; json is a slice
@@ -48,6 +49,10 @@ struct eng_event {
     struct eng_slice device;
     struct eng_slice content_type;
     struct eng_slice json;
+    /* capture (engage capture): the event is a change message for Kafka; json is its value,
+     * key a slice of strings, topic which of the sink's topics it goes to. */
+    struct eng_slice key;
+    uint8_t topic;
 };
 
 /* True when e comes after the event at (lsn, seq) in the source's order. */

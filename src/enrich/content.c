@@ -139,13 +139,27 @@ uint32_t eng_content_cache_count(const struct eng_content_cache *c)
     return c->count;
 }
 
+void eng_content_cache_each(const struct eng_content_cache *c,
+                            bool (*fn)(const struct eng_content *row, void *ctx), void *ctx)
+{
+    for (uint32_t i = 0; i < c->nbuckets; i++) {
+        for (struct node *n = c->buckets[i]; n != NULL; n = n->next) {
+            if (!fn(&n->row, ctx))
+                return;
+        }
+    }
+}
+
+static bool put_into(const struct eng_content *row, void *ctx)
+{
+    eng_content_cache_put(ctx, row);
+    return true;
+}
+
 struct eng_content_cache *eng_content_cache_clone(const struct eng_content_cache *c)
 {
     struct eng_content_cache *d = eng_content_cache_create();
-    for (uint32_t i = 0; i < c->nbuckets; i++) {
-        for (struct node *n = c->buckets[i]; n != NULL; n = n->next)
-            eng_content_cache_put(d, &n->row);
-    }
+    eng_content_cache_each(c, put_into, d);
     return d;
 }
 

@@ -38,6 +38,11 @@ const struct eng_content *eng_content_cache_get(const struct eng_content_cache *
                                                 int32_t content_id);
 uint32_t eng_content_cache_count(const struct eng_content_cache *c);
 
+/* Calls fn for every row (in no particular order) until it returns false. The cache must
+ * not change meanwhile. */
+void eng_content_cache_each(const struct eng_content_cache *c,
+                            bool (*fn)(const struct eng_content *row, void *ctx), void *ctx);
+
 /* A deep copy. */
 struct eng_content_cache *eng_content_cache_clone(const struct eng_content_cache *c);
 

@@ -12,12 +12,14 @@
 #include <string.h>
 #include <sys/select.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../checkpoint/checkpoint.h"
 #include "../core/metrics.h"
 #include "../core/backoff.h"
 #include "../core/buf.h"
 #include "../core/clock.h"
+#include "../core/durable.h"
 #include "../core/pgtext.h"
 #include "../core/log.h"
 #include "../decode/pgoutput.h"
@@ -75,7 +77,10 @@ struct pgsrc {
 
     bool in_tx;
     int64_t tx_commit_us;
-    uint64_t tx_final_lsn;         /* the open transaction's commit LSN (from Begin) */
+    uint64_t tx_final_lsn; /* the open transaction's commit LSN (from Begin) */
+    uint32_t tx_xid;
+    uint64_t prev_commit_lsn;      /* capture: the commit LSN of the last transaction decoded */
+    uint64_t tx_begin_lsn;         /* capture: where the open transaction's Begin was read */
     uint32_t tx_events;            /* events of the open transaction so far */
     struct change_list tx_changes; /* content changes of the open transaction */
     struct change_list pending;    /* committed, not yet durable */
@@ -428,6 +433,82 @@ static int restore_checkpoint(struct pgsrc *s, bool exists, uint64_t confirmed_f
     return 0;
 }
 
+/* ---- capture's snapshot ---- */
+
+static void snapshot_marker(const struct pgsrc *s, char *path, size_t len)
+{
+    snprintf(path, len, "%s/%s.snapshot", s->opt->state_dir, s->opt->slot);
+}
+
+static int write_nothing(FILE *f, void *arg, struct eng_error *err)
+{
+    (void)arg;
+    (void)err;
+    return fputs("snapshot in progress\n", f) < 0 ? ENG_EIO : 0;
+}
+
+/* Before a capture creates its slot: the mark that its snapshot is not durable yet. */
+static int mark_snapshot(struct pgsrc *s, struct eng_error *err)
+{
+    if (s->opt->capture == NULL || s->opt->capture->snapshot == NULL)
+        return 0;
+    char name[300];
+    snprintf(name, sizeof(name), "%s.snapshot", s->opt->slot);
+    return eng_durable_replace(s->opt->state_dir, name, write_nothing, NULL, err);
+}
+
+/* A capture killed before its snapshot was durable left a slot whose first rows are not
+ * all in Kafka: refuse rather than stream on without them. */
+static int check_snapshot_mark(struct pgsrc *s, bool slot_exists, struct eng_error *err)
+{
+    char path[4096];
+    snapshot_marker(s, path, sizeof(path));
+    if (s->opt->capture == NULL || access(path, F_OK) != 0)
+        return 0;
+    if (!slot_exists) {
+        unlink(path);
+        return 0;
+    }
+    return eng_error_set(err, ENG_EFATAL, false,
+                         "the initial snapshot of slot \"%s\" did not finish (runbook: drop the "
+                         "slot with SELECT pg_drop_replication_slot('%s'), remove %s and start "
+                         "again; consumers dedupe what is sent twice)",
+                         s->opt->slot, s->opt->slot, path);
+}
+
+/* Capture: the rows of the slot's snapshot to the sinks, durable before anything streams. */
+static int submit_snapshot(struct pgsrc *s, const char *snapshot, uint64_t lsn,
+                           struct eng_error *err)
+{
+    const struct eng_pg_capture *cap = s->opt->capture;
+    if (cap == NULL || cap->snapshot == NULL)
+        return 0;
+    struct eng_batch **bs = NULL;
+    size_t n = 0;
+    int rc =
+        cap->snapshot(cap->ctx, s->conn, snapshot, lsn, s->opt->batch_max_events, &bs, &n, err);
+    size_t i = 0;
+    for (; rc == 0 && i < n; i++) {
+        bs[i]->position = lsn;
+        while ((rc = eng_pipeline_submit(s->p, bs[i], 100000)) == ENG_EAGAIN && !*s->stop)
+            ;
+    }
+    for (size_t k = rc == 0 ? n : i - 1; k < n; k++)
+        eng_batch_release(bs[k]);
+    free(bs);
+    while (rc == 0 && !eng_pipeline_wait_idle(s->p, 100000)) {
+        if (*s->stop || eng_pipeline_failed(s->p, err))
+            return *s->stop ? ENG_ESTOPPED : err->code;
+    }
+    if (rc != 0)
+        return rc == ENG_EAGAIN ? ENG_ESTOPPED : rc;
+    char path[4096];
+    snapshot_marker(s, path, sizeof(path));
+    unlink(path);
+    eng_info("msg=\"snapshot sent\" slot=%s batches=%zu", s->opt->slot, n);
+    return 0;
+}
+
 /* Creates the slot and reads the content table in its exported snapshot, so that the cache
  * is exactly the one of the slot's first position; saves both before anything streams.
  * When that fails the slot is dropped again. */
@@ -435,6 +516,8 @@ static int create_slot(struct pgsrc *s, struct eng_error *err)
 {
     const char *slot = s->opt->slot;
     char sql[160];
+    if (mark_snapshot(s, err) != 0)
+        return err->code;
     snprintf(sql, sizeof(sql), "CREATE_REPLICATION_SLOT %s LOGICAL pgoutput EXPORT_SNAPSHOT", slot);
     PGresult *r = PQexec(s->repl, sql);
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
@@ -449,7 +532,8 @@ static int create_slot(struct pgsrc *s, struct eng_error *err)
     PQclear(r);
     /* The snapshot stays valid while the replication connection runs no other command. */
     if (eng_pg_load_content(s->conn, snapshot, s->durable, err) != 0 ||
-        save_state(s, consistent, err) != 0 || save_bound(s, consistent, err) != 0) {
+        save_state(s, consistent, err) != 0 || save_bound(s, consistent, err) != 0 ||
+        submit_snapshot(s, snapshot, consistent, err) != 0) {
         drop_new_slot(s);
         return err->code;
     }
@@ -466,7 +550,8 @@ static int prepare_slot(struct pgsrc *s, uint64_t *start, struct eng_error *err)
 {
     bool exists = false;
     uint64_t confirmed_flush = 0;
-    if (read_slot(s, &exists, &confirmed_flush, err) != 0)
+    if (read_slot(s, &exists, &confirmed_flush, err) != 0 ||
+        check_snapshot_mark(s, exists, err) != 0)
         return err->code;
     if (!s->caches_ready && restore_checkpoint(s, exists, confirmed_flush, err) != 0)
         return err->code;
@@ -840,6 +925,73 @@ static void on_content_row(struct pgsrc *s, const struct relmap *m, const struct
     eng_counter_add(s->m_content, 1);
 }
 
+/* Capture mode: a change of a captured table to the capture's hook; a row it cannot take is
+ * parked like an event that does not enrich. */
+static int on_capture(struct pgsrc *s, const struct eng_pgo_relation *rel, uint32_t relid, char op,
+                      const struct eng_pgo_tuple *before, const struct eng_pgo_tuple *after,
+                      uint64_t lsn, struct eng_error *err)
+{
+    const struct relmap *m = relmap_get(s, relid);
+    if (rel == NULL || m == NULL || m->role == REL_OTHER)
+        return 0;
+    if (eng_batch_full(s->batch) || s->batch->n + 2 > s->batch->cap) {
+        int rc = flush_batch(s);
+        if (rc != 0)
+            return rc;
+    }
+    struct eng_pg_change ch = {
+        .rel = rel,
+        .op = op,
+        .before = before,
+        .after = after,
+        .lsn = lsn,
+        .xid = s->tx_xid,
+        .commit_time_us = s->tx_commit_us,
+        /* Debezium's sequence[0]: the Begin's position, null before the first commit it
+         * saw (compared with Debezium 3.6.1's records in tests/fixtures/debezium). */
+        .last_commit_lsn = s->prev_commit_lsn != 0 ? s->tx_begin_lsn : 0,
+    };
+    struct eng_error perr;
+    eng_error_clear(&perr);
+    int rc = s->opt->capture->change(s->opt->capture->ctx, s->batch, &ch, &perr);
+    if (rc != 0 && perr.retriable) {
+        *err = perr;
+        return rc;
+    }
+    if (rc != 0) {
+        struct eng_buf payload = {.cap = ENG_EVENT_MAX_JSON};
+        row_json(rel, after != NULL ? after : before, &payload);
+        if (payload.overflow)
+            eng_buf_reset(&payload);
+        rc = park_bad(s, lsn, -1, perr.msg, payload.data, payload.len, err);
+        eng_buf_free(&payload);
+        return rc;
+    }
+    eng_counter_add(s->m_events, 1);
+    if (s->batch_deadline == 0)
+        s->batch_deadline = eng_clock_mono_us() + s->opt->batch_max_us;
+    return 0;
+}
+
+static int on_capture_message(struct pgsrc *s, const struct eng_pgo_msg *msg, uint64_t lsn,
+                              struct eng_error *err)
+{
+    switch (msg->kind) {
+    case ENG_PGO_INSERT:
+        return on_capture(s, msg->u.insert.rel, msg->u.insert.relid, 'c', NULL,
+                          &msg->u.insert.newtup, lsn, err);
+    case ENG_PGO_UPDATE:
+        return on_capture(s, msg->u.update.rel, msg->u.update.relid, 'u',
+                          msg->u.update.oldkind ? &msg->u.update.oldtup : NULL,
+                          &msg->u.update.newtup, lsn, err);
+    case ENG_PGO_DELETE:
+        return on_capture(s, msg->u.del.rel, msg->u.del.relid, 'd', &msg->u.del.oldtup, NULL, lsn,
+                          err);
+    default: /* TRUNCATE is not captured (see docs/kafka.md) */
+        return 0;
+    }
+}
+
 static int on_message(struct pgsrc *s, const struct eng_pgo_msg *msg, uint64_t lsn,
                       struct eng_error *err)
 {
@@ -849,12 +1001,15 @@ static int on_message(struct pgsrc *s, const struct eng_pgo_msg *msg, uint64_t l
         s->in_tx = true;
         s->tx_commit_us = eng_pgo_time_to_unix_us(msg->u.begin.commit_time);
         s->tx_final_lsn = msg->u.begin.final_lsn;
+        s->tx_xid = msg->u.begin.xid;
+        s->tx_begin_lsn = lsn;
         s->tx_events = 0;
         change_list_clear(&s->tx_changes);
         return 0;
     case ENG_PGO_COMMIT:
         s->in_tx = false;
         s->last_end_lsn = msg->u.commit.end_lsn;
+        s->prev_commit_lsn = msg->u.commit.commit_lsn;
         s->last_commit_us = s->tx_commit_us;
         if (s->batch_commit_us == 0)
             s->batch_commit_us = s->tx_commit_us;
@@ -948,6 +1103,10 @@ static int on_copy_data(struct pgsrc *s, const char *buf, int len, struct eng_er
         snprintf(reason, sizeof(reason), "could not decode pgoutput message: %s", derr.msg);
         return park_bad(s, start, -1, reason, buf + 25, (size_t)len - 25, err);
     }
+    bool change = msg.kind == ENG_PGO_INSERT || msg.kind == ENG_PGO_UPDATE ||
+                  msg.kind == ENG_PGO_DELETE || msg.kind == ENG_PGO_TRUNCATE;
+    if (change && s->opt->capture != NULL)
+        return on_capture_message(s, &msg, start, err);
     return on_message(s, &msg, start, err);
 }
 
