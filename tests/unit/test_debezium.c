@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "core/pgtext.h"
 #include "decode/debezium.h"
@@ -536,6 +537,289 @@ static void test_timestamps(void **state)
     eng_dbz_decoder_destroy(d);
 }
 
+/* ---- recorded messages ------------------------------------------------------------------ */
+
+/* tests/fixtures/debezium/: what Debezium 3.6.1 wrote for the recorder's workload
+ * (scripts/kafka/record_fixtures.py, README.md there). */
+#define FIXTURES ENG_TEST_DATA "/../../fixtures/debezium/"
+
+struct recorded {
+    char **values; /* NULL: a tombstone */
+    size_t *lens;
+    size_t n;
+};
+
+static void recorded_load(struct recorded *r, const char *name, const char *topic)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s%s", FIXTURES, name);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        fail_msg("cannot open \"%s\"", path);
+    memset(r, 0, sizeof(*r));
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) > 0) {
+        json_error_t jerr;
+        json_t *j = json_loads(line, 0, &jerr);
+        if (j == NULL)
+            fail_msg("%s: %s", name, jerr.text);
+        assert_string_equal(json_string_value(json_object_get(j, "topic")), topic);
+        const json_t *v = json_object_get(j, "value");
+        r->values = realloc(r->values, (r->n + 1) * sizeof(*r->values));
+        r->lens = realloc(r->lens, (r->n + 1) * sizeof(*r->lens));
+        assert_true(r->values != NULL && r->lens != NULL);
+        r->values[r->n] = NULL;
+        r->lens[r->n] = 0;
+        if (json_is_string(v)) {
+            r->lens[r->n] = json_string_length(v);
+            r->values[r->n] = malloc(r->lens[r->n] + 1);
+            assert_non_null(r->values[r->n]);
+            memcpy(r->values[r->n], json_string_value(v), r->lens[r->n]);
+        }
+        r->n++;
+        json_decref(j);
+    }
+    free(line);
+    fclose(f);
+}
+
+static void recorded_free(struct recorded *r)
+{
+    for (size_t i = 0; i < r->n; i++)
+        free(r->values[i]);
+    free(r->values);
+    free(r->lens);
+}
+
+static int decode_recorded(struct eng_dbz_decoder *d, const struct recorded *r, size_t i,
+                           struct eng_dbz_msg *m, struct eng_error *err)
+{
+    if (r->values[i] == NULL)
+        return eng_dbz_decode(d, NULL, 0, m, err);
+    return decode(d, r->values[i], r->lens[i], m, err);
+}
+
+struct want_event {
+    int kind;
+    char op;
+    bool snapshot;
+    const char *cols[ENG_COL__COUNT]; /* NULL: SQL NULL */
+    const char *error;                /* the message refuses it (in err.msg) */
+};
+
+#define EV_C(...)                                                                                  \
+    {                                                                                              \
+        ENG_DBZ_EVENT, 'c', false, {__VA_ARGS__}, NULL                                             \
+    }
+
+/* The workload's events in offset order: the snapshot's two rows, then steps 1 to 17. */
+static const struct want_event events_want[] = {
+    {ENG_DBZ_EVENT,
+     'r',
+     true,
+     {"1", "2001", "601", "view", "2026-01-01 12:00:00", "30000", "android"},
+     NULL},
+    {ENG_DBZ_EVENT,
+     'r',
+     true,
+     {"2", "2002", "602", "like", "2026-01-01 12:00:05.5", NULL, "ios"},
+     NULL},
+    EV_C("3", "2001", "601", "view", "2026-02-01 10:00:00", "30000", "android"),
+    EV_C("4", "2002", "602", "click", "2026-02-01 10:00:01.123456", "1500", "ios"),
+    EV_C("5", "2001", "603", "view", "2026-02-01 10:00:02", "1000", "web"),
+    EV_C("6", "2003", "604", "play", "2026-02-01 10:00:03", "250000", "tv"),
+    EV_C("7", "2002", "605", "view", "2026-02-01 10:00:04", "20", "web"),
+    EV_C("8", "2003", NULL, NULL, "2026-02-01 10:00:05", NULL, NULL),
+    EV_C("9", "2001", "606", "vue \xc3\xa9", "2026-02-01 10:00:06", "7",
+         "tablet \"\xc3\xa9\" \xe6\x97\xa5\xe6\x9c\xac \\ end"),
+    /* step 6 rolled back: event_id 10 is used up */
+    EV_C("11", "2002", "608", "view", "1969-12-31 23:59:59.999999", "5", "old"),
+    EV_C("12", "2002", "609", "view", "1900-01-01 00:00:00", "6", "older"),
+    /* step 8: content_id NULL, which no sink can key: parked */
+    {ENG_DBZ_IGNORED, 0, false, {NULL}, "after.content_id is null"},
+    {ENG_DBZ_EVENT,
+     'u',
+     false,
+     {"3", "2001", "601", "view", "2026-02-01 10:00:00", "45000", "android-tv"},
+     NULL},
+    {ENG_DBZ_EVENT,
+     'u',
+     false,
+     {"5", "2003", "603", "view", "2026-02-01 10:00:02", "1000", "web"},
+     NULL},
+    /* step 11: before holds the key, event_ts 0 (NOT NULL), the rest null */
+    {ENG_DBZ_EVENT, 'd', false, {"7", NULL, NULL, NULL, "1970-01-01 00:00:00", NULL, NULL}, NULL},
+    {ENG_DBZ_TOMBSTONE, 0, false, {NULL}, NULL},
+    EV_C("14", "2001", "611", "view", "2026-02-01 10:00:09", "9", "web"),
+    EV_C("15", "9999", "0", "marker", "2026-02-01 10:00:10", "0", "marker-end"),
+};
+
+struct want_content {
+    int kind;
+    char op;
+    bool snapshot;
+    int32_t content_id;
+    const char *type; /* NULL: SQL NULL */
+    int32_t length;   /* -1: SQL NULL */
+};
+
+static const struct want_content content_want[] = {
+    {ENG_DBZ_CONTENT, 'r', true, 2001, "video", 120},
+    {ENG_DBZ_CONTENT, 'r', true, 2002, "article", -1},
+    {ENG_DBZ_CONTENT, 'r', true, 2003, "podcast", 3600},
+    {ENG_DBZ_CONTENT, 'c', false, 2004, "video", 60},
+    {ENG_DBZ_CONTENT, 'u', false, 2004, "video", 61},
+    {ENG_DBZ_CONTENT, 'd', false, 2004, NULL, -1},
+    {ENG_DBZ_TOMBSTONE, 0, false, 0, NULL, -1},
+    {ENG_DBZ_CONTENT, 'u', false, 2001, "video", 120},
+    {ENG_DBZ_CONTENT, 'c', false, 9999, "marker", 0},
+};
+
+static void check_recorded_event(const struct eng_dbz_msg *m, const struct want_event *w, int rc,
+                                 const struct eng_error *err, size_t i)
+{
+    if (w->error != NULL) {
+        if (rc != ENG_EINVAL || strstr(err->msg, w->error) == NULL)
+            fail_msg("event %zu: rc %d \"%s\", want \"%s\"", i, rc, rc ? err->msg : "", w->error);
+        return;
+    }
+    if (rc != 0)
+        fail_msg("event %zu: %s", i, err->msg);
+    assert_int_equal(m->kind, w->kind);
+    if (w->kind == ENG_DBZ_TOMBSTONE)
+        return;
+    assert_int_equal(m->op, w->op);
+    assert_int_equal(m->snapshot, w->snapshot);
+    assert_true(m->lsn > 0 && m->tx_id > 0);
+    assert_true(m->commit_time_us > INT64_C(1700000000000000)); /* recorded after 2023 */
+    for (int c = 0; c < ENG_COL__COUNT; c++)
+        assert_col(m, (enum eng_event_col)c, w->cols[c]);
+    if (m->op == 'd')
+        return;
+    struct eng_batch *b = eng_batch_create(2);
+    struct eng_error e2;
+    assert_int_equal(eng_event_from_text(b, eng_batch_push(b), m->cols, &e2), 0);
+    eng_batch_release(b);
+}
+
+static void check_recorded_events(const char *file)
+{
+    struct recorded r;
+    recorded_load(&r, file, "dbserver1.public.engagement_events");
+    size_t nwant = sizeof(events_want) / sizeof(events_want[0]);
+    assert_int_equal(r.n, nwant);
+    struct eng_dbz_decoder *d = eng_dbz_decoder_create();
+    int64_t tx[sizeof(events_want) / sizeof(events_want[0])];
+    for (size_t i = 0; i < r.n; i++) {
+        struct eng_dbz_msg m;
+        struct eng_error err;
+        int rc = decode_recorded(d, &r, i, &m, &err);
+        check_recorded_event(&m, &events_want[i], rc, &err, i);
+        tx[i] = m.tx_id;
+    }
+    /* step 3 and step 7: one transaction each; steps apart: not */
+    assert_true(tx[4] == tx[5] && tx[5] == tx[6] && tx[3] != tx[4]);
+    assert_true(tx[9] == tx[10] && tx[8] != tx[9]);
+    eng_dbz_decoder_destroy(d);
+    recorded_free(&r);
+}
+
+static void check_recorded_content(const char *file, const char *events_file)
+{
+    struct recorded r, ev;
+    recorded_load(&r, file, "dbserver1.public.content");
+    recorded_load(&ev, events_file, "dbserver1.public.engagement_events");
+    assert_int_equal(r.n, sizeof(content_want) / sizeof(content_want[0]));
+    struct eng_dbz_decoder *d = eng_dbz_decoder_create();
+    struct eng_dbz_msg m;
+    struct eng_error err;
+    for (size_t i = 0; i < r.n; i++) {
+        const struct want_content *w = &content_want[i];
+        if (decode_recorded(d, &r, i, &m, &err) != 0)
+            fail_msg("content %zu: %s", i, err.msg);
+        assert_int_equal(m.kind, w->kind);
+        if (w->kind == ENG_DBZ_TOMBSTONE)
+            continue;
+        assert_int_equal(m.op, w->op);
+        assert_int_equal(m.snapshot, w->snapshot);
+        assert_int_equal(m.content.content_id, w->content_id);
+        if (w->op == 'd')
+            continue;
+        assert_int_equal(m.content.type_null, w->type == NULL);
+        assert_string_equal(m.content.content_type, w->type ? w->type : "");
+        assert_int_equal(m.content.length_null, w->length < 0);
+        if (w->length >= 0)
+            assert_int_equal(m.content.length_seconds, w->length);
+    }
+    /* step 15 and 17: a content change and an event in one transaction, content first */
+    uint64_t clsn[2];
+    int64_t ctx[2];
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(decode_recorded(d, &r, 7 + (size_t)k, &m, &err), 0);
+        clsn[k] = m.lsn;
+        ctx[k] = m.tx_id;
+    }
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(decode_recorded(d, &ev, 16 + (size_t)k, &m, &err), 0);
+        assert_int_equal(m.tx_id, ctx[k]);
+        assert_true(clsn[k] < m.lsn);
+    }
+    eng_dbz_decoder_destroy(d);
+    recorded_free(&r);
+    recorded_free(&ev);
+}
+
+static void test_recorded_main(void **state)
+{
+    (void)state;
+    check_recorded_events("events_schema.jsonl");
+    check_recorded_events("events_noschema.jsonl");
+    check_recorded_content("content_schema.jsonl", "events_schema.jsonl");
+    check_recorded_content("content_noschema.jsonl", "events_noschema.jsonl");
+}
+
+/* The 6-partition recordings: 50 events of content_ids 1001..1045, 0, 1, 7, 2^31-1, -1 and
+ * the marker, in one transaction each statement. */
+static void check_recorded_partitions(const char *file)
+{
+    static const int32_t extra[] = {0, 1, 7, INT32_MAX, -1, 9999};
+    struct recorded r;
+    recorded_load(&r, file, "dbserver1.public.engagement_events");
+    assert_int_equal(r.n, 51);
+    bool seen[51] = {false};
+    struct eng_dbz_decoder *d = eng_dbz_decoder_create();
+    for (size_t i = 0; i < r.n; i++) {
+        struct eng_dbz_msg m;
+        struct eng_error err;
+        if (decode_recorded(d, &r, i, &m, &err) != 0)
+            fail_msg("%s %zu: %s", file, i, err.msg);
+        assert_int_equal(m.kind, ENG_DBZ_EVENT);
+        assert_int_equal(m.op, 'c');
+        int64_t cid;
+        assert_true(
+            eng_parse_i64(m.cols[ENG_COL_CONTENT_ID].data, m.cols[ENG_COL_CONTENT_ID].len, &cid));
+        size_t slot = cid >= 1001 && cid <= 1045 ? (size_t)(cid - 1001) : 51;
+        for (size_t k = 0; k < 6 && slot == 51; k++)
+            if (cid == extra[k])
+                slot = 45 + k;
+        assert_true(slot < 51 && !seen[slot]);
+        seen[slot] = true;
+        bool marker = cid == 9999;
+        assert_col(&m, ENG_COL_DEVICE, marker ? "marker-end" : "p6");
+        assert_col(&m, ENG_COL_EVENT_TS, marker ? "2026-03-01 00:00:01" : "2026-03-01 00:00:00");
+    }
+    eng_dbz_decoder_destroy(d);
+    recorded_free(&r);
+}
+
+static void test_recorded_partitions(void **state)
+{
+    (void)state;
+    check_recorded_partitions("events_partitions_6.jsonl");
+    check_recorded_partitions("events_partitions_6_noschema.jsonl");
+}
+
 /* ---- malformed messages ------------------------------------------------------------------ */
 
 enum base { RAW, EVENT, EVENT_SCHEMA, CONTENT };
@@ -970,6 +1254,8 @@ int main(void)
         cmocka_unit_test(test_tombstone_and_ignored),
         cmocka_unit_test(test_table_from_schema_name),
         cmocka_unit_test(test_timestamps),
+        cmocka_unit_test(test_recorded_main),
+        cmocka_unit_test(test_recorded_partitions),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_size_cap),
         cmocka_unit_test(test_depth),
