@@ -60,6 +60,11 @@ enum vkind {
     V_TS_MILLI, /* timestamp(0..3): io.debezium.time.Timestamp */
     V_DATE,
     V_TSTZ,
+    V_TIME_MICRO, /* time and time(4..6): io.debezium.time.MicroTime */
+    V_TIME_MILLI, /* time(0..3): io.debezium.time.Time */
+    V_BYTES,      /* bytea (binary.handling.mode=bytes): base64 */
+    V_DECIMAL,    /* numeric(p,s) (decimal.handling.mode=precise): Connect's Decimal */
+    V_VARDECIMAL, /* numeric: io.debezium.data.VariableScaleDecimal */
 };
 
 /* How Debezium (time.precision.mode=adaptive, the default) maps a PostgreSQL type. */
@@ -84,7 +89,10 @@ enum {
     OID_FLOAT8 = 701,
     OID_BPCHAR = 1042,
     OID_VARCHAR = 1043,
+    OID_BYTEA = 17,
     OID_DATE = 1082,
+    OID_TIME = 1083,
+    OID_NUMERIC = 1700,
     OID_TIMESTAMP = 1114,
     OID_TIMESTAMPTZ = 1184,
     OID_UUID = 2950,
@@ -115,6 +123,16 @@ static struct coltype col_type(uint32_t oid, int32_t typmod)
         return (struct coltype){"int64", "io.debezium.time.MicroTimestamp", V_TS_MICRO};
     case OID_TIMESTAMPTZ:
         return (struct coltype){"string", "io.debezium.time.ZonedTimestamp", V_TSTZ};
+    case OID_TIME:
+        if (typmod >= 0 && typmod <= 3)
+            return (struct coltype){"int32", "io.debezium.time.Time", V_TIME_MILLI};
+        return (struct coltype){"int64", "io.debezium.time.MicroTime", V_TIME_MICRO};
+    case OID_BYTEA:
+        return (struct coltype){"bytes", NULL, V_BYTES};
+    case OID_NUMERIC:
+        if (typmod >= 4)
+            return (struct coltype){"bytes", "org.apache.kafka.connect.data.Decimal", V_DECIMAL};
+        return (struct coltype){"struct", "io.debezium.data.VariableScaleDecimal", V_VARDECIMAL};
     case OID_UUID:
         return (struct coltype){"string", "io.debezium.data.Uuid", V_STRING};
     case OID_JSON:
@@ -136,6 +154,7 @@ struct eng_dbz_schema {
     char **field;              /* per column: "<name>": */
     char **null_json;          /* per column: what a NULL is written as (see fallback_json) */
     enum vkind *kind;
+    int32_t *typmod;
     int *key_cols; /* the key's columns */
     int nkey;
     uint16_t ncols;
@@ -463,7 +482,146 @@ static int64_t floor_div(int64_t a, int64_t d)
     return a / d - (a % d != 0 && (a < 0) != (d < 0));
 }
 
-static bool put_text_value(struct eng_buf *b, enum vkind kind, const struct eng_pgo_column *c)
+/* numeric's typmod: the scale (PostgreSQL 15 allows negative ones) and the precision. */
+static int numeric_scale(int32_t typmod)
+{
+    return (((typmod - 4) & 0x7ff) ^ 1024) - 1024;
+}
+
+static int numeric_precision(int32_t typmod)
+{
+    return ((typmod - 4) >> 16) & 0xffff;
+}
+
+/* Appends n bytes as standard base64 with padding (Connect's bytes in JSON). */
+static void put_base64(struct eng_buf *b, const unsigned char *p, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < n ? p[i + 2] : 0);
+        char q[4] = {tab[v >> 18 & 63], tab[v >> 12 & 63], i + 1 < n ? tab[v >> 6 & 63] : '=',
+                     i + 2 < n ? tab[v & 63] : '='};
+        eng_buf_append(b, q, 4);
+    }
+}
+
+#define DEC_MAX_DIGITS 1000 /* a numeric with more digits is refused */
+#define DEC_MAX_BYTES  (DEC_MAX_DIGITS / 2 + 2)
+
+/* The decimal digits as Java's BigInteger.toByteArray writes the integer (negated when neg):
+ * big-endian two's complement, as few bytes as hold the sign. Returns the length. */
+static size_t unscaled_bytes(const char *digits, size_t nd, bool neg, unsigned char *out)
+{
+    unsigned char mag[DEC_MAX_BYTES]; /* little-endian magnitude */
+    size_t len = 0;
+    for (size_t k = 0; k < nd; k++) {
+        unsigned carry = (unsigned)(digits[k] - '0');
+        for (size_t i = 0; i < len; i++) {
+            unsigned v = mag[i] * 10u + carry;
+            mag[i] = (unsigned char)v;
+            carry = v >> 8;
+        }
+        if (carry != 0)
+            mag[len++] = (unsigned char)carry;
+    }
+    if (len == 0)
+        mag[len++] = 0;
+    else if (neg) {
+        unsigned carry = 1;
+        for (size_t i = 0; i < len; i++) {
+            unsigned v = (unsigned char)~mag[i] + carry;
+            mag[i] = (unsigned char)v;
+            carry = v >> 8;
+        }
+    }
+    bool top_set = (mag[len - 1] & 0x80) != 0;
+    if (neg != top_set && !(neg && len == 1 && mag[0] == 0))
+        mag[len++] = neg ? 0xff : 0x00;
+    for (size_t i = 0; i < len; i++)
+        out[i] = mag[len - 1 - i];
+    return len;
+}
+
+/* numeric text ("-12.50") as Debezium writes it under decimal.handling.mode=precise: the
+ * unscaled integer's bytes in base64, at the column's scale (Decimal) or the text's
+ * (VariableScaleDecimal: {"scale":2,"value":"..."}). NaN and infinities have no such form. */
+static bool put_decimal(struct eng_buf *b, const struct eng_pgo_column *c, enum vkind kind,
+                        int32_t typmod)
+{
+    char digits[DEC_MAX_DIGITS + 1];
+    size_t nd = 0, i = 0, nfrac = 0;
+    bool neg = c->len > 0 && c->data[0] == '-', point = false;
+    for (i = neg; i < c->len; i++) {
+        char ch = c->data[i];
+        if (ch == '.' && !point && i > (size_t)neg) {
+            point = true;
+            continue;
+        }
+        if (ch < '0' || ch > '9' || nd == DEC_MAX_DIGITS)
+            return false;
+        digits[nd++] = ch;
+        nfrac += point;
+    }
+    int scale = kind == V_DECIMAL ? numeric_scale(typmod) : (int)nfrac;
+    if (nd == 0 || (point && nfrac == 0) || scale < (int)nfrac)
+        return false;
+    for (; (int)nfrac < scale; nfrac++) {
+        if (nd == DEC_MAX_DIGITS)
+            return false;
+        digits[nd++] = '0';
+    }
+    unsigned char bytes[DEC_MAX_BYTES + 1];
+    size_t n = unscaled_bytes(digits, nd, neg, bytes);
+    if (kind == V_VARDECIMAL)
+        eng_buf_printf(b, "{\"scale\":%d,\"value\":", scale);
+    eng_buf_putc(b, '"');
+    put_base64(b, bytes, n);
+    eng_buf_putc(b, '"');
+    if (kind == V_VARDECIMAL)
+        eng_buf_putc(b, '}');
+    return true;
+}
+
+/* bytea text in the hex format ("\x0a0b") as base64. */
+static bool put_bytea(struct eng_buf *b, const struct eng_pgo_column *c)
+{
+    if (c->len < 2 || c->data[0] != '\\' || c->data[1] != 'x' || c->len % 2 != 0)
+        return false;
+    size_t n = (c->len - 2) / 2;
+    unsigned char *bytes = eng_malloc(n + 1);
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+        int64_t v = 0;
+        for (int k = 0; k < 2; k++) {
+            char h = c->data[2 + 2 * i + k];
+            int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : -1;
+            ok = ok && d >= 0;
+            v = v * 16 + d;
+        }
+        bytes[i] = (unsigned char)v;
+    }
+    if (ok) {
+        eng_buf_putc(b, '"');
+        put_base64(b, bytes, n);
+        eng_buf_putc(b, '"');
+    }
+    free(bytes);
+    return ok;
+}
+
+/* time text ("14:21:52.5") as microseconds since midnight. */
+static bool parse_time(const struct eng_pgo_column *c, int64_t *us)
+{
+    char ts[32] = "1970-01-01 ";
+    if (c->len < 8 || c->len > 15)
+        return false;
+    memcpy(ts + 11, c->data, c->len);
+    return eng_parse_timestamp(ts, 11 + c->len, us);
+}
+
+static bool put_text_value(struct eng_buf *b, enum vkind kind, int32_t typmod,
+                           const struct eng_pgo_column *c)
 {
     int64_t v;
     switch (kind) {
@@ -494,6 +652,17 @@ static bool put_text_value(struct eng_buf *b, enum vkind kind, const struct eng_
         return true;
     case V_TSTZ:
         return put_tstz(b, c);
+    case V_TIME_MICRO:
+    case V_TIME_MILLI:
+        if (!parse_time(c, &v))
+            return false;
+        eng_buf_put_i64(b, kind == V_TIME_MICRO ? v : v / 1000);
+        return true;
+    case V_BYTES:
+        return put_bytea(b, c);
+    case V_DECIMAL:
+    case V_VARDECIMAL:
+        return put_decimal(b, c, kind, typmod);
     case V_STRING:
     default:
         return put_jackson_str(b, c->data, c->len);
@@ -512,7 +681,12 @@ static const char *fallback_json(enum vkind kind)
     case V_FLOAT64:
         return "0.0";
     case V_STRING:
+    case V_BYTES:
         return "\"\"";
+    case V_DECIMAL:
+        return "\"AA==\"";
+    case V_VARDECIMAL:
+        return "{\"scale\":0,\"value\":\"AA==\"}";
     case V_TSTZ:
         return "\"1970-01-01T00:00:00Z\"";
     default:
@@ -530,7 +704,7 @@ static int put_value(struct eng_buf *b, const struct eng_dbz_schema *s, int i,
         eng_buf_puts(b, "\"" DBZ_UNAVAILABLE "\"");
     else if (c->kind != ENG_PGO_TEXT)
         why = "not in text format";
-    else if (!put_text_value(b, s->kind[i], c))
+    else if (!put_text_value(b, s->kind[i], s->typmod[i], c))
         why = "does not parse as its type";
     if (why == NULL)
         return 0;
@@ -544,9 +718,18 @@ static int put_value(struct eng_buf *b, const struct eng_dbz_schema *s, int i,
 static void put_field_schema(struct eng_buf *b, const struct eng_dbz_col *c, bool optional)
 {
     struct coltype t = col_type(c->type_oid, c->typmod);
-    eng_buf_printf(b, "{\"type\":\"%s\",\"optional\":%s", t.type, optional ? "true" : "false");
+    eng_buf_printf(b, "{\"type\":\"%s\",", t.type);
+    if (t.kind == V_VARDECIMAL)
+        eng_buf_puts(b, "\"fields\":[{\"type\":\"int32\",\"optional\":false,\"field\":\"scale\"},"
+                        "{\"type\":\"bytes\",\"optional\":false,\"field\":\"value\"}],");
+    eng_buf_printf(b, "\"optional\":%s", optional ? "true" : "false");
     if (t.name != NULL)
         eng_buf_printf(b, ",\"name\":\"%s\",\"version\":1", t.name);
+    if (t.kind == V_VARDECIMAL)
+        eng_buf_puts(b, ",\"doc\":\"Variable scaled decimal\"");
+    if (t.kind == V_DECIMAL)
+        eng_buf_printf(b, ",\"parameters\":{\"scale\":\"%d\",\"connect.decimal.precision\":\"%d\"}",
+                       numeric_scale(c->typmod), numeric_precision(c->typmod));
     if (c->default_json != NULL) {
         eng_buf_puts(b, ",\"default\":");
         eng_buf_puts(b, c->default_json);
@@ -655,6 +838,7 @@ struct eng_dbz_schema *eng_dbz_schema_create(const struct eng_dbz_table *t, stru
     s->field = eng_calloc(t->ncols ? t->ncols : 1, sizeof(char *));
     s->null_json = eng_calloc(t->ncols ? t->ncols : 1, sizeof(char *));
     s->kind = eng_calloc(t->ncols ? t->ncols : 1, sizeof(enum vkind));
+    s->typmod = eng_calloc(t->ncols ? t->ncols : 1, sizeof(int32_t));
     for (uint16_t i = 0; i < t->ncols; i++) {
         const struct eng_dbz_col *c = &t->cols[i];
         struct eng_buf f = {0};
@@ -662,6 +846,7 @@ struct eng_dbz_schema *eng_dbz_schema_create(const struct eng_dbz_table *t, stru
         eng_buf_putc(&f, ':');
         s->field[i] = f.data; /* now owned by s */
         s->kind[i] = col_type(c->type_oid, c->typmod).kind;
+        s->typmod[i] = c->typmod;
         s->null_json[i] = eng_strdup(!c->not_null              ? "null"
                                      : c->default_json != NULL ? c->default_json
                                                                : fallback_json(s->kind[i]));
@@ -685,6 +870,7 @@ void eng_dbz_schema_destroy(struct eng_dbz_schema *s)
     free(s->field);
     free(s->null_json);
     free(s->kind);
+    free(s->typmod);
     free(s->key_cols);
     eng_buf_free(&s->key_head);
     eng_buf_free(&s->value_head);
@@ -876,7 +1062,7 @@ bool eng_dbz_default_json(uint32_t type_oid, int32_t typmod, bool not_null, cons
     if (ok) {
         struct eng_pgo_column c = {ENG_PGO_TEXT, (uint32_t)lit.len, lit.data ? lit.data : ""};
         size_t mark = out->len;
-        ok = put_text_value(out, col_type(type_oid, typmod).kind, &c);
+        ok = put_text_value(out, col_type(type_oid, typmod).kind, typmod, &c);
         if (!ok)
             out->len = mark;
     }

@@ -14,14 +14,19 @@
 #include "../core/error.h"
 #include "pgoutput.h"
 
-/* Types as Debezium maps them (time.precision.mode=adaptive): int2/int4/int8 (oid) ->
- * int16/int32/int64, bool -> boolean, float4/float8 -> float/double (Java's layout, "1.0E-4"),
- * text/varchar/bpchar/name/char -> string, date -> int32 io.debezium.time.Date, timestamp ->
- * int64 io.debezium.time.MicroTimestamp (timestamp(0..3): io.debezium.time.Timestamp, ms),
- * timestamptz -> string io.debezium.time.ZonedTimestamp (UTC, "2026-01-08T12:21:52.5Z"), uuid,
- * json/jsonb, xml -> string with Debezium's logical name. Every other type is written as its
- * text in a string, where Debezium differs (numeric as Decimal bytes, bytea, time, interval,
- * arrays, enums, ...): capture should refuse tables with such columns or accept the difference.
+/* Types as Debezium maps them (time.precision.mode=adaptive, decimal.handling.mode=precise,
+ * binary.handling.mode=bytes: the defaults): int2/int4/int8 (oid) -> int16/int32/int64,
+ * bool -> boolean, float4/float8 -> float/double (Java 17's layout, "1.0E-4"), text/varchar/
+ * bpchar/name/char -> string, date -> int32 io.debezium.time.Date, timestamp -> int64
+ * io.debezium.time.MicroTimestamp (timestamp(0..3): io.debezium.time.Timestamp, ms),
+ * timestamptz -> string io.debezium.time.ZonedTimestamp (UTC, "2026-01-08T12:21:52.5Z"),
+ * time -> int64 io.debezium.time.MicroTime (time(0..3): int32 io.debezium.time.Time),
+ * numeric(p,s) -> bytes org.apache.kafka.connect.data.Decimal, numeric ->
+ * io.debezium.data.VariableScaleDecimal, bytea -> bytes (base64), uuid, json/jsonb, xml ->
+ * string with Debezium's logical name. Every other type is written as its text in a string,
+ * where Debezium differs (timetz, interval, arrays, enums, money, bit, geometric, ...):
+ * capture should refuse tables with such columns or accept the difference. Values Debezium
+ * maps specially are refused (ENG_EINVAL): infinite dates and timestamps, numeric NaN.
  *
  * One column of a captured table: the relation message gives name, type_oid and typmod; the
  * rest is a catalog fact pgoutput does not send. The capture source reads it with

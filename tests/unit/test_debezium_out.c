@@ -518,14 +518,101 @@ static void test_schema_refused(void **state)
     eng_dbz_schema_destroy(NULL);
 }
 
+/* numeric, bytea and time: expected texts from JsonConverter with Debezium's Decimal,
+ * VariableScaleDecimal (checked on 399 random numerics up to 60 digits), bytes and MicroTime. */
+static const struct eng_dbz_col more_cols[] = {
+    {"n", 1700, ((10 << 16) | 2) + 4, false, true, NULL},
+    {"v", 1700, -1, false, false, NULL},
+    {"by", 17, -1, false, false, NULL},
+    {"tm", 1083, -1, false, false, NULL},
+    {"t3", 1083, 3, true, false, NULL},
+};
+#define NMORE (sizeof(more_cols) / sizeof(more_cols[0]))
+
+static void expect_more(const struct eng_dbz_schema *s, const char *const text[NMORE],
+                        const char *want_after)
+{
+    struct eng_pgo_column cols[NMORE];
+    struct eng_pgo_tuple row;
+    fill_tuple(&row, cols, NMORE, text);
+    struct eng_dbz_source src = {"false", 0, false, 0, false, 0, false, 0, 0};
+    struct eng_buf k = {0}, v = {0};
+    struct eng_error err = {0};
+    int rc = eng_dbz_encode(s, &src, 'c', NULL, &row, &k, &v, &err);
+    if (want_after == NULL) {
+        assert_int_equal(rc, ENG_EINVAL);
+    } else {
+        assert_int_equal(rc, 0);
+        assert_after(&v, want_after);
+    }
+    eng_buf_free(&k);
+    eng_buf_free(&v);
+}
+
+static void test_numeric_bytea_time(void **state)
+{
+    (void)state;
+    struct eng_dbz_table t = {"p", "db", "public", "t", NMORE, more_cols, -1, true};
+    struct eng_error err = {0};
+    struct eng_dbz_schema *s = eng_dbz_schema_create(&t, &err);
+    assert_non_null(s);
+    expect_more(s, (const char *[]){"1.50", "1.50", "\\x68656c6c6f", "14:21:52.5", "00:00:01"},
+                "{\"n\":\"AJY=\",\"v\":{\"scale\":2,\"value\":\"AJY=\"},\"by\":\"aGVsbG8=\","
+                "\"tm\":51712500000,\"t3\":1000}");
+    expect_more(s, (const char *[]){"-128.00", "-94654.211370", "\\x", "00:00:00", N},
+                "{\"n\":\"zgA=\",\"v\":{\"scale\":6,\"value\":\"6fYrWtY=\"},\"by\":\"\","
+                "\"tm\":0,\"t3\":0}");
+    expect_more(s, (const char *[]){"-0.01", "0.00", N, N, "23:59:59.999"},
+                "{\"n\":\"/w==\",\"v\":{\"scale\":2,\"value\":\"AA==\"},\"by\":null,"
+                "\"tm\":null,\"t3\":86399999}");
+    expect_more(s, (const char *[]){"12345678.90", "-86186", N, N, N},
+                "{\"n\":\"SZYC0g==\",\"v\":{\"scale\":0,\"value\":\"/q9W\"},\"by\":null,"
+                "\"tm\":null,\"t3\":0}");
+    expect_more(s, (const char *[]){"1.5", N, N, N, N}, /* the column's scale is padded */
+                "{\"n\":\"AJY=\",\"v\":null,\"by\":null,\"tm\":null,\"t3\":0}");
+    expect_more(s, (const char *[]){"1.505", N, N, N, N}, NULL);
+    expect_more(s, (const char *[]){N, "NaN", N, N, N}, NULL);
+    expect_more(s, (const char *[]){N, "1.", N, N, N}, NULL);
+    expect_more(s, (const char *[]){N, N, "\\x6", N, N}, NULL);
+    expect_more(s, (const char *[]){N, N, "hello", N, N}, NULL);
+    expect_more(s, (const char *[]){N, N, N, "25:00:00", N}, NULL);
+    struct eng_pgo_column cols[NMORE];
+    struct eng_pgo_tuple row;
+    static const char *const nulls[NMORE] = {0};
+    fill_tuple(&row, cols, NMORE, nulls);
+    struct eng_dbz_source src = {"false", 0, false, 0, false, 0, false, 0, 0};
+    struct eng_buf k = {0}, v = {0};
+    assert_int_equal(eng_dbz_encode(s, &src, 'c', NULL, &row, &k, &v, &err), 0);
+    assert_non_null(strstr(
+        v.data,
+        "{\"type\":\"bytes\",\"optional\":true,\"name\":\"org.apache.kafka.connect.data.Decimal\","
+        "\"version\":1,\"parameters\":{\"scale\":\"2\",\"connect.decimal.precision\":\"10\"},"
+        "\"field\":\"n\"},{\"type\":\"struct\",\"fields\":[{\"type\":\"int32\",\"optional\":"
+        "false,\"field\":\"scale\"},{\"type\":\"bytes\",\"optional\":false,\"field\":\"value\"}],"
+        "\"optional\":true,\"name\":\"io.debezium.data.VariableScaleDecimal\",\"version\":1,"
+        "\"doc\":\"Variable scaled decimal\",\"field\":\"v\"},{\"type\":\"bytes\",\"optional\":"
+        "true,\"field\":\"by\"},{\"type\":\"int64\",\"optional\":true,\"name\":"
+        "\"io.debezium.time.MicroTime\",\"version\":1,\"field\":\"tm\"},{\"type\":\"int32\","
+        "\"optional\":false,\"name\":\"io.debezium.time.Time\",\"version\":1,\"field\":\"t3\"}"));
+    eng_buf_free(&k);
+    eng_buf_free(&v);
+    eng_dbz_schema_destroy(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_events_schema),   cmocka_unit_test(test_content_schema),
-        cmocka_unit_test(test_events_noschema), cmocka_unit_test(test_content_noschema),
-        cmocka_unit_test(test_types),           cmocka_unit_test(test_type_schema),
-        cmocka_unit_test(test_refused_values),  cmocka_unit_test(test_unchanged_toast_and_binary),
-        cmocka_unit_test(test_defaults),        cmocka_unit_test(test_schema_refused),
+        cmocka_unit_test(test_events_schema),
+        cmocka_unit_test(test_content_schema),
+        cmocka_unit_test(test_events_noschema),
+        cmocka_unit_test(test_content_noschema),
+        cmocka_unit_test(test_types),
+        cmocka_unit_test(test_type_schema),
+        cmocka_unit_test(test_refused_values),
+        cmocka_unit_test(test_unchanged_toast_and_binary),
+        cmocka_unit_test(test_numeric_bytea_time),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_schema_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
