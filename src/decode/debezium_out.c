@@ -620,10 +620,35 @@ static bool parse_time(const struct eng_pgo_column *c, int64_t *us)
     return eng_parse_timestamp(ts, 11 + c->len, us);
 }
 
+/* The temporal kinds: integers (days, ms, us since the epoch or midnight) but for timestamptz. */
+static bool put_temporal(struct eng_buf *b, enum vkind kind, const struct eng_pgo_column *c)
+{
+    int64_t v;
+    bool ok;
+    switch (kind) {
+    case V_TSTZ:
+        return put_tstz(b, c);
+    case V_DATE:
+        ok = parse_date(c, &v);
+        break;
+    case V_TIME_MICRO:
+    case V_TIME_MILLI:
+        ok = parse_time(c, &v);
+        v = kind == V_TIME_MICRO ? v : v / 1000;
+        break;
+    default: /* V_TS_MICRO, V_TS_MILLI */
+        ok = eng_parse_timestamp(c->data, c->len, &v);
+        v = kind == V_TS_MICRO ? v : floor_div(v, 1000);
+        break;
+    }
+    if (ok)
+        eng_buf_put_i64(b, v);
+    return ok;
+}
+
 static bool put_text_value(struct eng_buf *b, enum vkind kind, int32_t typmod,
                            const struct eng_pgo_column *c)
 {
-    int64_t v;
     switch (kind) {
     case V_INT16:
         return put_int(b, c, INT16_MIN, INT16_MAX);
@@ -641,23 +666,11 @@ static bool put_text_value(struct eng_buf *b, enum vkind kind, int32_t typmod,
         return put_float(b, c, kind == V_FLOAT32);
     case V_TS_MICRO:
     case V_TS_MILLI:
-        if (!eng_parse_timestamp(c->data, c->len, &v))
-            return false;
-        eng_buf_put_i64(b, kind == V_TS_MICRO ? v : floor_div(v, 1000));
-        return true;
     case V_DATE:
-        if (!parse_date(c, &v))
-            return false;
-        eng_buf_put_i64(b, v);
-        return true;
     case V_TSTZ:
-        return put_tstz(b, c);
     case V_TIME_MICRO:
     case V_TIME_MILLI:
-        if (!parse_time(c, &v))
-            return false;
-        eng_buf_put_i64(b, kind == V_TIME_MICRO ? v : v / 1000);
-        return true;
+        return put_temporal(b, kind, c);
     case V_BYTES:
         return put_bytea(b, c);
     case V_DECIMAL:

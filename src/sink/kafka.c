@@ -118,6 +118,7 @@ static const char *const producer_defaults[] = {
     "linger.ms=5",
     "message.timeout.ms=300000",
     "socket.keepalive.enable=true",
+    "allow.auto.create.topics=false", /* open creates them, with their partition count */
     NULL,
 };
 
@@ -149,7 +150,7 @@ static int create_topic(struct kafka_sink *k, size_t i, struct eng_error *err)
         if (e != RD_KAFKA_RESP_ERR_NO_ERROR && e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
             rc = eng_error_set(err, ENG_EIO, true, "could not create topic %s: %s",
                                k->opt.topics[i], rd_kafka_err2str(e));
-        else
+        else if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
             eng_info("msg=\"created topic\" topic=%s partitions=%d", k->opt.topics[i], parts);
     }
     if (ev != NULL)

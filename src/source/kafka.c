@@ -598,13 +598,13 @@ static void register_metrics(struct ksrc *s)
 {
     s->m_messages = eng_metrics_counter("engage_kafka_messages_total", NULL,
                                         "Records read from the events topic");
-    s->m_events =
-        eng_metrics_counter("engage_source_events_total", NULL, "Events read from the source");
-    s->m_bad = eng_metrics_counter("engage_source_bad_input_total", NULL,
+    s->m_events = eng_metrics_counter("engage_source_events_total", "source=\"kafka\"",
+                                      "Events read from the source");
+    s->m_bad = eng_metrics_counter("engage_source_bad_input_total", "source=\"kafka\"",
                                    "Input parked in the dead-letter queue (did not decode)");
     s->m_misses =
         eng_metrics_counter("engage_enrich_misses_total", NULL, "Events without a content row");
-    s->m_skipped = eng_metrics_counter("engage_kafka_skipped_total", NULL,
+    s->m_skipped = eng_metrics_counter("engage_source_ignored_changes_total", "source=\"kafka\"",
                                        "Records that are not events (updates, deletes, "
                                        "tombstones, heartbeats, markers)");
     s->m_content = eng_metrics_counter("engage_content_changes_total", NULL,
