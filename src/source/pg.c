@@ -109,7 +109,7 @@ struct pgsrc {
     } lag[LAG_RING];
     unsigned lag_head, lag_count;
 
-    struct eng_counter *m_events, *m_bad, *m_misses, *m_tx, *m_ignored, *m_content;
+    struct eng_counter *m_events, *m_bad, *m_misses, *m_tx, *m_ignored, *m_content, *m_captured;
     struct eng_gauge *m_lag_bytes, *m_lag_seconds, *m_confirmed;
 };
 
@@ -967,7 +967,7 @@ static int on_capture(struct pgsrc *s, const struct eng_pgo_relation *rel, uint3
         eng_buf_free(&payload);
         return rc;
     }
-    eng_counter_add(s->m_events, 1);
+    eng_counter_add(s->m_captured, 1);
     if (s->batch_deadline == 0)
         s->batch_deadline = eng_clock_mono_us() + s->opt->batch_max_us;
     return 0;
@@ -1287,6 +1287,8 @@ static void register_metrics(struct pgsrc *s)
                                   "Transactions decoded");
     s->m_ignored = eng_metrics_counter("engage_source_ignored_changes_total", "source=\"pg\"",
                                        "Updates and deletes of events (not events)");
+    s->m_captured = eng_metrics_counter("engage_capture_changes_total", NULL,
+                                        "Changes captured as Kafka records (engage capture)");
     s->m_content = eng_metrics_counter("engage_content_changes_total", NULL,
                                        "Changes to the content table applied to the cache");
     s->m_lag_bytes = eng_metrics_gauge("engage_replication_lag_bytes", NULL,
