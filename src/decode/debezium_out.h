@@ -73,9 +73,25 @@ struct eng_dbz_schema *eng_dbz_schema_create(const struct eng_dbz_table *t,
 /* Frees it. NULL is a no-op. */
 void eng_dbz_schema_destroy(struct eng_dbz_schema *s);
 
-/* The run-specific part of a record (the "source" block and the envelope's times). */
+/* The run-specific part of a record (the "source" block and the envelope's times). What
+ * Debezium 3.6.1 puts there (its PostgresStreamingChangeEventSource and
+ * PostgresSnapshotChangeEventSource; consistent with every recorded record):
+ * - streamed changes: snapshot "false"; ts_us the commit time of the transaction (pgoutput's
+ *   Begin); tx_id its xid; lsn the start of the change's XLogData message; last_commit_lsn
+ *   the end_lsn of the last Commit message received in this run (the Commit message's
+ *   XLogData start), absent (sequence "[null,...]") until the first Commit of the run. Not
+ *   the Begin's LSN: after a rolled-back transaction (which pgoutput does not send) the
+ *   recording has "[\"26401800\",\"26402080\"]", the previous commit's end, not the
+ *   transaction's first record.
+ * - snapshot reads (op 'r'): one ts_us for every row (the clock when the snapshot took its
+ *   position), tx_id txid_current() and lsn pg_current_wal_lsn() of the snapshot
+ *   transaction, no last commit; snapshot "first" on the very first record, "true" on the
+ *   others, "last_in_data_collection" on the last row of each table but the last table,
+ *   "first_in_data_collection" on the first row of each table after the first, "last" on the
+ *   very last record; tables in table.include.list order (events, then content).
+ * - now_ns: the wall clock when the record is made (the envelope's ts_ms/ts_us/ts_ns). */
 struct eng_dbz_source {
-    const char *snapshot;     /* "false" (streamed), "first", "true", "last" (op 'r') */
+    const char *snapshot;     /* "false" (streamed), or one of the snapshot marks above */
     int64_t ts_us;            /* source.ts_ms/ts_us/ts_ns: the commit time (Unix us) */
     bool has_tx_id;           /* else txId is null */
     int64_t tx_id;            /* the transaction id (pgoutput's xid; a snapshot's txid) */
