@@ -747,7 +747,6 @@ static void own_texts(struct eng_dbz_decoder *d, struct eng_dbz_msg *out)
         t->data = p;
         p += t->len + 1;
     }
-    d->empty[0] = '\0';
     if (out->kind != ENG_DBZ_CONTENT || out->content.type_null) {
         out->content.content_type = d->empty;
         return;
@@ -757,7 +756,7 @@ static void own_texts(struct eng_dbz_decoder *d, struct eng_dbz_msg *out)
     out->content.content_type = p;
 }
 
-static void reset_row(struct eng_dbz_msg *out)
+static void reset_row(struct eng_dbz_decoder *d, struct eng_dbz_msg *out)
 {
     out->kind = ENG_DBZ_IGNORED;
     out->op = 0;
@@ -765,6 +764,8 @@ static void reset_row(struct eng_dbz_msg *out)
     for (int c = 0; c < ENG_COL__COUNT; c++)
         out->cols[c] = (struct eng_text){.data = NULL, .len = 0, .null = true};
     memset(&out->content, 0, sizeof(out->content));
+    d->empty[0] = '\0';
+    out->content.content_type = d->empty;
     out->content.type_null = true;
     out->content.length_null = true;
 }
@@ -776,7 +777,7 @@ static int finish(struct dec *x, int rc, json_t *tree)
         own_texts(x->d, x->out);
     json_decref(tree);
     if (rc != 0)
-        reset_row(x->out);
+        reset_row(x->d, x->out);
     return rc;
 }
 
@@ -784,7 +785,7 @@ int eng_dbz_decode(struct eng_dbz_decoder *d, const void *value, size_t len,
                    struct eng_dbz_msg *out, struct eng_error *err)
 {
     struct dec x = {.d = d, .out = out, .err = err};
-    reset_row(out);
+    reset_row(d, out);
     out->lsn = 0;
     out->tx_id = -1;
     out->commit_time_us = 0;

@@ -19,7 +19,8 @@
  * (ENG_EVENT_MAX_TEXT) plus the envelope. A larger value is refused before it is parsed. */
 #define ENG_DBZ_MAX_VALUE (ENG_EVENT_MAX_TEXT + ((size_t)64 << 10))
 
-/* Nesting deeper than this is refused before parsing (a Debezium envelope nests 5 deep). */
+/* Nesting deeper than this is refused before parsing (a Debezium envelope with its schema
+ * part nests 7 deep; jansson alone would recurse 2048 levels, too deep for a small stack). */
 #define ENG_DBZ_MAX_DEPTH 64
 
 enum eng_dbz_kind {
@@ -50,7 +51,9 @@ struct eng_dbz_msg {
 
 struct eng_dbz_decoder;
 
-/* Creates a decoder (dies on out of memory). */
+/* Creates a decoder (dies on out of memory). Besides its scratch it keeps the last 4
+ * distinct schema parts it decoded (each at most 64 KiB, with their parse), so that a
+ * value whose schema part is byte for byte one of them is parsed from its payload on. */
 struct eng_dbz_decoder *eng_dbz_decoder_create(void);
 
 /* Frees the decoder and its scratch. NULL is a no-op. */

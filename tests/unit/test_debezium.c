@@ -1175,7 +1175,7 @@ static void test_prefixes_and_flips(void **state)
     for (size_t n = 0; n < len; n++)
         assert_int_equal(decode(d, msg, n, &m, &err), ENG_EPROTO);
     uint64_t r = 0x9E3779B97F4A7C15u;
-    for (int i = 0; i < 20000; i++) {
+    for (int i = 0; i < 5000; i++) {
         r ^= r << 13;
         r ^= r >> 7;
         r ^= r << 17;
