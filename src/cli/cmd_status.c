@@ -15,14 +15,19 @@
 
 static const char usage[] =
     "usage: engage status --pg CONNINFO [--slot NAME] [--admin-addr HOST:PORT] [--dlq-table NAME]\n"
-    "                     [--json]\n"
+    "                     [--source pg|kafka] [--json]\n"
     "\n"
     "Prints one `name value` line each: the replication slot (active, wal_status, confirmed\n"
     "position, lag in bytes behind the server's WAL), whether the engage serving\n"
-    "--admin-addr is ready (and each sink's state), and the dead letters not yet replayed or\n"
-    "discarded. With --json, one JSON object with the same facts instead.\n"
+    "--admin-addr is ready (and each sink's state), its Kafka figures (a consumer's assigned\n"
+    "partitions and lag per partition; capture's records produced and delivery failures), and\n"
+    "the dead letters not yet replayed or discarded. With --json, one JSON object with the\n"
+    "same facts instead. For `engage capture`, give its slot and admin address (--slot\n"
+    "engage_capture --admin-addr 127.0.0.1:9188); for a consumer (--source kafka) there is no\n"
+    "slot to check.\n"
     "\n"
     "  --pg CONNINFO          libpq conninfo or URI                      (ENGAGE_PG)\n"
+    "  --source pg|kafka      what the engage at --admin-addr reads (default pg)\n"
     "  --slot NAME            replication slot (default engage_slot)\n"
     "  --admin-addr HOST:PORT the running engage's admin endpoint (default 127.0.0.1:9187)\n"
     "  --dlq-table NAME       dead-letter table (default engage_dlq)\n"
@@ -47,6 +52,7 @@ struct report {
     char *engage_detail;
     long long dlq_pending; /* -1: unknown */
     char *dlq_error;
+    struct eng_buf kafka; /* the engage's engage_kafka_* and engage_capture_* metric lines */
 };
 
 static void report_free(struct report *r)
@@ -56,6 +62,7 @@ static void report_free(struct report *r)
     free(r->confirmed_flush_lsn);
     free(r->engage_detail);
     free(r->dlq_error);
+    eng_buf_free(&r->kafka);
 }
 
 static size_t collect(char *data, size_t size, size_t n, void *ctx)
@@ -64,26 +71,58 @@ static size_t collect(char *data, size_t size, size_t n, void *ctx)
     return size * n;
 }
 
-/* GET http://addr/readyz: 200 ready, 503 not ready (the body says why), else not running. */
-static bool check_engage(struct report *rep)
+/* GET http://addr/path into body; the status code, or 0 with *rc set when there was no
+ * answer. */
+static long http_get(const char *addr, const char *path, struct eng_buf *body, CURLcode *rc)
 {
     char url[300];
-    snprintf(url, sizeof(url), "http://%s/readyz", rep->admin_addr);
-    struct eng_buf body = {.cap = 4096};
+    snprintf(url, sizeof(url), "http://%s%s", addr, path);
     CURL *e = curl_easy_init();
     long code = 0;
-    CURLcode rc = CURLE_FAILED_INIT;
+    *rc = CURLE_FAILED_INIT;
     if (e != NULL) {
         curl_easy_setopt(e, CURLOPT_URL, url);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 3000L);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, &body);
-        rc = curl_easy_perform(e);
-        if (rc == CURLE_OK)
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, body);
+        *rc = curl_easy_perform(e);
+        if (*rc == CURLE_OK)
             curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
         curl_easy_cleanup(e);
     }
+    return code;
+}
+
+/* The Kafka lines of the engage's /metrics (a consumer's partitions and lag, capture's
+ * records), `name value` each. */
+static void read_kafka_metrics(struct report *rep)
+{
+    struct eng_buf body = {.cap = 4 << 20};
+    CURLcode rc;
+    if (http_get(rep->admin_addr, "/metrics", &body, &rc) == 200 && body.len > 0) {
+        eng_buf_putc(&body, '\0');
+        char *save = NULL;
+        for (char *line = strtok_r(body.data, "\n", &save); line != NULL;
+             line = strtok_r(NULL, "\n", &save)) {
+            if (strncmp(line, "engage_kafka_", 13) == 0 ||
+                strncmp(line, "engage_capture_", 15) == 0) {
+                eng_buf_puts(&rep->kafka, line);
+                eng_buf_putc(&rep->kafka, '\n');
+            }
+        }
+    }
+    eng_buf_free(&body);
+}
+
+/* GET http://addr/readyz: 200 ready, 503 not ready (the body says why), else not running. */
+static bool check_engage(struct report *rep)
+{
+    struct eng_buf body = {.cap = 4096};
+    CURLcode rc;
+    long code = http_get(rep->admin_addr, "/readyz", &body, &rc);
+    if (rc == CURLE_OK)
+        read_kafka_metrics(rep);
     size_t len = body.len;
     while (len > 0 && (body.data[len - 1] == '\n' || body.data[len - 1] == '\r'))
         len--;
@@ -138,7 +177,9 @@ static bool check_slot(const char *conninfo, struct report *rep)
 
 static void print_text(const struct report *r)
 {
-    if (strcmp(r->slot_state, "unknown") == 0) {
+    if (strcmp(r->slot_state, "none") == 0) {
+        printf("slot none (the engage at %s reads Kafka)\n", r->admin_addr);
+    } else if (strcmp(r->slot_state, "unknown") == 0) {
         printf("slot %s unknown (%s)\n", r->slot, r->slot_error);
     } else if (strcmp(r->slot_state, "missing") == 0) {
         printf("slot %s missing (engage run creates it; a slot that was there and is gone "
@@ -155,6 +196,8 @@ static void print_text(const struct report *r)
         printf("engage not running (no answer at %s: %s)\n", r->admin_addr, r->engage_detail);
     else
         printf("engage %s (%s)\n", r->engage_state, r->engage_detail);
+    if (r->kafka.len > 0)
+        fwrite(r->kafka.data, 1, r->kafka.len, stdout);
     if (r->dlq_pending < 0)
         printf("dlq_pending unknown (%s)\n", r->dlq_error);
     else
@@ -189,8 +232,22 @@ static void print_json(const struct report *r, bool ok)
                         r->dlq_pending >= 0 ? json_integer(r->dlq_pending) : json_null());
     json_object_set_new(dlq, "error", str_or_null(r->dlq_error));
 
+    json_t *kafka = json_object();
+    for (size_t at = 0; at < r->kafka.len;) {
+        const char *line = r->kafka.data + at;
+        size_t len = strcspn(line, "\n");
+        const char *sp = memrchr(line, ' ', len);
+        if (sp != NULL) {
+            char *name = eng_strndup(line, (size_t)(sp - line));
+            json_object_set_new(kafka, name, json_real(strtod(sp + 1, NULL)));
+            free(name);
+        }
+        at += len + 1;
+    }
+
     json_t *root = json_object();
     json_object_set_new(root, "ok", json_boolean(ok));
+    json_object_set_new(root, "kafka", kafka);
     json_object_set_new(root, "slot", slot);
     json_object_set_new(root, "engage", eng);
     json_object_set_new(root, "dlq", dlq);
@@ -224,7 +281,17 @@ int eng_cmd_status(int argc, char **argv)
     }
     rep.slot = eng_opt(&o, OPT_SLOT);
     rep.admin_addr = eng_opt(&o, OPT_ADMIN_ADDR);
-    bool ok = check_slot(eng_opt(&o, OPT_PG), &rep);
+    rep.kafka.cap = 1 << 20;
+    bool kafka_source = strcmp(eng_opt(&o, OPT_SOURCE), "kafka") == 0;
+    if (!kafka_source && strcmp(eng_opt(&o, OPT_SOURCE), "pg") != 0) {
+        fprintf(stderr, "engage status: --source must be pg or kafka\n\n%s", usage);
+        goto out;
+    }
+    bool ok = true;
+    if (kafka_source)
+        rep.slot_state = "none";
+    else
+        ok = check_slot(eng_opt(&o, OPT_PG), &rep);
     ok = check_engage(&rep) && ok;
 
     struct eng_error err;

@@ -55,7 +55,7 @@ static const struct opt_def defs[OPT__COUNT] = {
     [OPT_CLICKHOUSE_INTERVAL_MS] = {"clickhouse-interval-ms", "ENGAGE_CLICKHOUSE_INTERVAL_MS",
                                     "200", false, SINKS},
     [OPT_LOG_LEVEL] = {"log-level", "ENGAGE_LOG_LEVEL", "info", false, SINKS | STATUS | CAPTURE},
-    [OPT_SOURCE] = {"source", "ENGAGE_SOURCE", "pg", false, RUN},
+    [OPT_SOURCE] = {"source", "ENGAGE_SOURCE", "pg", false, RUN | STATUS},
     [OPT_HTTP_BATCH] = {"http-batch", "ENGAGE_HTTP_BATCH", NULL, false, HTTP},
     [OPT_HTTP_TIMEOUT_MS] = {"http-timeout-ms", "ENGAGE_HTTP_TIMEOUT_MS", NULL, false, HTTP},
     [OPT_HTTP_MAX_ATTEMPTS] = {"http-max-attempts", "ENGAGE_HTTP_MAX_ATTEMPTS", NULL, false, HTTP},

@@ -6,6 +6,8 @@ direct path's tests do.
 Each test has topics of its own (the prefix is its database's name), a slot
 of its own for capture and a consumer group of its own."""
 
+import json
+import subprocess
 import threading
 
 import lib
@@ -119,5 +121,22 @@ def test_capture_and_consumer_deliver_the_mixed_workload_exactly(stack, kafka, d
     assert m['engage_source_ignored_changes_total{source="kafka"}'] >= (
         counts["updates"] + 2 * counts["deletes"])  # a delete and its tombstone
     assert m['engage_source_bad_input_total{source="kafka"}'] == 0
+    # engage status covers both: the consumer's partitions and lag, capture's slot and records
+    st = status(db, "--source", "kafka", "--admin-addr", con.admin_addr)
+    assert st["ok"] and st["slot"]["state"] == "none", st
+    assert st["kafka"]["engage_kafka_assigned_partitions"] == 3
+    assert st["kafka"]["engage_kafka_consumer_lag"] == 0
+    assert sum(v for name, v in st["kafka"].items() if name.startswith("engage_kafka_partition_lag")) == 0
+    st = status(db, "--slot", f"{db.name}_cap", "--admin-addr", cap.admin_addr)
+    assert st["slot"]["state"] == "ok" and st["engage"]["state"] == "ready", st
+    assert st["kafka"]["engage_capture_messages_produced_total"] >= len(wl.expected)
+    assert st["kafka"]["engage_capture_delivery_failures_total"] == 0
     assert cap.stop() == 0, cap.log_tail()
     assert con.stop() == 0, con.log_tail()
+
+
+def status(db, *args):
+    out = subprocess.run([str(lib.engage_binary()), "status", "--pg", db.uri, "--json", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode in (0, 1), out.stderr
+    return json.loads(out.stdout)
