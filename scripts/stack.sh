@@ -17,7 +17,8 @@
 #                                    one service (pg, redis, clickhouse, kafka,
 #                                    connect), on the port it had: for outage
 #                                    and restart tests (kafka and connect get
-#                                    new ports the first time they start in DIR)
+#                                    new ports the first time they start in DIR;
+#                                    starting connect starts kafka if it is down)
 #
 # Kafka and Connect run from jars laid out by scripts/kafka/install.sh (run by
 # scripts/deps.sh; stack.sh runs it too, a no-op once laid out), on the
@@ -32,7 +33,8 @@
 # checked to be the ones started there, are ever signalled.
 #
 # Knobs: STACK_READY_TIMEOUT (s, default 60), STACK_STOP_TIMEOUT (s, default
-# 60), PG_BIN (default /usr/lib/postgresql/15/bin), JAVA (default java),
+# 60), STACK_JAVA_READY_TIMEOUT (s, kafka and connect, default 180), PG_BIN
+# (default /usr/lib/postgresql/15/bin), JAVA (default java),
 # ENGAGE_CACHE (where install.sh lays out the jars).
 set -euo pipefail
 
@@ -41,6 +43,8 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 READY_TIMEOUT=${STACK_READY_TIMEOUT:-60}
 STOP_TIMEOUT=${STACK_STOP_TIMEOUT:-60}
+# A JVM on a loaded 2-core machine takes 4 s to 20 s to be ready.
+JAVA_READY_TIMEOUT=${STACK_JAVA_READY_TIMEOUT:-180}
 PORT_TRIES=8
 # Debian's python starts faster than a pyenv shim; any python3 will do.
 if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=python3; fi
@@ -586,7 +590,7 @@ kafka_ready() {
 java_wait() {
     local name=$1 pid=$2 off=$3 log="$DIR/$1/$1.log" deadline
     shift 3
-    deadline=$((SECONDS + READY_TIMEOUT))
+    deadline=$((SECONDS + JAVA_READY_TIMEOUT))
     until "$@"; do
         if ! alive "$pid"; then
             if log_since "$log" "$off" | addr_in_use; then return 2; fi
@@ -594,7 +598,7 @@ java_wait() {
             return 1
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
-            note "timed out after ${READY_TIMEOUT}s waiting for $name (log: $log)"
+            note "timed out after ${JAVA_READY_TIMEOUT}s waiting for $name (log: $log)"
             kill -TERM "$pid" 2>/dev/null || true
             return 1
         fi
@@ -847,6 +851,24 @@ cmd_status() {
     return $all
 }
 
+# start_one SERVICE (start, restart): start it on the ports it had. kafka and
+# connect get new ports the first time they start in DIR, and are noted in
+# DIR/extras and DIR/env once they run.
+start_one() {
+    local svc=$1 fresh=0
+    service_running "$svc" && return 0
+    if [ "$svc" = kafka ] && [ -z "$KAFKA_PORT" ]; then fresh=1; fi
+    if [ "$svc" = connect ] && [ -z "$CONNECT_PORT" ]; then fresh=1; fi
+    start_service "$svc" "$fresh" || die "$svc did not start"
+    case $svc in
+    kafka | connect)
+        save_ports
+        extras_add "$svc"
+        if [ -f "$DIR/env" ]; then write_env; fi
+        ;;
+    esac
+}
+
 # One stack.sh at a time per DIR. The servers are started with fd 9 closed,
 # so they do not hold the lock.
 take_lock() {
@@ -887,20 +909,9 @@ start | stop | restart)
     svc=$3
     if [ "$CMD" != start ]; then stop_service "$svc"; fi
     if [ "$CMD" != stop ]; then
-        if ! service_running "$svc"; then
-            fresh=0
-            case $svc in
-            kafka | connect)
-                # never started in DIR: new ports; after that, the same ones
-                if [ "$svc" = kafka ] && [ -z "$KAFKA_PORT" ]; then fresh=1; fi
-                if [ "$svc" = connect ] && [ -z "$CONNECT_PORT" ]; then fresh=1; fi
-                extras_add "$svc"
-                ;;
-            esac
-            start_service "$svc" "$fresh" || die "$svc did not start"
-            save_ports
-            if [ -f "$DIR/env" ]; then write_env; fi
-        fi
+        # connect needs the broker: start it too (on its port) if it is down
+        if [ "$svc" = connect ]; then start_one kafka; fi
+        start_one "$svc"
     fi
     ;;
 *) usage ;;
