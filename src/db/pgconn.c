@@ -110,10 +110,16 @@ static void ignore_notice(void *arg, const char *message)
 PGconn *eng_pg_connect(const char *conninfo, const char *application, bool replication,
                        struct eng_error *err)
 {
-    /* Our defaults come first so that anything in the user's conninfo overrides them. */
-    const char *keys[] = {"connect_timeout", "application_name", "dbname",
-                          replication ? "replication" : NULL, NULL};
-    const char *vals[] = {"10", application, conninfo, "database", NULL};
+    /* Our defaults come first so that anything in the user's conninfo overrides them.
+     * DateStyle ISO: engage reads timestamps as text (pgoutput and queries alike) and
+     * writes them on as Debezium does, in ISO form whatever the server's default. */
+    const char *keys[] = {"connect_timeout",
+                          "application_name",
+                          "options",
+                          "dbname",
+                          replication ? "replication" : NULL,
+                          NULL};
+    const char *vals[] = {"10", application, "-c DateStyle=ISO", conninfo, "database", NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (c == NULL)
         eng_die("out of memory in PQconnectdbParams");

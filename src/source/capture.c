@@ -10,6 +10,7 @@
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/log.h"
+#include "../core/pgtext.h"
 #include "../db/pgconn.h"
 #include "../decode/debezium_out.h"
 #include "capture.h"
@@ -120,10 +121,8 @@ static struct eng_dbz_schema *schema_from(struct eng_capture *c, const struct en
         cols[i].pkey = PQgetvalue(r, i, 4)[0] == 't';
         const char *expr = PQgetisnull(r, i, 5) ? NULL : PQgetvalue(r, i, 5);
         if (eng_dbz_default_json(cols[i].type_oid, cols[i].typmod, cols[i].not_null, expr,
-                                 &defaults[i])) {
-            eng_buf_putc(&defaults[i], '\0');
-            cols[i].default_json = defaults[i].data;
-        }
+                                 &defaults[i]))
+            cols[i].default_json = defaults[i].data; /* buffers stay NUL-terminated */
         if (topic == ENG_CAPTURE_EVENTS && !c->opt.key_primary &&
             strcmp(rel->attrs[i].name, "content_id") == 0)
             key_col = i;
@@ -272,9 +271,10 @@ static const char *snapshot_mark(int i, int n)
 
 /* Encodes the rows of r as op "r" records into batches of at most batch_max. */
 static int snapshot_rows(struct eng_capture *c, struct table *t, PGresult *r, uint64_t lsn,
-                         int64_t xmin, uint32_t batch_max, struct eng_batch ***out, size_t *n,
+                         int64_t txid, uint32_t batch_max, struct eng_batch ***out, size_t *n,
                          struct eng_error *err)
 {
+    int64_t now_us = eng_clock_wall_us(); /* one time for the whole snapshot, as Debezium */
     int rows = PQntuples(r), ncols = PQnfields(r);
     struct eng_pgo_column *cols = eng_calloc((size_t)ncols + 1, sizeof(*cols));
     struct eng_pgo_tuple tup = {.ncols = (uint16_t)ncols, .cols = cols};
@@ -288,9 +288,9 @@ static int snapshot_rows(struct eng_capture *c, struct table *t, PGresult *r, ui
                                               .data = PQgetvalue(r, i, k)};
         }
         struct eng_dbz_source src = {.snapshot = snapshot_mark(i, rows),
-                                     .ts_us = eng_clock_wall_us(),
+                                     .ts_us = now_us,
                                      .has_tx_id = true,
-                                     .tx_id = xmin,
+                                     .tx_id = txid,
                                      .has_lsn = true,
                                      .lsn = lsn,
                                      .now_ns = eng_clock_wall_us() * 1000};
@@ -328,14 +328,18 @@ int eng_capture_snapshot(void *ctx, PGconn *conn, const char *snapshot, uint64_t
             goto fail;
         PQclear(r);
     }
+    /* Debezium's snapshot records carry the snapshot transaction's id and the WAL position
+     * when it ran (not the slot's consistent point). */
     PGresult *x = eng_pg_exec(conn,
-                              "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
+                              "SELECT txid_current(), pg_current_wal_lsn()::text, "
                               "'public.content'::regclass::oid",
-                              0, NULL, err, "could not read the snapshot's xmin");
+                              0, NULL, err, "could not read the snapshot's transaction");
     if (x == NULL)
         goto fail;
-    int64_t xmin = strtoll(PQgetvalue(x, 0, 0), NULL, 10);
-    uint32_t oid = (uint32_t)strtoul(PQgetvalue(x, 0, 1), NULL, 10);
+    int64_t txid = strtoll(PQgetvalue(x, 0, 0), NULL, 10);
+    uint64_t wal = lsn;
+    eng_lsn_parse(PQgetvalue(x, 0, 1), &wal);
+    uint32_t oid = (uint32_t)strtoul(PQgetvalue(x, 0, 2), NULL, 10);
     PQclear(x);
     PGresult *r = eng_pg_exec(conn, "SELECT * FROM public.content ORDER BY content_id", 0, NULL,
                               err, "could not read content");
@@ -345,7 +349,7 @@ int eng_capture_snapshot(void *ctx, PGconn *conn, const char *snapshot, uint64_t
     struct eng_pgo_relation rel;
     relation_of(r, oid, &rel, attrs);
     struct table *t = table_for(c, &rel, err);
-    int rc = t == NULL ? err->code : snapshot_rows(c, t, r, lsn, xmin, batch_max, out, n, err);
+    int rc = t == NULL ? err->code : snapshot_rows(c, t, r, wal, txid, batch_max, out, n, err);
     int rows = PQntuples(r);
     free(attrs);
     PQclear(r);

@@ -947,9 +947,7 @@ static int on_capture(struct pgsrc *s, const struct eng_pgo_relation *rel, uint3
         .lsn = lsn,
         .xid = s->tx_xid,
         .commit_time_us = s->tx_commit_us,
-        /* Debezium's sequence[0]: the Begin's position, null before the first commit it
-         * saw (compared with Debezium 3.6.1's records in tests/fixtures/debezium). */
-        .last_commit_lsn = s->prev_commit_lsn != 0 ? s->tx_begin_lsn : 0,
+        .last_commit_lsn = s->prev_commit_lsn,
     };
     struct eng_error perr;
     eng_error_clear(&perr);
@@ -1002,14 +1000,13 @@ static int on_message(struct pgsrc *s, const struct eng_pgo_msg *msg, uint64_t l
         s->tx_commit_us = eng_pgo_time_to_unix_us(msg->u.begin.commit_time);
         s->tx_final_lsn = msg->u.begin.final_lsn;
         s->tx_xid = msg->u.begin.xid;
-        s->tx_begin_lsn = lsn;
         s->tx_events = 0;
         change_list_clear(&s->tx_changes);
         return 0;
     case ENG_PGO_COMMIT:
         s->in_tx = false;
         s->last_end_lsn = msg->u.commit.end_lsn;
-        s->prev_commit_lsn = msg->u.commit.commit_lsn;
+        s->prev_commit_lsn = msg->u.commit.end_lsn;
         s->last_commit_us = s->tx_commit_us;
         if (s->batch_commit_us == 0)
             s->batch_commit_us = s->tx_commit_us;

@@ -23,8 +23,8 @@ struct eng_pg_change {
     uint64_t lsn;                       /* the change's own LSN */
     uint32_t xid;
     int64_t commit_time_us;   /* Unix microseconds */
-    uint64_t last_commit_lsn; /* Debezium's sequence[0] (its lastCommitLsn): where this
-                                 transaction's Begin was read; 0 (null) in the first one */
+    uint64_t last_commit_lsn; /* Debezium's sequence[0] (lastCommitLsn): the end LSN of the
+                                 last Commit read in this run; 0 (null) before the first */
 };
 
 /* Capture mode (engage capture): instead of being enriched, every insert, update and delete
