@@ -65,9 +65,14 @@ void eng_dbz_decoder_destroy(struct eng_dbz_decoder *d);
  * For c/r/u every column engage reads must be present in "after" (JSON null allowed where
  * the column may be NULL; event_id, event_ts and content_id must not be null); for d
  * "before" must hold the primary key. Integers must be JSON integers in their column's
- * range; event_ts is an integer in the unit its schema names (MicroTimestamp, NanoTimestamp,
- * Timestamp; microseconds without a schema) or an ISO-8601 string in UTC
- * ("2026-01-08T14:21:52.123456Z", 'T' or ' ', 'Z'/"+00:00" or nothing), years 1..9999.
+ * range; event_ts is an integer in the unit its field schema names (io.debezium.time.
+ * MicroTimestamp, NanoTimestamp (floored to microseconds), Timestamp or Kafka Connect's
+ * Timestamp (milliseconds); microseconds when the schema part is off or does not describe
+ * the column) or, in case time.precision.mode or a converter made it one, an ISO-8601
+ * string in UTC ("2026-01-08T14:21:52.123456Z": 'T' or ' ', up to 9 fraction digits
+ * floored to microseconds, then 'Z', "+00", "+00:00" or nothing), years 1..9999.
+ * IGNORED reasons: "heartbeat", "transaction marker", "schema change", "logical decoding
+ * message (op m)", "a table other than engagement_events and content".
  * Duplicate keys, \u0000, invalid UTF-8, trailing bytes, nesting deeper than
  * ENG_DBZ_MAX_DEPTH and values over ENG_DBZ_MAX_VALUE are refused.
  * Returns 0, or ENG_EPROTO (not a Debezium message: not JSON, wrong envelope, unknown op)
