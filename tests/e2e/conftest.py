@@ -126,3 +126,8 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         for proc in getattr(item, "_engage_procs", []):
             report.sections.append((f"engage log: {proc.name} ({report.when})", proc.log_tail()))
+        k = item.funcargs.get("kafka") or item.funcargs.get("connect") if hasattr(item, "funcargs") else None
+        for service in ("kafka", "connect") if isinstance(k, lib.KafkaStack) else ():
+            tail = lib.file_tail(k.dir / service / f"{service}.log", 40)
+            if tail:
+                report.sections.append((f"{service} log ({report.when})", tail))

@@ -526,6 +526,18 @@ class KafkaStack:
             return None
 
 
+def file_tail(path, lines=40):
+    """The last lines of a text file ("" if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 200 * lines))
+            tail = f.read().decode(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"--- last {len(tail)} lines of {path} ---\n" + "\n".join(tail)
+
+
 KAFKA_INSTALL_SH = REPO_ROOT / "scripts" / "kafka" / "install.sh"
 KAFKA_TOOLS_LOG4J = REPO_ROOT / "scripts" / "kafka" / "log4j2-tools.properties"
 DEBEZIUM_CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
