@@ -471,11 +471,13 @@ static int column(struct dec *x, const json_t *row, const char *col, bool requir
     return 1;
 }
 
+/* event_id always; event_ts and content_id only for what becomes an event (c, r): an
+ * update or delete is skipped whatever its values, so it is never parked for them. */
 static bool event_col_required(struct dec *x, enum eng_event_col c)
 {
     if (c == ENG_COL_EVENT_ID)
         return true;
-    return x->op != 'd' && (c == ENG_COL_EVENT_TS || c == ENG_COL_CONTENT_ID);
+    return (x->op == 'c' || x->op == 'r') && (c == ENG_COL_EVENT_TS || c == ENG_COL_CONTENT_ID);
 }
 
 static int event_col(struct dec *x, const json_t *row, enum eng_event_col c)

@@ -313,6 +313,15 @@ static void test_nulls_and_ops(void **state)
     free(a);
     free(b);
 
+    /* an update is not an event: a NULL content_id in it is no reason to park it */
+    a = subst(KAFKA_PAYLOAD, "\"op\":\"c\"", "\"op\":\"u\"");
+    b = subst(a, "\"content_id\":2001,", "\"content_id\":null,");
+    assert_int_equal(decode_str(d, b, &m, &err), 0);
+    assert_int_equal(m.op, 'u');
+    assert_col(&m, ENG_COL_CONTENT_ID, NULL);
+    free(a);
+    free(b);
+
     /* a delete under the default replica identity: before holds the key only */
     msg = "{\"before\":{\"event_id\":0},\"after\":null,\"source\":{\"table\":"
           "\"engagement_events\",\"lsn\":5,\"txId\":6,\"ts_ms\":1000},\"op\":\"d\"}";
