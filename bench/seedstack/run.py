@@ -18,7 +18,10 @@ Measured:
   and the connector are already streaming); the time from the launch until that event is
   in Redis (content:last). This is the job's start-up (JVM, SparkSession, Kafka source,
   first batch) plus one trip through the pipeline. The stack's own start-up (stack.sh up,
-  connector running and streaming) is printed beside it.
+  connector running and streaming) is printed beside it, and the sum of the three (cold
+  start: nothing running to first event delivered).
+- Then --warmup seconds of load at the first rate, not measured (Spark's first batches
+  are slow: JIT, code generation, Python workers), so the phases see its steady state.
 - Commit -> visible in Redis, per rate (open loop: a transaction every 10 ms holding
   rate/100 events, so 100/s = 1 event per transaction, 1,000/s = 10; event_ts is set to
   now() in UTC). Every 5th transaction starts with a marker event: a content_id of a
@@ -40,7 +43,7 @@ Measured:
 Writes CSV (stack,rate,p50_ms,p99_ms,max_ms,cpu_s_per_million,peak_rss_mb,first_event_s)
 to --csv (default bench/seedstack/results.csv) and prints a table.
 
-usage: run.py --jars-dir DIR [--rates 100,1000] [--duration 30] [--partitions 2]
+usage: run.py --jars-dir DIR [--rates 100,1000] [--duration 30] [--warmup 15] [--partitions 2]
               [--http-batch 100] [--bin build/engage] [--csv PATH] [--keep]
 """
 
@@ -125,9 +128,11 @@ def cpu_seconds(roots):
 
 
 def vm_hwm_mb(roots):
+    """{name: MB}: VmHWM summed over each root's process tree."""
     table = proc_table()
-    total = 0
-    for root in roots.values():
+    out = {}
+    for name, root in roots.items():
+        total = 0
         for pid in tree(root, table):
             try:
                 with open(f"/proc/{pid}/status") as f:
@@ -136,7 +141,8 @@ def vm_hwm_mb(roots):
                             total += int(line.split()[1])
             except OSError:
                 pass
-    return total / 1024
+        out[name] = total / 1024
+    return out
 
 
 # ------------------------------------------------------------ workload
@@ -150,13 +156,16 @@ class Markers:
         self.lock = threading.Lock()
         self.pending = {}  # event_id -> (cid, commit_t)
         self.latencies = []  # (event_id, seconds)
+        self.wall = {}  # event_id -> (phase, commit wall-clock time): for commit -> Kafka
+        self.phase = "warm-up"
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
-    def add(self, event_id, cid, commit_t):
+    def add(self, event_id, cid, commit_t, commit_wall):
         with self.lock:
             self.pending[event_id] = (cid, commit_t)
+            self.wall[event_id] = (self.phase, commit_wall)
 
     def run(self):
         while not self.stop.is_set():
@@ -214,7 +223,7 @@ def commit_events(conn, rows):
             "VALUES %s RETURNING event_id",
             rows, template="(%s, %s, %s, %s, %s, now() AT TIME ZONE 'UTC')", fetch=True)
     conn.commit()
-    return [i[0] for i in ids], time.monotonic()
+    return [i[0] for i in ids], time.monotonic(), time.time()
 
 
 def drive(conn, markers, rate, duration, rng, lengths, marker_cursor):
@@ -241,9 +250,9 @@ def drive(conn, markers, rate, duration, rng, lengths, marker_cursor):
             roll = rng.random()
             cid = UNKNOWN if roll < 0.01 else ZERO_LENGTH if roll < 0.02 else rng.randrange(1, CONTENTS + 1)
             rows.append(event_row(rng, cid, lengths))
-        ids, t = commit_events(conn, rows)
+        ids, t, wall = commit_events(conn, rows)
         if marker:
-            markers.add(ids[0], rows[0][0], t)
+            markers.add(ids[0], rows[0][0], t, wall)
         events += len(rows)
     return events, marker_cursor, late
 
@@ -253,6 +262,31 @@ def batch_times(log_path):
     import re
     text = Path(log_path).read_text(errors="replace")
     return [float(x) for x in re.findall(r"seedstack-job \S+ batch \d+ done in ([0-9.]+)s", text)]
+
+
+def batch_parts(log_path, skip):
+    """Median (plan, read+enrich+write, top) seconds of the batches after the first skip."""
+    import re
+    rows = re.findall(r"batch \d+ done in [0-9.]+s \(plan and content schema ([0-9.]+)s, "
+                      r"read, enrich and write ([0-9.]+)s, top rebuild ([0-9.]+)s\)",
+                      Path(log_path).read_text(errors="replace"))[skip:]
+    return [percentile(sorted(float(r[i]) for r in rows), 50) for i in range(3)]
+
+
+def commit_to_kafka(bootstrap, wall):
+    """{phase: [seconds]} from each marker's commit (wall clock) to its Kafka record's
+    timestamp (CreateTime: when Connect's producer made it), read back with kcat."""
+    import re
+    proc = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", TOPIC, "-e", "-q", "-f", "%T %s\n"],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    rx = re.compile(rb'^(\d+) .*?"after":\{"event_id":(\d+),')
+    out = {}
+    for line in proc.stdout.splitlines():
+        m = rx.match(line)
+        if m and int(m.group(2)) in wall:
+            phase, t = wall[int(m.group(2))]
+            out.setdefault(phase, []).append(int(m.group(1)) / 1000 - t)
+    return out
 
 
 def redis_count_sum(r, cids):
@@ -354,7 +388,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jars-dir", required=True)
     ap.add_argument("--rates", default="100,1000")
-    ap.add_argument("--duration", type=float, default=30)
+    ap.add_argument("--duration", type=float, default=30, help="seconds of load per rate")
+    ap.add_argument("--warmup", type=float, default=15, help="seconds of unmeasured load first")
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--http-batch", type=int, default=100)
     ap.add_argument("--bin", default=str(REPO / "build" / "engage"))
@@ -428,7 +463,7 @@ def main():
         spark = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=spark_log, stderr=subprocess.STDOUT,
                                  start_new_session=True, cwd=work)
         first_cid = MARKER_BASE
-        ids, _ = commit_events(pg, [event_row(rng, first_cid, lengths)])
+        ids, _, _ = commit_events(pg, [event_row(rng, first_cid, lengths)])
         total = 1
         marker_cursor = 1
 
@@ -445,7 +480,15 @@ def main():
             raise
         first_event_s = time.monotonic() - t_launch
         note(f"first event in Redis {first_event_s:.2f}s after the Spark job was launched")
-        time.sleep(5)  # let the job settle (its first batches and Python workers) before measuring
+        # Warm-up, not measured: the job's first batches are slow (JIT, code generation,
+        # Python workers starting); the phases measure its steady state.
+        if args.warmup > 0:
+            n, marker_cursor, _ = drive(pg, markers, rates[0], args.warmup, rng, lengths, marker_cursor)
+            total += n
+            wait_drained(r, cids, total, 300, "warm-up")
+            lib.wait_for(lambda: markers.outstanding() == 0, 30, what="every warm-up marker seen")
+            note(f"warm-up: {n} events at {rates[0]}/s, not measured")
+        time.sleep(3)
 
         roots = {"kafka": kafka.pid("kafka"), "connect": kafka.pid("connect"), "spark": spark.pid}
         others = {"postgres": stack.pid("pg"), "redis": stack.pid("redis"), "clickhouse": stack.pid("clickhouse"),
@@ -454,6 +497,7 @@ def main():
         seen_batches = len(batch_times(work / "spark.log"))
         for rate in rates:
             markers.take()
+            markers.phase = rate
             c0, o0 = cpu_seconds(roots), cpu_seconds(others)
             t0 = time.monotonic()
             n, marker_cursor, late = drive(pg, markers, rate, args.duration, rng, lengths, marker_cursor)
@@ -463,7 +507,8 @@ def main():
             drain_s = time.monotonic() - t0 - load_s
             lib.wait_for(lambda: markers.outstanding() == 0, 30, what="every marker seen")
             c1, o1 = cpu_seconds(roots), cpu_seconds(others)
-            rss = vm_hwm_mb(roots)
+            rss_parts = vm_hwm_mb(roots)
+            rss = sum(rss_parts.values())
             lat = sorted(x for _, x in markers.take())
             cpu = {k: c1[k] - c0[k] for k in c1}
             ocpu = {k: o1[k] - o0[k] for k in o1}
@@ -479,13 +524,23 @@ def main():
             note(f"rate {rate}/s: {n} events in {load_s:.1f}s (achieved {n / load_s:.0f}/s, worst lateness "
                  f"{late * 1000:.0f} ms), drained {drain_s:.1f}s after; {len(lat)} markers; "
                  f"CPU s " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()) +
-                 "; outside the pipeline " + ", ".join(f"{k} {v:.1f}" for k, v in ocpu.items()))
+                 "; outside the pipeline " + ", ".join(f"{k} {v:.1f}" for k, v in ocpu.items()) +
+                 "; peak RSS MB " + ", ".join(f"{k} {v:.0f}" for k, v in rss_parts.items()))
             bt = sorted(batch_times(work / "spark.log")[seen_batches:])
+            parts = batch_parts(work / "spark.log", seen_batches)
             seen_batches += len(bt)
             note(f"rate {rate}/s: {len(bt)} micro-batches, foreachBatch took median {percentile(bt, 50):.2f}s, "
-                 f"max {bt[-1] if bt else float('nan'):.2f}s; load average {os.getloadavg()[0]:.2f} "
+                 f"max {bt[-1] if bt else float('nan'):.2f}s (medians: plan and content schema {parts[0]:.2f}s, "
+                 f"read, enrich and write {parts[1]:.2f}s, top rebuild {parts[2]:.3f}s); load average {os.getloadavg()[0]:.2f} "
                  f"(the machine is shared: other processes count in the latencies, not in the CPU)")
             time.sleep(3)
+
+        kafka_lat = commit_to_kafka(kafka.bootstrap, markers.wall)
+        for rate in rates:
+            lat = sorted(kafka_lat.get(rate, []))
+            note(f"rate {rate}/s: commit -> Kafka record (Debezium; the record's CreateTime against the commit's "
+                 f"wall clock, {len(lat)} markers): p50 {percentile(lat, 50) * 1000:.0f} ms, "
+                 f"p99 {percentile(lat, 99) * 1000:.0f} ms, max {lat[-1] * 1000 if lat else float('nan'):.0f} ms")
 
         # Every sink got every event (the last batch's top rebuild included).
         time.sleep(2)
@@ -499,7 +554,8 @@ def main():
         print(f"Brief's stack (Debezium 3.6.1 on Connect 4.3.0, Kafka 4.3.0 KRaft, PySpark 4.2.0 local[2], "
               f"1 s trigger, {args.partitions} partitions)")
         print(f"stack up {stack_up_s:.1f}s; connector streaming {connector_s:.1f}s; "
-              f"first event {first_event_s:.2f}s after launching the Spark job")
+              f"first event {first_event_s:.2f}s after launching the Spark job "
+              f"(cold start to first event: {stack_up_s + connector_s + first_event_s:.1f}s)")
         hdr = ("rate/s", "p50 ms", "p99 ms", "max ms", "CPU s/M ev", "peak RSS MB", "first ev s")
         print("  ".join(f"{h:>11}" for h in hdr))
         for row in results:
