@@ -3,8 +3,9 @@ connector and `engage capture` capture the same workload at the same time,
 from slots of their own, into topics of their own; then
 
   1. `engage run --source kafka` reads Debezium's topics into ClickHouse and
-     Redis, then (sinks reset) capture's topics: both land exactly PostgreSQL's
-     truth, and the two sink snapshots are equal;
+     Redis, then (sinks reset) capture's topics, then both producers' topics
+     without schemas: each lands exactly PostgreSQL's truth, and the four sink
+     snapshots are equal;
   2. capture's records equal Debezium's field by field (key bytes, value bytes,
      headers, partition, order), with only run-specific values masked (the
      times each producer read a change; the snapshot reads' own transaction
@@ -21,7 +22,8 @@ capture does; the old events are deleted while events stream: delete records
 that are not events), then events from 4 sessions with NULL durations and
 lengths and unknown content while content rows change, updates of event rows,
 rolled-back inserts, a transaction of events for a further 10 content_ids
-(55 in all; some at the int32 edges), and a content row inserted, updated and
+(55 in all; some at the int32 edges) with text that JSON writers escape
+differently (control characters, emoji, U+2028, empty, 3,000 bytes), and a content row inserted, updated and
 deleted.
 """
 
@@ -29,6 +31,7 @@ import datetime as dt
 import json
 import re
 import secrets
+import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
@@ -49,6 +52,11 @@ FIXTURES = lib.REPO_ROOT / "tests" / "fixtures" / "debezium"
 PARTITIONS = 6
 EXTRA_CONTENT = [0, -1, 2147483647, -2147483648, 1006, 1007, 1008, 1009, 1010, 1011]
 OLD_EVENTS = 40
+# Values of the extra events that JSON writers are apt to write differently.
+ODD_TEXTS = ["", "tab\there", "ctl \x01\x1f del \x7f", "emoji \U0001F600 \u00e9 \u65e5\u672c", "line\u2028sep",
+             "</script> \\ \" / ' &", "x" * 3000]
+ODD_USERS = [0, -1, 2147483647, -2147483648, None]
+ODD_DURATIONS = [0, 1, 2147483647, None, 999]
 DEBEZIUM_TOPIC = "dbz_"  # Debezium's topics: this + capture's topic names
 
 
@@ -58,6 +66,30 @@ def events_topic(prefix):
 
 def content_topic(prefix):
     return f"{prefix}.public.content"
+
+
+def consume_all(bootstrap, topic, timeout=60):
+    """lib.consume_all, but lines split at "\n" only: kcat -J writes U+2028 raw,
+    and str.splitlines() would cut a message there."""
+    if lib.topic_partitions(bootstrap, topic) == 0:
+        return []
+    proc = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-J", "-q"],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    out = []
+    for line in proc.stdout.decode().split("\n"):
+        if line.strip():
+            m = json.loads(line)
+            flat = m.get("headers") or []
+            out.append({"partition": m["partition"], "offset": m["offset"], "key": m.get("key"),
+                        "value": m.get("payload"), "headers": [[flat[i], flat[i + 1]] for i in range(0, len(flat), 2)]})
+    out.sort(key=lambda r: (r["partition"], r["offset"]))
+    return out
+
+
+def wait_for_messages(bootstrap, topic, count, timeout, what):
+    return lib.wait_for(lambda: (lambda msgs: msgs if len(msgs) >= count else None)(consume_all(bootstrap, topic)),
+                        timeout, interval=0.25, what=what)
 
 
 class Scenario:
@@ -79,9 +111,11 @@ def _insert_extra_events(uri, wl):
             for i, cid in enumerate(EXTRA_CONTENT):
                 cur.execute(
                     "INSERT INTO engagement_events(content_id, user_id, event_type, event_ts, duration_ms, device) "
-                    "VALUES (%s, %s, 'view', %s, %s, 'web') "
+                    "VALUES (%s, %s, %s, %s, %s, %s) "
                     "RETURNING event_id, content_id, user_id, event_type, event_ts::text, duration_ms, device",
-                    (cid, 7000 + i, now - dt.timedelta(seconds=i), 1000 * i if i % 3 else None))
+                    (cid, ODD_USERS[i % len(ODD_USERS)], ODD_TEXTS[i % len(ODD_TEXTS)],
+                     now - dt.timedelta(seconds=i, microseconds=i), ODD_DURATIONS[i % len(ODD_DURATIONS)],
+                     ODD_TEXTS[-1 - i % len(ODD_TEXTS)]))
                 rows.append(cur.fetchone())
             cur.execute("SELECT count(*) FROM content WHERE content_id = ANY(%s)", (EXTRA_CONTENT,))
             assert cur.fetchone()[0] == 0
@@ -136,7 +170,7 @@ def scenario(stack, connect, tmp_path_factory):
             proc.wait_for_log(r'msg="streaming"', 120, what="capture to stream")
         # Debezium's snapshot of content is done when its content topic holds every row.
         for p in prefixes.values():
-            lib.wait_for_messages(connect.bootstrap, DEBEZIUM_TOPIC + content_topic(p), len(workload.KNOWN_CONTENT), timeout=180,
+            wait_for_messages(connect.bootstrap, DEBEZIUM_TOPIC + content_topic(p), len(workload.KNOWN_CONTENT), timeout=180,
                                   what=f"Debezium's snapshot of content in {DEBEZIUM_TOPIC + content_topic(p)}")
 
         stop, counts = threading.Event(), {"updates": 0, "deletes": 0, "rollbacks": 0}
@@ -171,7 +205,7 @@ def scenario(stack, connect, tmp_path_factory):
         for p in prefixes.values():
             for who, t in (("debezium", DEBEZIUM_TOPIC), ("capture", "")):
                 for what, topic in (("events", t + events_topic(p)), ("content", t + content_topic(p))):
-                    msgs = lib.wait_for_messages(connect.bootstrap, topic, want[what], timeout=240,
+                    msgs = wait_for_messages(connect.bootstrap, topic, want[what], timeout=240,
                                                  what=f"{want[what]} records in {topic}")
                     messages[(who, p, what)] = msgs
         s = Scenario()
@@ -259,10 +293,13 @@ def run_consumer(stack, scn, topic, tmp_path, name):
 
 def test_debezium_and_capture_topics_land_the_same_sinks(stack, scenario, tmp_path):
     scn = scenario
-    p = scn.prefixes["schema"]
+    ps, pn = scn.prefixes["schema"], scn.prefixes["noschema"]
     n = len(scn.wl.expected)
     snaps, ms = {}, {}
-    for who, topic in (("debezium", DEBEZIUM_TOPIC + events_topic(p)), ("capture", events_topic(p))):
+    # The brief's pair (schemas on), then the schemas-off topics of both.
+    runs = (("debezium", DEBEZIUM_TOPIC + events_topic(ps)), ("capture", events_topic(ps)),
+            ("debezium-noschema", DEBEZIUM_TOPIC + events_topic(pn)), ("capture-noschema", events_topic(pn)))
+    for who, topic in runs:
         snaps[who], ms[who], secs = run_consumer(stack, scn, topic, tmp_path, f"consumer-{who}")
         print(f"{who}: {n} events into ClickHouse and Redis in {secs:.1f} s")
         m = ms[who]
@@ -272,16 +309,18 @@ def test_debezium_and_capture_topics_land_the_same_sinks(stack, scenario, tmp_pa
         assert m['engage_source_ignored_changes_total{source="kafka"}'] == (
             scn.counts["updates"] + 2 * scn.counts["deletes"]), (who, m)
 
-    (rows_d, redis_d), (rows_c, redis_c) = snaps["debezium"], snaps["capture"]
-    assert len(rows_d) == len(rows_c) == n
-    diff = [(a, b) for a, b in zip(rows_d, rows_c) if a != b]
-    assert not diff, f"{len(diff)} ClickHouse rows differ; first: from Debezium {diff[0][0]} from capture {diff[0][1]}"
-    assert sorted(redis_d) == sorted(redis_c), (
-        f"Redis keys differ: only from Debezium {sorted(set(redis_d) - set(redis_c))[:10]}, "
-        f"only from capture {sorted(set(redis_c) - set(redis_d))[:10]}")
-    rdiff = [k for k in redis_d if redis_d[k] != redis_c[k]]
-    assert not rdiff, (f"{len(rdiff)} Redis keys differ; first {rdiff[0]}: from Debezium {redis_d[rdiff[0]]} "
-                       f"from capture {redis_c[rdiff[0]]}")
+    rows_d, redis_d = snaps["debezium"]
+    for who in [w for w, _ in runs[1:]]:
+        rows_c, redis_c = snaps[who]
+        assert len(rows_d) == len(rows_c) == n
+        diff = [(a, b) for a, b in zip(rows_d, rows_c) if a != b]
+        assert not diff, f"{len(diff)} ClickHouse rows differ; first: from debezium {diff[0][0]} from {who} {diff[0][1]}"
+        assert sorted(redis_d) == sorted(redis_c), (
+            f"Redis keys differ: only from debezium {sorted(set(redis_d) - set(redis_c))[:10]}, "
+            f"only from {who} {sorted(set(redis_c) - set(redis_d))[:10]}")
+        rdiff = [k for k in redis_d if redis_d[k] != redis_c[k]]
+        assert not rdiff, (f"{len(rdiff)} Redis keys differ; first {rdiff[0]}: from debezium {redis_d[rdiff[0]]} "
+                           f"from {who} {redis_c[rdiff[0]]}")
 
 
 # ----------------------------------------------------- test 2: field by field
