@@ -45,6 +45,7 @@ usage: job.py --bootstrap H:P --topic T --jdbc URL --clickhouse URL --redis URL 
 
 import argparse
 import datetime
+import json
 import os
 import signal
 import sys
@@ -163,8 +164,15 @@ def main():
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
+        last_logged = -1
         while not stop and query.isActive:
             query.awaitTermination(1)
+            # Spark's own account of each batch (StreamingQueryProgress.durationMs).
+            for p in query.recentProgress:
+                if p["batchId"] > last_logged:
+                    last_logged = p["batchId"]
+                    log(f"progress batch {p['batchId']} rows {p['numInputRows']} "
+                        f"durationMs {json.dumps(p.get('durationMs', {}), sort_keys=True)}")
         log("stopping")
         query.stop()
     finally:

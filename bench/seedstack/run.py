@@ -289,6 +289,21 @@ def commit_to_kafka(bootstrap, wall):
     return out
 
 
+def worker_parts(log_path):
+    """[(events, redis s, clickhouse s, api s)] of every partition written so far."""
+    import re
+    return [(int(a), float(b), float(c), float(d)) for a, b, c, d in re.findall(
+        r"seedstack-worker partition of (\d+) events: redis ([0-9.]+)s \(JSON included\), "
+        r"clickhouse ([0-9.]+)s, api ([0-9.]+)s", Path(log_path).read_text(errors="replace"))]
+
+
+def progress(log_path):
+    """[(rows, durationMs dict)] of the batches Spark reported so far."""
+    import re
+    return [(int(a), json.loads(b)) for a, b in re.findall(
+        r"seedstack-job \S+ progress batch \d+ rows (\d+) durationMs (\{.*\})", Path(log_path).read_text(errors="replace"))]
+
+
 def redis_count_sum(r, cids):
     total = 0
     cids = list(cids)
@@ -495,6 +510,8 @@ def main():
                   "mock-api": api.pid}
         results = []
         seen_batches = len(batch_times(work / "spark.log"))
+        seen_parts = len(worker_parts(work / "spark.log"))
+        seen_progress = len(progress(work / "spark.log"))
         for rate in rates:
             markers.take()
             markers.phase = rate
@@ -529,9 +546,20 @@ def main():
             bt = sorted(batch_times(work / "spark.log")[seen_batches:])
             parts = batch_parts(work / "spark.log", seen_batches)
             seen_batches += len(bt)
+            wp = worker_parts(work / "spark.log")[seen_parts:]
+            seen_parts += len(wp)
+            wmed = [percentile(sorted(p[i] for p in wp), 50) for i in range(4)]
+            pr = [d for rows, d in progress(work / "spark.log")[seen_progress:] if rows > 0]
+            seen_progress = len(progress(work / "spark.log"))
+            keys = sorted({k for d in pr for k in d})
+            pmed = {k: percentile(sorted(d.get(k, 0) for d in pr), 50) for k in keys}
             note(f"rate {rate}/s: {len(bt)} micro-batches, foreachBatch took median {percentile(bt, 50):.2f}s, "
                  f"max {bt[-1] if bt else float('nan'):.2f}s (medians: plan and content schema {parts[0]:.2f}s, "
-                 f"read, enrich and write {parts[1]:.2f}s, top rebuild {parts[2]:.3f}s); load average {os.getloadavg()[0]:.2f} "
+                 f"read, enrich and write {parts[1]:.2f}s, top rebuild {parts[2]:.3f}s); {len(wp)} partition "
+                 f"writes, medians: {wmed[0]:.0f} events, redis {wmed[1]:.3f}s, clickhouse {wmed[2]:.3f}s, "
+                 f"api {wmed[3]:.3f}s; Spark's durationMs medians over {len(pr)} batches with rows: "
+                 + ", ".join(f"{k} {v}" for k, v in pmed.items())
+                 + f"; load average {os.getloadavg()[0]:.2f} "
                  f"(the machine is shared: other processes count in the latencies, not in the CPU)")
             time.sleep(3)
 
