@@ -53,6 +53,11 @@ tsan: $(TSAN_BUILD)/build.ninja
 demo: deps build
 	@bash scripts/demo.sh $(BUILD)/engage
 
+# the same through Kafka: engage capture -> a KRaft broker -> engage run --source kafka
+.PHONY: demo-kafka
+demo-kafka: deps build
+	@bash scripts/demo_kafka.sh $(BUILD)/engage
+
 test: deps build asan tsan
 	@TSAN_BUILD=$(TSAN_BUILD) bash scripts/test.sh $(ASAN_BUILD)
 
