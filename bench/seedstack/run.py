@@ -476,7 +476,8 @@ def main():
                "--http-batch", str(args.http_batch)]
         t_launch = time.monotonic()
         spark = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=spark_log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, cwd=work)
+                                 start_new_session=True, cwd=work,
+                                 env=dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable))
         first_cid = MARKER_BASE
         ids, _, _ = commit_events(pg, [event_row(rng, first_cid, lengths)])
         total = 1
