@@ -235,6 +235,22 @@ def wait_sinks_exact(stack, db, wl, mock, consumers, timeout=240):
     assert_all_delivered(db, mock, set(wl.expected))
 
 
+def assert_durable(stack, mock, ids, where):
+    """Every event of ids is in ClickHouse, in Redis's seen-set and at the API."""
+    __tracebackhide__ = True
+    try:
+        in_ch = {int(r[0]) for r in lib.ch_query(stack.clickhouse_url,
+                                                 "SELECT event_id FROM engagement.events_enriched")}
+    except lib.ClickHouseError:
+        in_ch = set()
+    not_ch = sorted(ids - in_ch)
+    not_redis = sorted(rx.seen_missing(stack.redis_url, sorted(ids)))
+    not_api = sorted(ids - mock.ids())
+    assert not (not_ch or not_redis or not_api), (
+        f"{where}: events behind them are not durable: {len(not_ch)} not in ClickHouse (e.g. {not_ch[:5]}), "
+        f"{len(not_redis)} not in Redis (e.g. {not_redis[:5]}), {len(not_api)} not at the API (e.g. {not_api[:5]})")
+
+
 def wait_delivering(proc, more=1, timeout=60):
     """Wait until the consumer proc has read `more` events more than now (it owns
     partitions and events flow through it)."""
@@ -382,8 +398,9 @@ def test_consumer_sigkill_loop(stack, kafka, db, clean_sinks, engage, tmp_path):
     running throughout: ClickHouse, Redis and the API end exact. The API's
     duplicates stay within one round in flight per kill:
     duplicates <= kills x --http-inflight x --http-batch (here 5 x 4 x 50 = 1000).
-    After the last consumer stops cleanly, its group's committed offsets equal
-    the end of every partition of the events topic."""
+    At every kill the group's committed offsets do not pass what every sink
+    holds; after the last consumer stops cleanly they equal the end of every
+    partition of the events topic."""
     wl = Workload(db.uri, seed=42)
     wl.setup_content()
     k = KafkaPath(stack, kafka, db, engage, tmp_path, partitions=3)
@@ -414,7 +431,10 @@ def test_consumer_sigkill_loop(stack, kafka, db, clean_sinks, engage, tmp_path):
             held = mock.ids()
             committed = {p: cur or 0 for (t, p), (cur, _) in group_offsets(kafka.bootstrap, k.prefix).items()
                          if t == k.topic}
-            again = held - topic.refresh().ids_below(committed)
+            done = topic.refresh().ids_below(committed)
+            # The committed offsets never pass what every sink holds (the next member starts there).
+            assert_durable(stack, mock, done, f"committed offsets {committed} at kill {kills + 1}")
+            again = held - done
             at_kill.append((streaming, len(again), mock.stats()["duplicates"], int(read),
                             sum(committed.values())))
             con = k.consumer(*http, mock=mock, state="consumer", name=f"consumer-after-kill-{kills}")
