@@ -201,13 +201,17 @@ class Markers:
 
 def event_row(rng, cid, lengths):
     """(content_id, user_id, event_type, duration_ms, device): a mix of NULL durations,
-    exact half-hundredth ties and ordinary values."""
+    exact half-hundredth ties (positive and negative), negative and ordinary values."""
     length = lengths.get(cid)
     roll = rng.random()
     if roll < 0.05:
         duration = None
     elif roll < 0.15 and length:
         duration = 5 * length * (2 * rng.randrange(0, 40) + 1)  # pct exactly k.5 hundredths
+    elif roll < 0.17 and length:
+        duration = -5 * length * (2 * rng.randrange(0, 40) + 1)  # a negative tie: away from zero
+    elif roll < 0.18:
+        duration = -rng.randrange(1, 600000)
     else:
         duration = rng.randrange(0, 600000)
     return (cid, rng.randrange(1, 100000), rng.choice(("play", "pause", "view", "finish")), duration,
