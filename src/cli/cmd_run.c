@@ -140,6 +140,7 @@ static int run_kafka(struct run *r, struct eng_error *err)
         .batch_max_events = (uint32_t)r->batch_events,
         .batch_max_us = r->batch_ms * 1000,
         .snapshot_reads = eng_opt_flag(&r->o, OPT_SNAPSHOT_READS),
+        .state_dir = eng_opt(&r->o, OPT_STATE_DIR),
         .dlq = r->dlq,
     };
     eng_info("msg=\"starting\" source=kafka sinks=%s", r->cs.names);

@@ -103,3 +103,41 @@ struct eng_batch *eng_batch_merge(struct eng_batch *const *bs, uint32_t n, uint3
         eng_die("eng_batch_merge past the batch byte cap");
     return m;
 }
+
+struct eng_batch *eng_batch_select(struct eng_batch *const *bs, uint32_t n,
+                                   bool (*keep)(const struct eng_event *e, void *ctx), void *ctx)
+{
+    uint32_t total = 0;
+    for (uint32_t j = 0; j < n; j++)
+        total += bs[j]->n;
+    struct eng_batch *m = eng_batch_create(total);
+    m->created_us = n > 0 ? bs[0]->created_us : 0;
+    for (uint32_t j = 0; j < n; j++) {
+        const struct eng_batch *b = bs[j];
+        /* Each batch's strings whole (its events' slices stay valid rebased), JSON per event. */
+        uint32_t str_off = (uint32_t)m->strings.len;
+        bool any = false;
+        for (uint32_t i = 0; i < b->n; i++) {
+            const struct eng_event *src = &b->events[i];
+            if (!keep(src, ctx))
+                continue;
+            if (!any)
+                eng_buf_append(&m->strings, b->strings.data, b->strings.len);
+            any = true;
+            struct eng_event *e = &m->events[m->n++];
+            *e = *src;
+            e->event_type.off += str_off;
+            e->device.off += str_off;
+            e->content_type.off += str_off;
+            e->key.off += str_off;
+            e->json.off = (uint32_t)m->jsonl.len;
+            eng_buf_append(&m->jsonl, eng_batch_json(b, src), src->json.len);
+            eng_buf_putc(&m->jsonl, '\n');
+        }
+        m->seq = b->seq;
+        m->position = b->position;
+    }
+    if (m->strings.overflow || m->jsonl.overflow)
+        eng_die("eng_batch_select past the batch byte cap");
+    return m;
+}

@@ -39,6 +39,10 @@ struct eng_event {
      * place among that transaction's events. txn_lsn 0: the source has no such order. */
     uint64_t txn_lsn;
     uint32_t txn_seq;
+    /* Which of the source's independent orders the event is in: 0 for PostgreSQL (one
+     * order); the partition for Kafka, where (txn_lsn, txn_seq) = (offset + 1, 0) orders
+     * the events of one partition only. */
+    uint32_t stream;
     int32_t content_id;
     int32_t user_id;
     int32_t duration_ms;
@@ -55,7 +59,7 @@ struct eng_event {
     uint8_t topic;
 };
 
-/* True when e comes after the event at (lsn, seq) in the source's order. */
+/* True when e comes after the event at (lsn, seq) in the source's order (of e's stream). */
 static inline bool eng_event_after(const struct eng_event *e, uint64_t lsn, uint32_t seq)
 {
     return e->txn_lsn > lsn || (e->txn_lsn == lsn && e->txn_seq > seq);
@@ -108,6 +112,11 @@ void eng_batch_pop(struct eng_batch *b);
  * borrowed. */
 struct eng_batch *eng_batch_merge(struct eng_batch *const *bs, uint32_t n, uint32_t skip,
                                   uint32_t max);
+
+/* A new batch of the events of bs[0..n) that keep(e, ctx) accepts, in order (text and JSON
+ * copied, slices rebased), with the last batch's seq and position. The inputs are borrowed. */
+struct eng_batch *eng_batch_select(struct eng_batch *const *bs, uint32_t n,
+                                   bool (*keep)(const struct eng_event *e, void *ctx), void *ctx);
 
 /* Copies text into batch->strings and returns its slice. */
 struct eng_slice eng_batch_put_string(struct eng_batch *b, const char *s, size_t n);

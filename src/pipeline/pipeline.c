@@ -25,6 +25,13 @@
 #define MERGE_MAX_EVENTS 50000
 #define MERGE_MAX_BYTES  ((size_t)64 << 20)
 
+/* Where a sink is in one stream of the source's order. */
+struct done_pos {
+    uint32_t stream;
+    uint64_t lsn;
+    uint32_t seq;
+};
+
 struct sink_lane {
     struct eng_pipeline *p;
     struct eng_sink *sink;
@@ -40,10 +47,12 @@ struct sink_lane {
     /* acknowledged state, guarded by p->lock */
     uint64_t acked_seq;
     uint64_t acked_position;
-    /* The last event this sink made durable (eng_event_after order): an event at or before
-     * it is a redelivery, not written again. From the progress file after a restart. */
-    uint64_t done_lsn;
-    uint32_t done_seq;
+    /* Per stream (eng_event.stream), the last event this sink made durable (eng_event_after
+     * order): an event at or before it is a redelivery, not written again. From the progress
+     * file after a restart. Written by the lane's thread (and track_progress before start)
+     * under p->lock. */
+    struct done_pos *done;
+    uint32_t ndone, capdone;
     /* Events of the write in progress, for a sink that groups events into requests (one with
      * merge_max_events): kept in the progress file, so that the first write after a restart
      * is the interrupted one again, cut the same way (the same requests, the same keys). */
@@ -397,36 +406,72 @@ static bool lane_deliver(struct sink_lane *l, bool *open, struct eng_backoff *bo
     return rc == TRY_DURABLE;
 }
 
-/* How many of the first events of bs[0..n) are at or before (lsn, seq): a sink that made
- * them durable already gets them again only after a restart or a reconnect. */
-static uint32_t redelivered_prefix(struct eng_batch *const *bs, uint32_t n, uint64_t lsn,
-                                   uint32_t seq)
+static const struct done_pos *done_find(const struct sink_lane *l, uint32_t stream)
 {
-    uint32_t skip = 0;
-    if (lsn == 0)
+    for (uint32_t i = 0; i < l->ndone; i++) {
+        if (l->done[i].stream == stream)
+            return &l->done[i];
+    }
+    return NULL;
+}
+
+/* Moves the sink's position in e's stream up to e (never back). With p->lock held. */
+static void done_advance(struct sink_lane *l, uint32_t stream, uint64_t lsn, uint32_t seq)
+{
+    struct done_pos *d = (struct done_pos *)done_find(l, stream);
+    if (d == NULL) {
+        if (l->ndone == l->capdone) {
+            l->capdone = l->capdone ? 2 * l->capdone : 4;
+            l->done = eng_realloc(l->done, l->capdone * sizeof(*l->done));
+        }
+        d = &l->done[l->ndone++];
+        *d = (struct done_pos){.stream = stream};
+    }
+    if (lsn > d->lsn || (lsn == d->lsn && seq > d->seq)) {
+        d->lsn = lsn;
+        d->seq = seq;
+    }
+}
+
+/* True when the sink made e durable already: it gets it again only after a restart, a
+ * reconnect or a rebalance. */
+static bool lane_has(const struct sink_lane *l, const struct eng_event *e)
+{
+    if (e->txn_lsn == 0)
+        return false;
+    const struct done_pos *d = done_find(l, e->stream);
+    return d != NULL && d->lsn != 0 && !eng_event_after(e, d->lsn, d->seq);
+}
+
+/* How many of the first events of bs[0..n) the sink has (all of them, with all_of set). */
+static uint32_t redelivered(const struct sink_lane *l, struct eng_batch *const *bs, uint32_t n,
+                            bool all_of)
+{
+    uint32_t count = 0;
+    if (l->ndone == 0)
         return 0;
     for (uint32_t j = 0; j < n; j++) {
         for (uint32_t i = 0; i < bs[j]->n; i++) {
-            const struct eng_event *e = &bs[j]->events[i];
-            if (e->txn_lsn == 0 || eng_event_after(e, lsn, seq))
-                return skip;
-            skip++;
+            bool has = lane_has(l, &bs[j]->events[i]);
+            if (!has && !all_of)
+                return count;
+            count += has;
         }
     }
-    return skip;
+    return count;
 }
 
-/* Events of q after (lsn, seq): those a sink that has everything up to there still needs. */
-static uint32_t fresh_events(struct eng_batch *q, uint64_t lsn, uint32_t seq)
+/* Events of q the sink still needs. */
+static uint32_t fresh_events(const struct sink_lane *l, struct eng_batch *q)
 {
-    return q->n - redelivered_prefix(&q, 1, lsn, seq);
+    return q->n - redelivered(l, &q, 1, true);
 }
 
 static uint32_t fresh_queued(const struct eng_pipeline *p, const struct sink_lane *l)
 {
     uint32_t n = 0;
     for (uint32_t k = 0; k < l->count; k++)
-        n += fresh_events(l->ring[(l->head + k) % p->depth], l->done_lsn, l->done_seq);
+        n += fresh_events(l, l->ring[(l->head + k) % p->depth]);
     return n;
 }
 
@@ -476,11 +521,18 @@ static void progress_save(struct eng_pipeline *p)
     pthread_mutex_lock(&p->lock);
     for (size_t i = 0; i < p->nlanes; i++) {
         const struct sink_lane *l = &p->lanes[i];
-        if (l->done_lsn == 0)
-            continue;
-        snprintf(line, sizeof(line), "sink %s %" PRIX64 " %" PRIu32 " %" PRIu32 "\n",
-                 l->sink->ops->name, l->done_lsn, l->done_seq, l->inflight_n);
-        eng_buf_puts(&text, line);
+        for (uint32_t k = 0; k < l->ndone; k++) {
+            const struct done_pos *d = &l->done[k];
+            if (d->lsn == 0)
+                continue;
+            /* stream 0 (PostgreSQL) without the stream field: the format it always had */
+            snprintf(line, sizeof(line), "sink %s %" PRIX64 " %" PRIu32 " %" PRIu32,
+                     l->sink->ops->name, d->lsn, d->seq, l->inflight_n);
+            eng_buf_puts(&text, line);
+            if (d->stream != 0)
+                eng_buf_printf(&text, " %" PRIu32, d->stream);
+            eng_buf_putc(&text, '\n');
+        }
     }
     pthread_mutex_unlock(&p->lock);
 
@@ -498,9 +550,9 @@ static void progress_save(struct eng_pipeline *p)
     pthread_mutex_unlock(&p->progress_lock);
 }
 
-/* "sink NAME LSN SEQ INFLIGHT\n": LSN in hex, SEQ and INFLIGHT in decimal. */
+/* "sink NAME LSN SEQ INFLIGHT[ STREAM]\n": LSN in hex, the others in decimal. */
 static bool parse_progress_line(const char *line, char *name, size_t namelen, uint64_t *lsn,
-                                uint32_t *seq, uint32_t *inflight)
+                                uint32_t *seq, uint32_t *inflight, uint32_t *stream)
 {
     if (strncmp(line, "sink ", 5) != 0)
         return false;
@@ -522,8 +574,16 @@ static bool parse_progress_line(const char *line, char *name, size_t namelen, ui
         return false;
     s = end + 1;
     unsigned long w = strtoul(s, &end, 10);
-    if (end == s || *end != '\n' || errno != 0 || w > UINT32_MAX)
+    if (end == s || (*end != '\n' && *end != ' ') || errno != 0 || w > UINT32_MAX)
         return false;
+    unsigned long st = 0;
+    if (*end == ' ') {
+        s = end + 1;
+        st = strtoul(s, &end, 10);
+        if (end == s || *end != '\n' || errno != 0 || st > UINT32_MAX)
+            return false;
+    }
+    *stream = (uint32_t)st;
     *lsn = l;
     *seq = (uint32_t)q;
     *inflight = (uint32_t)w;
@@ -547,8 +607,8 @@ void eng_pipeline_track_progress(struct eng_pipeline *p, const char *path, const
         while (ours && fgets(line, sizeof(line), f) != NULL) {
             char name[64];
             uint64_t lsn;
-            uint32_t seq, inflight;
-            if (!parse_progress_line(line, name, sizeof(name), &lsn, &seq, &inflight)) {
+            uint32_t seq, inflight, stream;
+            if (!parse_progress_line(line, name, sizeof(name), &lsn, &seq, &inflight, &stream)) {
                 eng_warn("msg=\"sink progress file: line ignored\" path=\"%s\"", path);
                 continue;
             }
@@ -560,8 +620,7 @@ void eng_pipeline_track_progress(struct eng_pipeline *p, const char *path, const
             pthread_mutex_lock(&p->lock);
             for (size_t i = 0; i < p->nlanes; i++) {
                 if (strcmp(p->lanes[i].sink->ops->name, name) == 0) {
-                    p->lanes[i].done_lsn = lsn;
-                    p->lanes[i].done_seq = seq;
+                    done_advance(&p->lanes[i], stream, lsn, seq);
                     p->lanes[i].replay_n = inflight;
                 }
             }
@@ -577,11 +636,18 @@ void eng_pipeline_track_progress(struct eng_pipeline *p, const char *path, const
     pthread_mutex_unlock(&p->progress_lock);
 }
 
-static void lane_set_done(struct sink_lane *l, const struct eng_event *e)
+/* The events of bs[0..n) are durable in the sink: its position in each of their streams
+ * moves up to them, and the file says so. */
+static void lane_set_done(struct sink_lane *l, struct eng_batch *const *bs, uint32_t n)
 {
     pthread_mutex_lock(&l->p->lock);
-    l->done_lsn = e->txn_lsn;
-    l->done_seq = e->txn_seq;
+    for (uint32_t j = 0; j < n; j++) {
+        for (uint32_t i = 0; i < bs[j]->n; i++) {
+            const struct eng_event *e = &bs[j]->events[i];
+            if (e->txn_lsn != 0)
+                done_advance(l, e->stream, e->txn_lsn, e->txn_seq);
+        }
+    }
     l->inflight_n = 0;
     pthread_mutex_unlock(&l->p->lock);
     progress_save(l->p);
@@ -606,18 +672,14 @@ static bool lane_take_hurry(struct sink_lane *l)
     return hurry;
 }
 
-/* Makes the events of take[0..k) durable in the sink (or spills them), but those at or
- * before (done_lsn, done_seq), which it has already. A sink with merge_max_events gets a
- * larger batch in parts of that size, its progress recorded after each, so that a crash
- * re-sends no more than one part. Returns true when all is durable, false if stopping. */
-static bool lane_write(struct sink_lane *l, bool *open, struct eng_backoff *bo,
-                       struct eng_batch *const *take, uint32_t k, uint32_t events, bool spill,
-                       uint64_t done_lsn, uint32_t done_seq)
+/* Makes the events of take[0..k) durable in the sink (or spills them), but the first skip,
+ * which it has already. A sink with merge_max_events gets a larger batch in parts of that
+ * size, its progress recorded after each, so that a crash re-sends no more than one part.
+ * Returns true when all is durable, false if stopping. */
+static bool lane_write_parts(struct sink_lane *l, bool *open, struct eng_backoff *bo,
+                             struct eng_batch *const *take, uint32_t k, uint32_t events, bool spill,
+                             uint32_t skip)
 {
-    uint32_t skip = redelivered_prefix(take, k, done_lsn, done_seq);
-    eng_counter_add(l->p->m_skipped, skip);
-    if (skip > 0 && skip == events)
-        return true;
     uint32_t part = l->sink->merge_max_events;
     const struct eng_event *first = event_at(take, k, skip);
     bool ordered = !spill && part > 0 && first != NULL && first->txn_lsn != 0;
@@ -641,7 +703,7 @@ static bool lane_write(struct sink_lane *l, bool *open, struct eng_backoff *bo,
         if (durable && spill) /* from the start, or the rest after a hurry between parts */
             eng_counter_add(l->m_spilled, 1);
         if (durable && !whole)
-            lane_set_done(l, &w->events[w->n - 1]);
+            lane_set_done(l, &w, 1);
         if (w != take[0])
             eng_batch_release(w);
         if (!durable || whole)
@@ -656,6 +718,30 @@ static bool lane_write(struct sink_lane *l, bool *open, struct eng_backoff *bo,
             cut = UINT32_MAX;
         }
     }
+}
+
+static bool keep_fresh(const struct eng_event *e, void *ctx)
+{
+    return !lane_has(ctx, e);
+}
+
+/* Makes the events of take[0..k) durable in the sink, but those it has already: with one
+ * stream (PostgreSQL) they are the first ones; with several (Kafka partitions) they may be
+ * anywhere, and the others are written as one batch of their own. */
+static bool lane_write(struct sink_lane *l, bool *open, struct eng_backoff *bo,
+                       struct eng_batch *const *take, uint32_t k, uint32_t events, bool spill)
+{
+    uint32_t skip = redelivered(l, take, k, false);
+    uint32_t has = skip < events && l->ndone > 1 ? redelivered(l, take, k, true) : skip;
+    eng_counter_add(l->p->m_skipped, has);
+    if (has > 0 && has == events)
+        return true;
+    if (has == skip)
+        return lane_write_parts(l, open, bo, take, k, events, spill, skip);
+    struct eng_batch *fresh = eng_batch_select(take, k, keep_fresh, l);
+    bool durable = lane_write_parts(l, open, bo, &fresh, 1, fresh->n, spill, 0);
+    eng_batch_release(fresh);
+    return durable;
 }
 
 /* With p->lock held: waits until the lane has something to write and may write it (the
@@ -694,8 +780,6 @@ struct lane_take {
     size_t events; /* in them */
     size_t bytes;
     bool spill; /* park them instead of writing them */
-    uint64_t done_lsn;
-    uint32_t done_seq;
 };
 
 static void lane_take_batches(struct sink_lane *l, struct lane_take *t)
@@ -716,7 +800,7 @@ static void lane_take_batches(struct sink_lane *l, struct lane_take *t)
     t->events = t->bytes = 0;
     while (t->k < l->count) {
         struct eng_batch *q = l->ring[(l->head + t->k) % p->depth];
-        uint32_t qf = fresh_events(q, l->done_lsn, l->done_seq);
+        uint32_t qf = fresh_events(l, q);
         /* (The interrupted write is taken whole, however the source cut its batches.) */
         if (t->k > 0 && fresh >= l->replay_n &&
             (fresh + qf > max_events || t->bytes + batch_bytes(q) > MERGE_MAX_BYTES))
@@ -726,8 +810,6 @@ static void lane_take_batches(struct sink_lane *l, struct lane_take *t)
         fresh += qf;
         t->bytes += batch_bytes(q);
     }
-    t->done_lsn = l->done_lsn;
-    t->done_seq = l->done_seq;
 }
 
 /* The write of t is durable: metrics, the sink's progress on file (before the
@@ -747,8 +829,8 @@ static void lane_ack(struct sink_lane *l, const struct lane_take *t)
     eng_counter_add(l->m_batches, 1);
     eng_counter_add(l->m_events, t->events);
     const struct eng_event *last = last_event(take, t->k);
-    if (last != NULL && last->txn_lsn != 0 && eng_event_after(last, t->done_lsn, t->done_seq))
-        lane_set_done(l, last);
+    if (last != NULL && last->txn_lsn != 0)
+        lane_set_done(l, take, t->k);
 
     struct eng_batch *b = take[t->k - 1];
     pthread_mutex_lock(&p->lock);
@@ -788,8 +870,7 @@ static void *lane_main(void *arg)
         pthread_mutex_unlock(&p->lock);
 
         last_write_us = eng_clock_mono_us();
-        if (!lane_write(l, &open, &bo, l->take, t.k, (uint32_t)t.events, t.spill, t.done_lsn,
-                        t.done_seq))
+        if (!lane_write(l, &open, &bo, l->take, t.k, (uint32_t)t.events, t.spill))
             break;
         lane_ack(l, &t);
     }
@@ -1008,6 +1089,7 @@ void eng_pipeline_destroy(struct eng_pipeline *p)
             eng_batch_release(l->ring[(l->head + k) % p->depth]);
         free(l->ring);
         free(l->take);
+        free(l->done);
         pthread_cond_destroy(&l->not_empty);
         eng_sink_destroy(l->sink);
         eng_dlq_destroy(l->dlq);

@@ -304,6 +304,10 @@ static int on_event(struct ksrc *s, const rd_kafka_message_t *m, const struct en
         return park_message(s, m, id, perr.msg, err);
     }
     e->commit_time_us = d->commit_time_us;
+    /* The partition's own order: what each sink has of it is kept per partition. */
+    e->stream = (uint32_t)m->partition;
+    e->txn_lsn = (uint64_t)m->offset + 1;
+    e->txn_seq = 0;
     if (missed)
         eng_counter_add(s->m_misses, 1);
     eng_counter_add(s->m_events, 1);
@@ -670,6 +674,20 @@ static int setup_content(struct ksrc *s, struct eng_error *err)
     return 0;
 }
 
+/* Each sink's progress per partition, in STATE_DIR/kafka-GROUP.sinks for this topic. A
+ * topic deleted and created again under the same name starts its offsets anew: remove the
+ * file then (docs/kafka.md). */
+static void track_progress(struct ksrc *s)
+{
+    if (s->opt->state_dir == NULL)
+        return;
+    const char *group = s->opt->group ? s->opt->group : "engage";
+    char path[4096], identity[600];
+    snprintf(path, sizeof(path), "%s/kafka-%s.sinks", s->opt->state_dir, group);
+    snprintf(identity, sizeof(identity), "kafka %s %s", s->opt->topic, group);
+    eng_pipeline_track_progress(s->p, path, identity, UINT64_MAX);
+}
+
 static int setup(struct ksrc *s, struct eng_error *err)
 {
     content_topic_name(s);
@@ -681,6 +699,7 @@ static int setup(struct ksrc *s, struct eng_error *err)
     int rc = setup_content(s, err);
     if (rc != 0)
         return rc;
+    track_progress(s);
     s->rk = new_consumer(s, consumer_defaults, true, err);
     if (s->rk == NULL)
         return err->code;

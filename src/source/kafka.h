@@ -28,7 +28,10 @@ struct eng_kafka_source_options {
     uint32_t batch_max_events; /* default 10000 */
     int64_t batch_max_us;      /* default 50 ms */
     bool snapshot_reads;       /* deliver op "r" (snapshot reads) as events too */
-    struct eng_dlq *dlq;       /* where messages that do not decode are parked; required */
+    /* Where each sink's progress per partition is kept (NULL: not kept), so that after a
+     * crash a sink is not sent again what it already had (src/pipeline/pipeline.h). */
+    const char *state_dir;
+    struct eng_dlq *dlq; /* where messages that do not decode are parked; required */
 };
 
 /* Consumes until *stop becomes non-zero (then stores and commits what is durable and

@@ -395,6 +395,59 @@ static void test_progress_spares_a_sink_what_it_has(void **state)
     unlink(path);
 }
 
+/* Events of two streams (Kafka partitions) interleaved: stream s has offsets 1..counts[s]. */
+static struct eng_batch *make_stream_batch(const uint32_t counts[2], uint64_t position)
+{
+    struct eng_batch *b = eng_batch_create(counts[0] + counts[1]);
+    int64_t id = 1;
+    for (uint32_t i = 1; i <= counts[0] || i <= counts[1]; i++) {
+        for (uint32_t st = 0; st < 2; st++) {
+            if (i > counts[st])
+                continue;
+            struct eng_event *e = eng_batch_push(b);
+            e->event_id = id++;
+            e->stream = st;
+            e->txn_lsn = i;
+        }
+    }
+    b->position = position;
+    return b;
+}
+
+static uint64_t run_streams(const char *path, const uint32_t counts[2], uint64_t position)
+{
+    struct fake_sink *f = fake_create(&fake_ops, false);
+    struct eng_pipeline *p = start(&f, 1, NULL);
+    eng_pipeline_track_progress(p, path, "kafka t g", UINT64_MAX);
+    assert_int_equal(eng_pipeline_submit(p, make_stream_batch(counts, position), 1000000), 0);
+    assert_true(eng_pipeline_wait_idle(p, 5000000));
+    uint64_t written = f->written;
+    assert_true(f->in_order);
+    eng_pipeline_destroy(p);
+    return written;
+}
+
+/* With several streams the events a sink has are not a prefix: after a restart each stream
+ * is sent from where that sink's own progress in it ends, and no further back. */
+static void test_progress_per_stream(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/engage-progress-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path);
+    assert_int_equal(run_streams(path, (const uint32_t[2]){4, 4}, 1), 8);
+    assert_string_equal(read_text(path), "engage-sink-progress 1\nidentity kafka t g\n"
+                                         "sink fake 4 0 0\nsink fake 4 0 0 1\n");
+    /* Read again from further back, with more of each: only offsets 5, 6 of stream 0 and 5
+     * of stream 1 are new, interleaved with what the sink has. */
+    assert_int_equal(run_streams(path, (const uint32_t[2]){6, 5}, 2), 3);
+    assert_string_equal(read_text(path), "engage-sink-progress 1\nidentity kafka t g\n"
+                                         "sink fake 6 0 0\nsink fake 5 0 0 1\n");
+    unlink(path);
+}
+
 static void test_a_large_batch_goes_in_parts(void **state)
 {
     (void)state;
@@ -505,6 +558,7 @@ int main(void)
         cmocka_unit_test(test_failed_writes_are_retried),
         cmocka_unit_test(test_a_sink_that_holds_the_source_back_spills),
         cmocka_unit_test(test_progress_spares_a_sink_what_it_has),
+        cmocka_unit_test(test_progress_per_stream),
         cmocka_unit_test(test_a_large_batch_goes_in_parts),
         cmocka_unit_test(test_the_interrupted_write_goes_again_whole),
         cmocka_unit_test(test_a_hurried_sink_parks_the_rest_of_a_large_batch),
