@@ -8,7 +8,7 @@ FROM debian:12-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         build-essential pkg-config meson ninja-build \
-        libpq-dev libhiredis-dev libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev \
+        libpq-dev libhiredis-dev libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev librdkafka-dev \
         libcmocka-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -22,7 +22,7 @@ RUN meson setup /build --buildtype=release --prefix=/usr/local \
 FROM debian:12-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-        libpq5 libhiredis0.14 libcurl4 libmicrohttpd12 libjansson4 ca-certificates curl \
+        libpq5 libhiredis0.14 libcurl4 libmicrohttpd12 libjansson4 librdkafka1 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home-dir /var/lib/engage --create-home --shell /usr/sbin/nologin engage
 COPY --from=build /out/ /

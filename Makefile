@@ -68,6 +68,11 @@ e2e: asan
 bench: deps build
 	@bash bench/run.sh $(BUILD)
 
+# the brief's own stack (Debezium -> Kafka -> PySpark) measured end to end; not in make test
+.PHONY: bench-seedstack
+bench-seedstack: deps build
+	@ENGAGE_BIN=$(BUILD)/engage bash bench/seedstack/run.sh
+
 # The unit names the binary where it is installed (BINDIR, without DESTDIR).
 install: build
 	install -D -m 0755 $(BUILD)/engage $(DESTDIR)$(BINDIR)/engage

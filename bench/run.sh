@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 bin="$here/../$build/engage"
 echo "== backlog: 1,000,000 events already in WAL"
 python3 "$here/backlog.py" --bin "$bin"
-for extra in backfill.py freshness.py seen_memory.py; do
+for extra in backfill.py freshness.py seen_memory.py kafka.py; do
     if [ -f "$here/$extra" ]; then
         echo
         echo "== ${extra%.py}"

@@ -146,6 +146,31 @@ ts("Clock skew against Redis", [(f'engage_clock_skew_seconds{{{SEL}}}', "{{again
    "This machine's wall clock minus the Redis server's (the top window follows Redis's clock)")
 endrow(8)
 
+row("Kafka: engage run --source kafka and engage capture")
+ts("Consumer: assigned partitions", [(f'engage_kafka_assigned_partitions{{{SEL}}}', "{{instance}}")], "short",
+   "Partitions of the events topic this group member owns; the members' sum is the topic's partitions")
+ts("Consumer lag (records)",
+   [(f'engage_kafka_consumer_lag{{{SEL}}}', "all owned partitions {{instance}}"),
+    (f'engage_kafka_partition_lag{{{SEL}}}', "partition {{partition}} {{instance}}")], "short",
+   "Records behind the high watermarks of the owned partitions")
+ts("Consumer: records read /s", [(f'rate(engage_kafka_messages_total{{{SEL}}}[5m])', "{{instance}}")], "ops",
+   "Records read from the events topic (events, and the updates, deletes and markers skipped)")
+ts("Consumer: rebalances and content topic",
+   [(f'increase(engage_kafka_revoked_batches_total{{{SEL}}}[1h])', "batches given up at a rebalance, in 1 h"),
+    (f'increase(engage_kafka_content_sync_failures_total{{{SEL}}}[1h])', "went on without the content topic up to date, in 1 h")],
+   "short", "A batch not durable 10 s after its partitions were revoked is read again by the new owner; "
+   "a content sync failure is the broker not answering in time for the content topic's watermarks")
+ts("Consumer: content versions kept", [(f'engage_kafka_content_versions{{{SEL}}}', "{{instance}}")], "short",
+   "Content changes kept to enrich an event with its content as of its commit (at most 100,000)")
+ts("Capture: changes and records /s",
+   [(f'rate(engage_capture_changes_total{{{SEL}}}[5m])', "changes captured {{instance}}"),
+    (f'rate(engage_capture_messages_produced_total{{{SEL}}}[5m])', "records acknowledged by the broker {{instance}}")],
+   "ops", "Inserts, updates and deletes of the two tables captured from the slot, and the records the broker acknowledged")
+ts("Capture: delivery failures /s",
+   [(f'rate(engage_capture_delivery_failures_total{{{SEL}}}[5m])', "{{instance}}")], "ops",
+   "Records the broker did not acknowledge; the batch is written again")
+endrow(8)
+
 row("External HTTP API")
 ts("Requests /s by answer", [(f'sum by (code) (rate(engage_http_requests_total{{{SEL}}}[5m]))', "{{code}}")], "reqps")
 ts("Retries and give-ups /s",

@@ -31,8 +31,12 @@ static const char list_usage[] =
     "\n"
     "  --pg CONNINFO   libpq conninfo or URI (ENGAGE_PG)\n"
     "  --dlq-table T   the table (ENGAGE_DLQ_TABLE, default engage_dlq)\n"
-    "  --origin O      only rows of origin O (http, source, backfill, clickhouse, redis; or\n"
-    "                  outbox: events on their way to a slow API, left out otherwise)\n"
+    "  --origin O      only rows of origin O (http, source, backfill, clickhouse, redis,
+"
+    "                  kafka; or outbox: events on their way to a slow API, left out
+"
+    "                  otherwise)
+"
     "  --pending       only rows neither replayed nor discarded (the default)\n"
     "  --all           every row, replayed, discarded or not\n"
     "  --ids LIST      only these row ids\n"
@@ -82,7 +86,7 @@ static const char discard_usage[] =
     "  --pg CONNINFO   libpq conninfo or URI (ENGAGE_PG)\n"
     "  --dlq-table T   the table (ENGAGE_DLQ_TABLE, default engage_dlq)\n"
     "  --ids LIST      these row ids\n"
-    "  --origin O      the rows of origin O (http, source, backfill, clickhouse, redis)\n"
+    "  --origin O      the rows of origin O (http, source, backfill, clickhouse, redis, kafka)\n"
     "  --config FILE   `name = value` lines using the long option names (ENGAGE_CONFIG)\n";
 
 static const char dlq_usage[] =

@@ -1284,8 +1284,9 @@ static void register_metrics(struct pgsrc *s)
                                   "Transactions decoded");
     s->m_ignored = eng_metrics_counter("engage_source_ignored_changes_total", "source=\"pg\"",
                                        "Updates and deletes of events (not events)");
-    s->m_captured = eng_metrics_counter("engage_capture_changes_total", NULL,
-                                        "Changes captured as Kafka records (engage capture)");
+    if (s->opt->capture != NULL) /* the metric exists only where it can move */
+        s->m_captured = eng_metrics_counter("engage_capture_changes_total", NULL,
+                                            "Changes captured as Kafka records (engage capture)");
     s->m_content = eng_metrics_counter("engage_content_changes_total", NULL,
                                        "Changes to the content table applied to the cache");
     s->m_lag_bytes = eng_metrics_gauge("engage_replication_lag_bytes", NULL,

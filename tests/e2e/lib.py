@@ -662,7 +662,8 @@ def consume_all(bootstrap, topic, timeout=60):
     if proc.returncode != 0:
         raise RuntimeError(f"kcat -C -t {topic} failed ({proc.returncode}): {proc.stderr.decode(errors='replace').strip()}")
     out = []
-    for line in proc.stdout.decode().splitlines():
+    # split on \n only: str.splitlines() also splits at U+2028, which kcat writes raw
+    for line in proc.stdout.decode().split("\n"):
         if not line.strip():
             continue
         m = json.loads(line)

@@ -15,6 +15,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,9 +130,11 @@ def test_compose_validates_and_has_the_services(compose_config):
     assert "postgres:5432" in env["ENGAGE_PG"] and "clickhouse:8123" in env["ENGAGE_CLICKHOUSE"]
     assert "redis:6379" in env["ENGAGE_REDIS"] and "mock-api:8000" in env["ENGAGE_HTTP"]
     assert env["ENGAGE_HTTP"].endswith(":" + services["mock-api"]["command"][2].rsplit(":", 1)[1])
-    # Kafka mode is not built: no kafka profile yet (README says so)
+    # Kafka mode is built: the kafka profile has its services (checked in detail below), and
+    # the comment that said it waited for Kafka mode is gone
     profiles = {p for s in services.values() for p in s.get("profiles", [])}
-    assert "kafka" not in profiles
+    assert "kafka" in profiles
+    assert "waits for Kafka mode" not in (REPO / "docker-compose.yml").read_text()
 
 
 def test_compose_uses_only_commands_and_flags_engage_has(compose_config):
@@ -156,6 +159,147 @@ def test_compose_config_fails_on_a_broken_file(tmp_path):
     broken.write_text(text.replace("    restart: on-failure", "    restart: [on-failure"))
     r = run([dc, "-f", broken, "config", "-q"], check=False)
     assert r.returncode != 0
+
+
+# ------------------------------------------------------------------ compose: Kafka mode
+
+
+KAFKA_PROFILE_SERVICES = ("kafka", "engage-capture", "engage-kafka")
+DEBEZIUM_CONNECTOR = REPO / "deploy" / "kafka" / "debezium-postgres.json"
+
+
+def compose_profile_config(profile):
+    """`docker-compose --profile P config`, validated (-q) and parsed."""
+    dc = tool("docker-compose")
+    args = [dc, "-f", REPO / "docker-compose.yml", "--profile", profile, "config"]
+    run(args + ["-q"])
+    return yaml.safe_load(run(args).stdout)
+
+
+@pytest.fixture(scope="module")
+def compose_kafka_config():
+    return compose_profile_config("kafka")
+
+
+def admin_port(cmd):
+    """The port of --admin-addr in a command list."""
+    return cmd[cmd.index("--admin-addr") + 1].rsplit(":", 1)[1]
+
+
+def published(svc):
+    """{container port: host port} of a service's ports (compose config's long or short form)."""
+    out = {}
+    for p in svc.get("ports", []):
+        if isinstance(p, dict):
+            out[str(p["target"])] = str(p["published"])
+        else:
+            host, _, target = p.rsplit("/", 1)[0].rpartition(":")
+            out[target] = host.rsplit(":", 1)[-1]
+    return out
+
+
+def test_compose_kafka_profile_validates_and_has_the_services(compose_kafka_config):
+    services = compose_kafka_config["services"]
+    for name in KAFKA_PROFILE_SERVICES:
+        assert name in services, f"the kafka profile has no service {name}"
+        assert "kafka" in services[name].get("profiles", []), f"{name} is not in the kafka profile"
+    # the default services stay out of any profile
+    for name in ("postgres", "clickhouse", "redis", "mock-api", "engage"):
+        assert not services[name].get("profiles"), f"{name} moved into a profile"
+
+    # a single-node KRaft broker from an image users can pull
+    broker = services["kafka"]
+    assert broker["image"].startswith("apache/kafka:4."), broker["image"]
+    benv = broker["environment"]
+    assert set(benv["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    voters = benv["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert voters == [f"{benv['KAFKA_NODE_ID']}@kafka:9093"], voters
+    for var in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"):
+        assert benv[var] == "1", f"{var} must be 1 on one broker"
+    advertised = dict(reversed(a.split("://", 1)) for a in benv["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    internal = next(addr for addr, name in advertised.items() if name == benv["KAFKA_INTER_BROKER_LISTENER_NAME"])
+    assert "healthcheck" in broker
+
+    capture, consumer, engage = services["engage-capture"], services["engage-kafka"], services["engage"]
+    # both run the engage image the file builds
+    for svc in (capture, consumer):
+        assert svc["image"] == engage["image"] and svc["build"] == engage["build"]
+    assert capture["command"][0] == "capture"
+    assert consumer["command"][:3] == ["run", "--source", "kafka"], consumer["command"]
+    cenv, kenv = capture["environment"], consumer["environment"]
+    # wired to the broker, to PostgreSQL and (the consumer) to the same sinks as engage
+    assert cenv["ENGAGE_KAFKA"] == kenv["ENGAGE_KAFKA"] == internal
+    assert cenv["ENGAGE_PG"] == kenv["ENGAGE_PG"] == engage["environment"]["ENGAGE_PG"]
+    for var in ("ENGAGE_CLICKHOUSE", "ENGAGE_REDIS", "ENGAGE_HTTP"):
+        assert kenv[var] == engage["environment"][var], var
+    # the consumer reads the topics capture writes
+    prefix = cenv["ENGAGE_TOPIC_PREFIX"]
+    assert kenv["ENGAGE_TOPIC"] == f"{prefix}.public.engagement_events"
+    assert kenv["ENGAGE_CONTENT_TOPIC"] == f"{prefix}.public.content"
+    assert cenv["ENGAGE_KEY"] in ("content_id", "primary")
+    assert int(cenv["ENGAGE_PARTITIONS"]) >= 1
+    # capture beside run: its own slot, state volume and admin port
+    assert cenv.get("ENGAGE_SLOT", "engage_capture") != engage["environment"].get("ENGAGE_SLOT", "engage_slot")
+    volumes = {svc: [v.split(":")[0] if isinstance(v, str) else v["source"] for v in services[svc]["volumes"]]
+               for svc in ("engage", "engage-capture", "engage-kafka")}
+    assert len({v[0] for v in volumes.values()}) == 3, volumes
+    hosts = [published(services[s]).get(admin_port(services[s]["command"])) for s in
+             ("engage", "engage-capture", "engage-kafka")]
+    assert None not in hosts and len(set(hosts)) == 3, hosts
+    # the image's healthcheck asks 9187; capture's own asks the port it serves
+    assert f":{admin_port(capture['command'])}/healthz" in " ".join(capture["healthcheck"]["test"])
+    for svc, needs in ((capture, {"postgres", "kafka"}),
+                       (consumer, {"postgres", "kafka", "clickhouse", "redis", "mock-api"})):
+        deps = svc["depends_on"]
+        assert needs <= set(deps), deps
+        assert all(deps[d]["condition"] == "service_healthy" for d in needs)
+
+
+def test_compose_kafka_profile_uses_only_commands_and_flags_engage_has(compose_kafka_config):
+    assert compose_problems(compose_kafka_config) == []
+
+
+def test_compose_checker_catches_an_option_of_the_wrong_command(compose_kafka_config):
+    """capture refuses run's consumer options and run refuses capture's: the checker knows
+    which subcommand takes what."""
+    bad = json.loads(json.dumps(compose_kafka_config))
+    bad["services"]["engage-capture"]["environment"]["ENGAGE_GROUP"] = "g"
+    bad["services"]["engage-kafka"]["command"] = ["run", "--source", "kafka", "--topic-prefix", "x"]
+    problems = compose_problems(bad)
+    assert any("ENGAGE_GROUP" in p and "capture" in p for p in problems), problems
+    assert any("--topic-prefix" in p for p in problems), problems
+
+
+def test_compose_debezium_profile_and_connector_config():
+    """The debezium profile (broker, Kafka Connect, the consumer) validates, and the
+    connector config it registers writes the topics the consumer reads, from a slot and
+    publication of its own, keyed by content_id."""
+    config = compose_profile_config("debezium")
+    services = config["services"]
+    for name in ("kafka", "connect", "engage-kafka"):
+        assert "debezium" in services[name].get("profiles", []), name
+    assert "debezium" not in services["engage-capture"].get("profiles", []), \
+        "capture and Debezium would both write the same topics"
+    assert "debezium/connect" in services["connect"]["image"]
+    assert services["connect"]["environment"]["BOOTSTRAP_SERVERS"] == \
+        services["engage-kafka"]["environment"]["ENGAGE_KAFKA"]
+    connector = json.loads(DEBEZIUM_CONNECTOR.read_text())
+    assert connector["connector.class"] == "io.debezium.connector.postgresql.PostgresConnector"
+    assert connector["plugin.name"] == "pgoutput"
+    kenv = services["engage-kafka"]["environment"]
+    assert kenv["ENGAGE_TOPIC"] == connector["topic.prefix"] + ".public.engagement_events"
+    assert kenv["ENGAGE_CONTENT_TOPIC"] == connector["topic.prefix"] + ".public.content"
+    assert set(connector["table.include.list"].split(",")) == {"public.engagement_events", "public.content"}
+    assert connector["message.key.columns"] == "public.engagement_events:content_id"
+    assert connector["slot.name"] not in ("engage_slot", "engage_capture")
+    assert connector["publication.name"] != "engage_pub"
+    pg = services["postgres"]["environment"]
+    assert connector["database.hostname"] == "postgres"
+    assert connector["database.user"] == pg["POSTGRES_USER"]
+    assert connector["database.dbname"] == pg["POSTGRES_DB"]
+    # the URL in the compose file registers it under the name the comment gives
+    text = (REPO / "docker-compose.yml").read_text()
+    assert "--data @deploy/kafka/debezium-postgres.json" in text
 
 
 def test_dockerfile_debian12_from_source_non_root():
@@ -215,6 +359,20 @@ def test_promtool_unit_tests_fail_when_an_alert_is_wrong(tmp_path):
 
 def test_promtool_check_config():
     run([tool("promtool"), "check", "config", PROM / "prometheus.yml"])
+
+
+def test_prometheus_scrapes_every_engage_the_compose_file_runs(compose_kafka_config):
+    """Each engage service with an admin port (the kafka profile's included) is a target of
+    the job "engage" in the prometheus.yml the monitoring profile mounts: statically, or by
+    a DNS name that resolves only while its profile runs."""
+    job = next(j for j in yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"]
+               if j["job_name"] == "engage")
+    targets = {t for sc in job.get("static_configs", []) for t in sc["targets"]}
+    targets |= {f"{n}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for n in sd["names"]}
+    for name, svc in compose_kafka_config["services"].items():
+        cmd = svc.get("command") or []
+        if svc.get("image", "").startswith("engage") and "--admin-addr" in cmd:
+            assert f"{name}:{admin_port(cmd)}" in targets, f"Prometheus does not scrape {name}"
 
 
 def test_every_alert_has_a_unit_test_and_a_runbook():
@@ -314,11 +472,92 @@ def test_man_renders_and_documents_every_command_and_option():
         assert re.search(rf"^{section}$", text, re.M), f"no {section} section"
     for cmd in subcommands():
         assert f"engage {cmd}" in text or f"\n       {cmd}" in text, f"{cmd} is not in the man page"
-    for cmd in ("run", "backfill", "status"):
+    for cmd in ("run", "backfill", "status", "capture"):
         for flag in flags_of(cmd) - {"--help"}:
             assert flag in text, f"{flag} of engage {cmd} is not in the man page"
     for flag in ("--json", "discard", "--origin", "--ids"):
         assert flag in text
+
+
+def help_options(*cmd):
+    """The options in the option lines of `engage CMD --help`: `--name` and short `-X`."""
+    opts = set()
+    for line in help_text(*cmd).splitlines():
+        m = re.match(r"^ {2,}((?:-[A-Za-z], )?--[a-z0-9][a-z0-9-]*)", line)
+        if m:
+            opts.update(m.group(1).split(", "))
+    return opts
+
+
+def man_text():
+    env = dict(os.environ, MANWIDTH="100", MAN_KEEP_FORMATTING="0")
+    return re.sub(r".\x08", "", run([tool("man"), "-l", MAN], env=env).stdout)
+
+
+def man_section(text, start, end):
+    """The rendered text from the heading line start to the heading line end."""
+    m = re.search(rf"^ *{re.escape(start)}$(.*?)^ *{re.escape(end)}$", text, re.M | re.S)
+    assert m, f"no {start} .. {end} in the man page"
+    return m.group(1)
+
+
+def test_man_documents_every_option_each_command_takes():
+    """Every option of every command's --help option lines (mock-api's excepted: the page
+    sends to its --help) is in the rendered page, short ones included (-X)."""
+    text = man_text()
+    cmds = [(c,) for c in subcommands() - {"dlq", "mock-api"}] + [("dlq", s) for s in ("list", "replay", "discard")]
+    assert ("capture",) in cmds
+    seen = set()
+    for cmd in cmds:
+        for opt in help_options(*cmd) - {"--help"}:
+            seen.add(opt)
+            pat = rf"(?<![\w-]){re.escape(opt)}(?![\w-])"
+            assert re.search(pat, text), f"{opt} of engage {' '.join(cmd)} is not in the man page"
+    assert {"-X", "--kafka-property", "--topic-prefix", "--snapshot-reads"} <= seen, seen
+
+
+def test_man_option_check_catches_a_missing_option(tmp_path, monkeypatch):
+    """With capture's --partitions taken out of the page, the check above fails."""
+    src = MAN.read_text()
+    assert "\\-\\-partitions" in src
+    bad = tmp_path / "engage.1"
+    bad.write_text(src.replace("\\-\\-partitions", "\\-\\-parts"))
+    monkeypatch.setattr(sys.modules[__name__], "MAN", bad)
+    with pytest.raises(AssertionError, match="--partitions of engage capture"):
+        test_man_documents_every_option_each_command_takes()
+
+
+def test_man_gives_capture_defaults_as_its_help_does():
+    """Each default `engage capture --help` states is in the page's capture options."""
+    section = man_section(man_text(), "Options of capture", "KAFKA MODE")
+    defaults = re.findall(r"^ {2,}(?:-X, )?(--[a-z-]+).*?\(default ([^\s;,)]+)", help_text("capture"), re.M)
+    assert len(defaults) >= 10, defaults
+    for opt, default in defaults:
+        assert default in section, f"capture's {opt} default {default} is not in the man page"
+    for default in ("engage_capture", "./engage-capture-state", "127.0.0.1:9188", "dbserver1"):
+        assert default in section
+
+
+def test_man_documents_kafka_mode():
+    text = man_text()
+    assert re.search(r"^ *engage run --source kafka --kafka BOOTSTRAP --pg CONNINFO", text, re.M)
+    assert re.search(r"^ *engage capture --pg CONNINFO --kafka BOOTSTRAP", text, re.M)
+    assert re.search(r"^ *engage status --pg CONNINFO \[--source pg\|kafka\]", text, re.M)
+    env = man_section(text, "ENVIRONMENT", "FILES")
+    for var in ("ENGAGE_KAFKA", "ENGAGE_GROUP", "ENGAGE_TOPIC", "ENGAGE_CONTENT_TOPIC",
+                "ENGAGE_TOPIC_PREFIX", "ENGAGE_KEY", "ENGAGE_PARTITIONS"):
+        assert re.search(rf"\b{var}\b", env), f"{var} is not in ENVIRONMENT"
+        # and it is a variable capture or run really reads
+        opt = env_option(var)
+        assert opt in flags_of("capture") | flags_of("run"), opt
+    files = man_section(text, "FILES", "DEAD LETTERS")
+    assert "STATE_DIR/SLOT.snapshot" in files and "./engage-capture-state" in files
+    metrics = man_section(text, "METRICS", "SIGNALS")
+    kafka_metrics = {m for m in source_metrics() if m.startswith(("engage_kafka_", "engage_capture_"))}
+    assert len(kafka_metrics) >= 8, kafka_metrics
+    for m in sorted(kafka_metrics):
+        assert re.search(rf"\b{m}\b", metrics), f"metric {m} is not in METRICS"
+    assert re.search(r"^ *engage capture --pg", man_section(text, "EXAMPLES", "SEE ALSO"), re.M)
 
 
 # -------------------------------------------------------------------- make install, systemd
