@@ -31,12 +31,9 @@ static const char list_usage[] =
     "\n"
     "  --pg CONNINFO   libpq conninfo or URI (ENGAGE_PG)\n"
     "  --dlq-table T   the table (ENGAGE_DLQ_TABLE, default engage_dlq)\n"
-    "  --origin O      only rows of origin O (http, source, backfill, clickhouse, redis,
-"
-    "                  kafka; or outbox: events on their way to a slow API, left out
-"
-    "                  otherwise)
-"
+    "  --origin O      only rows of origin O (http, source, backfill, clickhouse, redis,\n"
+    "                  kafka; or outbox: events on their way to a slow API, left out\n"
+    "                  otherwise)\n"
     "  --pending       only rows neither replayed nor discarded (the default)\n"
     "  --all           every row, replayed, discarded or not\n"
     "  --ids LIST      only these row ids\n"
