@@ -31,7 +31,9 @@ static const char list_usage[] =
     "\n"
     "  --pg CONNINFO   libpq conninfo or URI (ENGAGE_PG)\n"
     "  --dlq-table T   the table (ENGAGE_DLQ_TABLE, default engage_dlq)\n"
-    "  --origin O      only rows of origin O (http, source, backfill, clickhouse, redis, kafka)\n"
+    "  --origin O      only rows of origin O (http, source, backfill, clickhouse, redis,\n"
+    "                  kafka; or outbox: events on their way to a slow API, left out\n"
+    "                  otherwise)\n"
     "  --pending       only rows neither replayed nor discarded (the default)\n"
     "  --all           every row, replayed, discarded or not\n"
     "  --ids LIST      only these row ids\n"
@@ -41,7 +43,7 @@ static const char list_usage[] =
 
 static const char replay_usage[] =
     "usage: engage dlq replay [--pg CONNINFO] [--dlq-table T] [--http URL] [--ids 1,2,...]\n"
-    "                         [--origin http] [--limit N] [--http-batch N] [...]\n"
+    "                         [--origin http|outbox] [--limit N] [--http-batch N] [...]\n"
     "\n"
     "Re-sends pending rows of origin http (their payload is the enriched event) to the API,\n"
     "through the HTTP sink: same requests, Idempotency-Key and retries as `engage run` with the\n"
@@ -56,7 +58,8 @@ static const char replay_usage[] =
     "  --http URL             base URL of the API (ENGAGE_HTTP)\n"
     "  --dlq-table T          the table (ENGAGE_DLQ_TABLE, default engage_dlq)\n"
     "  --ids LIST             only these row ids (default: every pending http row)\n"
-    "  --origin http          the only origin that can be replayed\n"
+    "  --origin http|outbox   what is replayed: the dead letters (default), or the outbox\n"
+    "                         (which engage run drains by itself)\n"
     "  --limit N              at most N rows\n"
     "  --http-batch N         events per request, as for run (default 100)\n"
     "  --http-timeout-ms N    per-request timeout (default 5000)\n"
@@ -190,7 +193,10 @@ static bool print_row(const struct eng_dlq_row *r, void *ctx)
 static int cmd_list(const struct dlq_args *a, struct eng_dlq *q)
 {
     struct eng_error err;
+    /* The outbox is not dead letters: listed when asked for by origin, ids or --all. */
+    bool outbox = a->origin != NULL || a->ids != NULL || a->all;
     struct eng_dlq_filter f = {.origin = a->origin,
+                               .not_origin = outbox ? NULL : ENG_DLQ_OUTBOX,
                                .ids = a->ids,
                                .nids = a->nids,
                                .pending_only = !a->all,
@@ -296,10 +302,12 @@ static void say_replay(void *ctx, const char *line)
 /* The replay's own usage errors: exit status 2 after saying why, or 0. */
 static int replay_usage_error(const struct dlq_args *a, const struct eng_options *o)
 {
-    if (a->origin != NULL && strcmp(a->origin, "http") != 0) {
+    if (a->origin != NULL && strcmp(a->origin, "http") != 0 &&
+        strcmp(a->origin, ENG_DLQ_OUTBOX) != 0) {
         fprintf(stderr,
-                "engage dlq replay: only rows of origin \"http\" can be replayed; \"%s\" rows "
-                "are not events the API can take (bad input: fix it at the source)\n",
+                "engage dlq replay: only rows of origin \"http\" (or \"outbox\") can be "
+                "replayed; \"%s\" rows are not events the API can take (bad input: fix it at "
+                "the source)\n",
                 a->origin);
         return 2;
     }
@@ -337,7 +345,9 @@ static int cmd_replay(const struct dlq_args *a, const struct eng_options *o, str
         eng_dlq_destroy(scratch);
         return 2;
     }
+    bool outbox = a->origin != NULL && strcmp(a->origin, ENG_DLQ_OUTBOX) == 0;
     struct eng_dlq_replay_options ropt = {.origin = a->origin,
+                                          .failed_origin = outbox ? "http" : NULL,
                                           .ids = a->ids,
                                           .nids = a->nids,
                                           .limit = a->limit,

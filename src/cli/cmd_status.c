@@ -21,7 +21,8 @@ static const char usage[] =
     "position, lag in bytes behind the server's WAL), whether the engage serving\n"
     "--admin-addr is ready (and each sink's state), its Kafka figures (a consumer's assigned\n"
     "partitions and lag per partition; capture's records produced and delivery failures), and\n"
-    "the dead letters not yet replayed or discarded. With --json, one JSON object with the\n"
+    "the dead letters not yet replayed or discarded, and the HTTP sink's outbox (events on\n"
+    "their way to a slower API: how many, how old the oldest). With --json, one JSON object with the\n"
     "same facts instead. For `engage capture`, give its slot and admin address (--slot\n"
     "engage_capture --admin-addr 127.0.0.1:9188); for a consumer (--source kafka) there is no\n"
     "slot to check.\n"
@@ -52,6 +53,8 @@ struct report {
     char *engage_detail;
     long long dlq_pending; /* -1: unknown */
     char *dlq_error;
+    long long outbox_pending; /* -1: unknown */
+    double outbox_oldest_s;
     struct eng_buf kafka; /* the engage's engage_kafka_* and engage_capture_* metric lines */
 };
 
@@ -202,6 +205,9 @@ static void print_text(const struct report *r)
         printf("dlq_pending unknown (%s)\n", r->dlq_error);
     else
         printf("dlq_pending %lld\n", r->dlq_pending);
+    if (r->outbox_pending >= 0)
+        printf("outbox_pending %lld\noutbox_oldest_seconds %.3f\n", r->outbox_pending,
+               r->outbox_oldest_s);
 }
 
 static json_t *str_or_null(const char *s)
@@ -231,6 +237,11 @@ static void print_json(const struct report *r, bool ok)
     json_object_set_new(dlq, "pending",
                         r->dlq_pending >= 0 ? json_integer(r->dlq_pending) : json_null());
     json_object_set_new(dlq, "error", str_or_null(r->dlq_error));
+    json_t *outbox = json_object();
+    json_object_set_new(outbox, "pending",
+                        r->outbox_pending >= 0 ? json_integer(r->outbox_pending) : json_null());
+    json_object_set_new(outbox, "oldest_seconds",
+                        r->outbox_pending >= 0 ? json_real(r->outbox_oldest_s) : json_null());
 
     json_t *kafka = json_object();
     for (size_t at = 0; at < r->kafka.len;) {
@@ -251,6 +262,7 @@ static void print_json(const struct report *r, bool ok)
     json_object_set_new(root, "slot", slot);
     json_object_set_new(root, "engage", eng);
     json_object_set_new(root, "dlq", dlq);
+    json_object_set_new(root, "outbox", outbox);
     char *text = json_dumps(root, JSON_COMPACT | JSON_ENSURE_ASCII);
     if (text != NULL)
         printf("%s\n", text);
@@ -261,7 +273,7 @@ static void print_json(const struct report *r, bool ok)
 int eng_cmd_status(int argc, char **argv)
 {
     struct eng_options o;
-    struct report rep = {.lag_bytes = -1, .dlq_pending = -1};
+    struct report rep = {.lag_bytes = -1, .dlq_pending = -1, .outbox_pending = -1};
     int prc = eng_options_parse(&o, ENG_CMD_STATUS, argc, argv, usage);
     if (prc != 0) {
         eng_options_free(&o);
@@ -298,6 +310,11 @@ int eng_cmd_status(int argc, char **argv)
     eng_error_clear(&err);
     struct eng_dlq *q = eng_dlq_create(eng_opt(&o, OPT_PG), eng_opt(&o, OPT_DLQ_TABLE));
     int64_t pending = eng_dlq_pending(q, &err);
+    int64_t outbox = -1;
+    if (pending >= 0 &&
+        eng_dlq_origin_stats(q, ENG_DLQ_OUTBOX, &outbox, &rep.outbox_oldest_s, &err) != 0)
+        outbox = -1;
+    rep.outbox_pending = outbox;
     eng_dlq_destroy(q);
     rep.dlq_pending = pending;
     if (pending < 0)

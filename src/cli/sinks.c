@@ -15,6 +15,8 @@
 #include "../sink/redis.h"
 #include "../sink/stdout.h"
 #include "../source/redis_repair.h"
+#include "../dlq/outbox.h"
+#include "../dlq/replay.h"
 #include "sinks.h"
 
 /* The sink's URL, or NULL after printing why it is missing. */
@@ -119,7 +121,7 @@ static int add_clickhouse(const struct eng_options *o, const struct sink_numbers
 }
 
 static int add_redis(const struct eng_options *o, const struct sink_numbers *nums,
-                     bool rebuild_redis, struct sink_list *list, struct eng_cli_sinks *out,
+                     bool streaming, struct sink_list *list, struct eng_cli_sinks *out,
                      struct eng_error *err)
 {
     const char *url = sink_url(o, "redis", OPT_REDIS);
@@ -129,7 +131,7 @@ static int add_redis(const struct eng_options *o, const struct sink_numbers *num
     eng_redis_options_init(&ropt);
     ropt.seen_ttl_s = (uint32_t)nums->seen_ttl;
     ropt.max_events_per_call = (uint32_t)nums->call_events;
-    if (rebuild_redis) {
+    if (streaming) {
         struct eng_redis_repair_options rr = {.conninfo = eng_opt(o, OPT_PG),
                                               .dlq_table = eng_opt(o, OPT_DLQ_TABLE),
                                               .redis_url = url,
@@ -148,7 +150,48 @@ static int add_redis(const struct eng_options *o, const struct sink_numbers *num
     return 0;
 }
 
-static int add_http(const struct eng_options *o, struct eng_http_options *hopt,
+/* The outbox drainer's writer: its own HTTP sink, opened at the first round. */
+static int outbox_write(void *ctx, const struct eng_batch *b, struct eng_error *err)
+{
+    struct eng_cli_sinks *cs = ctx;
+    if (!cs->outbox_writer_open) {
+        if (eng_sink_open(cs->outbox_writer, err) != 0)
+            return -1;
+        cs->outbox_writer_open = true;
+    }
+    return eng_sink_write(cs->outbox_writer, b, err);
+}
+
+static void outbox_cancel(void *ctx)
+{
+    struct eng_cli_sinks *cs = ctx;
+    eng_http_sink_cancel(cs->outbox_writer);
+}
+
+/* Starts the drainer of the HTTP sink's outbox, with a sink of its own that parks what it
+ * cannot deliver in the replay's scratch table. Returns 0 or 1 with err set. */
+static int start_outbox(const struct eng_options *o, const char *url,
+                        const struct eng_http_options *hopt, struct eng_cli_sinks *out,
+                        struct eng_error *err)
+{
+    struct eng_http_options wopt = *hopt;
+    out->outbox_scratch = eng_dlq_create(eng_opt(o, OPT_PG), ENG_DLQ_REPLAY_SCRATCH);
+    wopt.dlq = out->outbox_scratch;
+    out->outbox_writer = eng_http_sink_create(url, &wopt, err);
+    if (out->outbox_writer == NULL)
+        return 1;
+    struct eng_outbox_options oo = {.conninfo = eng_opt(o, OPT_PG),
+                                    .table = eng_opt(o, OPT_DLQ_TABLE),
+                                    .request_size = hopt->batch_size,
+                                    .write = outbox_write,
+                                    .cancel = outbox_cancel,
+                                    .ctx = out,
+                                    .scratch = out->outbox_scratch};
+    out->outbox = eng_outbox_start(&oo, err);
+    return out->outbox != NULL ? 0 : 1;
+}
+
+static int add_http(const struct eng_options *o, struct eng_http_options *hopt, bool streaming,
                     struct sink_list *list, struct eng_cli_sinks *out, struct eng_error *err)
 {
     const char *url = sink_url(o, "http", OPT_HTTP);
@@ -162,22 +205,22 @@ static int add_http(const struct eng_options *o, struct eng_http_options *hopt,
         return 1;
     list->v[list->n++] = sink;
     add_name(out, "http");
-    return 0;
+    return streaming ? start_outbox(o, url, hopt, out, err) : 0;
 }
 
 /* Creates every sink the options enable, in the order clickhouse, redis, http, stdout. */
 static int add_sinks(const struct eng_options *o, const struct sink_numbers *nums,
-                     struct eng_http_options *hopt, bool http_by_default, bool rebuild_redis,
+                     struct eng_http_options *hopt, bool http_by_default, bool streaming,
                      struct sink_list *list, struct eng_cli_sinks *out, struct eng_error *err)
 {
     int rc = 0;
     if (rc == 0 && eng_opt_sink_enabled(o, "clickhouse"))
         rc = add_clickhouse(o, nums, list, out, err);
     if (rc == 0 && eng_opt_sink_enabled(o, "redis"))
-        rc = add_redis(o, nums, rebuild_redis, list, out, err);
+        rc = add_redis(o, nums, streaming, list, out, err);
     if (rc == 0 && eng_opt_sink_enabled(o, "http") &&
         (http_by_default || eng_opt(o, OPT_SINKS) != NULL))
-        rc = add_http(o, hopt, list, out, err);
+        rc = add_http(o, hopt, streaming, list, out, err);
     if (rc == 0 && eng_opt_sink_enabled(o, "stdout")) {
         list->v[list->n++] = eng_stdout_sink_create(1);
         add_name(out, "stdout");
@@ -189,7 +232,18 @@ static int add_sinks(const struct eng_options *o, const struct sink_numbers *num
     return rc;
 }
 
-int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default, bool rebuild_redis,
+/* Stops the outbox's drainer, then frees its sink and scratch table. */
+static void outbox_release(struct eng_cli_sinks *cs)
+{
+    eng_outbox_stop(cs->outbox);
+    cs->outbox = NULL;
+    eng_sink_destroy(cs->outbox_writer);
+    cs->outbox_writer = NULL;
+    eng_dlq_destroy(cs->outbox_scratch);
+    cs->outbox_scratch = NULL;
+}
+
+int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default, bool streaming,
                          struct eng_cli_sinks *out, struct eng_error *err)
 {
     struct sink_numbers nums;
@@ -198,7 +252,7 @@ int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default, bool
     memset(out, 0, sizeof(*out));
     if (!read_numbers(o, &nums, &hopt))
         return 2;
-    int rc = add_sinks(o, &nums, &hopt, http_by_default, rebuild_redis, &list, out, err);
+    int rc = add_sinks(o, &nums, &hopt, http_by_default, streaming, &list, out, err);
     if (rc != 0)
         goto fail;
     /* Events a sink refuses for good are parked in the dead-letter table under its name. */
@@ -218,6 +272,7 @@ fail:
     out->http_dlq = NULL;
     eng_redis_repair_destroy(out->redis_repair);
     out->redis_repair = NULL;
+    outbox_release(out);
     return rc;
 }
 
@@ -230,6 +285,7 @@ bool eng_cli_sinks_ready(struct eng_cli_sinks *cs, char *why, size_t whylen)
 
 void eng_cli_sinks_destroy(struct eng_cli_sinks *cs)
 {
+    outbox_release(cs);
     eng_pipeline_destroy(cs->pipeline);
     cs->pipeline = NULL;
     eng_dlq_destroy(cs->http_dlq);

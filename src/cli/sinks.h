@@ -15,16 +15,23 @@
 struct eng_cli_sinks {
     struct eng_pipeline *pipeline;
     struct eng_dlq *http_dlq;
+    /* With streaming and an HTTP sink: the outbox drainer, its own HTTP sink and the scratch
+     * table that sink parks in. */
+    struct eng_outbox *outbox;
+    struct eng_sink *outbox_writer;
+    bool outbox_writer_open;
+    struct eng_dlq *outbox_scratch;
     struct eng_redis_repair *redis_repair; /* NULL unless rebuild_redis and a Redis sink */
     char names[64];                        /* "clickhouse,redis": for the log */
 };
 
 /* Creates every sink the options enable (a sink listed in --sinks, or, without --sinks, every
  * sink with a URL; the HTTP sink without --sinks only when http_by_default) and a pipeline
- * over them, not started. With rebuild_redis, Redis is rebuilt from PostgreSQL whenever the
- * Redis sink finds it lost what engage wrote (src/source/redis_repair.h). Returns 0; 2 after
- * printing a usage error; 1 with err set. */
-int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default, bool rebuild_redis,
+ * over them, not started. With streaming (engage run), Redis is rebuilt from PostgreSQL
+ * whenever the Redis sink finds it lost what engage wrote (src/source/redis_repair.h), and
+ * the HTTP sink's outbox is drained by a thread of its own (src/dlq/outbox.h). Returns 0; 2
+ * after printing a usage error; 1 with err set. */
+int eng_cli_sinks_create(const struct eng_options *o, bool http_by_default, bool streaming,
                          struct eng_cli_sinks *out, struct eng_error *err) ENG_MUSTCHECK;
 
 /* Ready when the pipeline is healthy and Redis is not being rebuilt; otherwise false with

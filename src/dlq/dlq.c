@@ -339,7 +339,8 @@ int64_t eng_dlq_pending(struct eng_dlq *q, struct eng_error *err)
         return -1;
     struct eng_buf sql = {0};
     eng_buf_printf(&sql,
-                   "SELECT count(*) FROM %s WHERE replayed_at IS NULL AND discarded_at IS NULL",
+                   "SELECT count(*) FROM %s WHERE replayed_at IS NULL AND discarded_at IS NULL "
+                   "AND origin <> 'outbox'",
                    q->table_sql);
     PGresult *res = PQexec(q->conn, sql.data);
     eng_buf_free(&sql);
@@ -351,6 +352,31 @@ int64_t eng_dlq_pending(struct eng_dlq *q, struct eng_error *err)
     int64_t v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     PQclear(res);
     return v;
+}
+
+int eng_dlq_origin_stats(struct eng_dlq *q, const char *origin, int64_t *pending,
+                         double *oldest_s, struct eng_error *err)
+{
+    eng_error_clear(err);
+    if (ensure_ready(q, err) != 0)
+        return err->code;
+    struct eng_buf sql = {0};
+    eng_buf_printf(&sql,
+                   "SELECT count(*), coalesce(extract(epoch FROM now() - min(parked_at)), 0) "
+                   "FROM %s WHERE replayed_at IS NULL AND discarded_at IS NULL AND origin = $1",
+                   q->table_sql);
+    const char *params[1] = {origin};
+    PGresult *res = PQexecParams(q->conn, sql.data, 1, NULL, params, NULL, NULL, 0);
+    eng_buf_free(&sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        fail(q, res, "count rows of", err);
+        PQclear(res);
+        return err->code;
+    }
+    *pending = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    *oldest_s = strtod(PQgetvalue(res, 0, 1), NULL);
+    PQclear(res);
+    return 0;
 }
 
 /* "{1,2,3}" for an int8[] parameter. */
@@ -384,12 +410,13 @@ int64_t eng_dlq_scan(struct eng_dlq *q, const struct eng_dlq_filter *f,
                    " AND ($2::bool OR id = ANY($3::int8[]))"
                    " AND (NOT $4::bool OR (replayed_at IS NULL AND discarded_at IS NULL))"
                    " AND id > $5::int8"
+                   " AND ($7::text IS NULL OR origin <> $7)"
                    " ORDER BY id LIMIT $6::int8",
                    q->table_sql);
-    const char *params[6] = {f->origin,  f->ids ? "f" : "t", ids.data, f->pending_only ? "t" : "f",
-                             after.data, limit.data};
+    const char *params[7] = {f->origin,  f->ids ? "f" : "t", ids.data, f->pending_only ? "t" : "f",
+                             after.data, limit.data, f->not_origin};
     /* Text results except the payload (column 8), which comes back raw. */
-    PGresult *res = PQexecParams(q->conn, sql.data, 6, NULL, params, NULL, NULL, 1);
+    PGresult *res = PQexecParams(q->conn, sql.data, 7, NULL, params, NULL, NULL, 1);
     eng_buf_free(&sql);
     eng_buf_free(&ids);
     eng_buf_free(&after);

@@ -14,6 +14,11 @@
 
 struct eng_dlq;
 
+/* The origin of the HTTP sink's outbox: events spilled because the API was slower than the
+ * stream, on their way to the API rather than dead letters; `engage run` drains them by
+ * itself (outbox.h). */
+#define ENG_DLQ_OUTBOX "outbox"
+
 /* One parked item. `origin` says who parked it: "source" (bad input), "http" (gave up), ...
  * `position` is the source position as text (an LSN such as "0/16B3748", or
  * "topic/partition/offset"). event_id is -1 when the input did not decode to an event.
@@ -40,7 +45,13 @@ void eng_dlq_destroy(struct eng_dlq *q);
 int eng_dlq_park(struct eng_dlq *q, const struct eng_dlq_item *items, size_t n,
                  struct eng_error *err) ENG_MUSTCHECK;
 
-/* Number of rows neither replayed nor discarded, or -1 on error. */
+/* Rows of origin still pending, and the age in seconds of the oldest (0 when none);
+ * 0, or an error. */
+int eng_dlq_origin_stats(struct eng_dlq *q, const char *origin, int64_t *pending,
+                         double *oldest_s, struct eng_error *err) ENG_MUSTCHECK;
+
+/* Number of rows neither replayed nor discarded, the outbox's ("outbox": events on their way
+ * to the API, not dead letters) left out; or -1 on error. */
 int64_t eng_dlq_pending(struct eng_dlq *q, struct eng_error *err);
 
 /* One parked row as read back. Strings are owned by the row until the callback returns. */
@@ -61,7 +72,8 @@ struct eng_dlq_row {
 
 /* Which rows a scan returns, in id order. */
 struct eng_dlq_filter {
-    const char *origin; /* NULL: any */
+    const char *origin;     /* NULL: any */
+    const char *not_origin; /* NULL: none left out */
     const int64_t *ids; /* NULL: any */
     size_t nids;
     bool pending_only; /* neither replayed nor discarded */

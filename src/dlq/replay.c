@@ -80,11 +80,19 @@ static const char *not_replayable_why(const char *origin)
 {
     if (strcmp(origin, "source") == 0 || strcmp(origin, "backfill") == 0)
         return "bad input, not an event: fix the row at the source";
+    if (strcmp(origin, ENG_DLQ_OUTBOX) == 0)
+        return "it is in the HTTP sink's outbox, which engage run sends by itself";
     if (strcmp(origin, "clickhouse") == 0 || strcmp(origin, "redis") == 0)
         return "that sink refused the event for good (see its reason): fix the sink (its "
                "column or key), then backfill the event's time with --sinks set to it and "
                "discard the row";
     return "no event payload";
+}
+
+/* The origin whose rows are sent: the dead letters of the HTTP sink, or its outbox. */
+static const char *replayed_origin(const struct eng_dlq_replay_options *opt)
+{
+    return opt->origin != NULL ? opt->origin : "http";
 }
 
 /* Appends the row's event to the round's batch. */
@@ -108,7 +116,8 @@ static bool gather(const struct eng_dlq_row *r, void *ctx)
 {
     struct round *rr = ctx;
     struct eng_batch *b = rr->batch;
-    bool http = strcmp(r->origin, "http") == 0 && r->event_id >= 0 && r->payload_len > 0;
+    bool http = strcmp(r->origin, replayed_origin(rr->rp->opt)) == 0 && r->event_id >= 0 &&
+                r->payload_len > 0;
     if (http && b->n > 0 && strcmp(rr->rows[b->n - 1].position, r->position) != 0) {
         /* A new position: in this round only if the last one's rows fill whole requests. */
         if ((b->n - rr->group_start) % rr->rp->opt->request_size != 0)
@@ -171,6 +180,7 @@ struct settlement {
     struct eng_dlq_item *items;
     char **reasons;
     uint32_t nfailed;
+    int64_t *moved_ids; /* failed rows parked under failed_origin: done in their own origin */
 };
 
 static void sort_out(struct round *rr, struct settlement *st)
@@ -179,6 +189,8 @@ static void sort_out(struct round *rr, struct settlement *st)
     st->ok_ids = eng_calloc(n, sizeof(*st->ok_ids));
     st->items = eng_calloc(n, sizeof(*st->items));
     st->reasons = eng_calloc(n, sizeof(*st->reasons));
+    st->moved_ids = eng_calloc(n, sizeof(*st->moved_ids));
+    const char *failed_origin = rr->rp->opt->failed_origin;
     for (uint32_t i = 0; i < n; i++) {
         struct round_row *row = &rr->rows[i];
         if (!row->failed) {
@@ -189,8 +201,9 @@ static void sort_out(struct round *rr, struct settlement *st)
         char *reason = st->reasons[st->nfailed] = eng_malloc(len);
         snprintf(reason, len, "%s%s", REASON_PREFIX, row->reason);
         const struct eng_event *e = &rr->batch->events[i];
+        st->moved_ids[st->nfailed] = row->id;
         st->items[st->nfailed++] = (struct eng_dlq_item){
-            .origin = "http",
+            .origin = failed_origin != NULL ? failed_origin : "http",
             .position = row->position,
             .event_id = e->event_id,
             .reason = reason,
@@ -210,6 +223,7 @@ static void settlement_free(struct settlement *st)
     free(st->reasons);
     free(st->items);
     free(st->ok_ids);
+    free(st->moved_ids);
 }
 
 /* Settles one round after the write: reads what the writer parked in the scratch table,
@@ -231,6 +245,13 @@ static int settle_round(struct round *rr)
     /* Failed rows first: parking the same (origin, position, event_id) updates the row. */
     if (st.nfailed > 0 && eng_dlq_park(rp->q, st.items, st.nfailed, &err) != 0) {
         say(rp, "could not record the failures: %s", err.msg);
+        rc = -1;
+    }
+    /* Moved to another origin: the rows they came from are done (the outbox row of an event
+     * that became a dead letter). */
+    if (rc == 0 && st.nfailed > 0 && rp->opt->failed_origin != NULL &&
+        eng_dlq_mark_replayed(rp->q, st.moved_ids, st.nfailed, &err) != 0) {
+        say(rp, "could not mark the rows moved: %s", err.msg);
         rc = -1;
     }
     if (rc == 0 && eng_dlq_mark_replayed(rp->q, st.ok_ids, st.nok, &err) != 0) {
@@ -303,7 +324,7 @@ static bool replay_round(struct replay *rp, uint64_t round_no)
                        .rows = eng_calloc(rp->cap, sizeof(struct round_row))};
     /* Without ids only http rows are candidates; with ids every row asked for is looked at,
      * so that a source row is refused out loud rather than skipped. */
-    struct eng_dlq_filter f = {.origin = opt->ids ? opt->origin : "http",
+    struct eng_dlq_filter f = {.origin = opt->ids ? opt->origin : replayed_origin(opt),
                                .ids = opt->ids,
                                .nids = opt->nids,
                                .pending_only = true,

@@ -20,7 +20,11 @@
 #define ENG_DLQ_REPLAY_SCRATCH "pg_temp.engage_dlq_replay"
 
 struct eng_dlq_replay_options {
-    const char *origin; /* NULL or "http": the only origin that can be replayed */
+    const char *origin; /* NULL or "http": the dead letters; ENG_DLQ_OUTBOX: the outbox */
+    /* Where rows that still fail go: NULL, back onto themselves (pending, as before); else
+     * parked anew under this origin (the outbox's failures become "http" dead letters) and
+     * the rows they came from are marked done. */
+    const char *failed_origin;
     const int64_t *ids; /* NULL: every pending http row; else these rows, whatever origin */
     size_t nids;
     int64_t limit;         /* at most this many rows; 0: no limit */

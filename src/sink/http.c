@@ -48,7 +48,8 @@
 #define MAX_STATUS 600
 #define TOKEN_MAX  4096
 
-#define SPILL_REASON "spilled: the sink's queue was full (the API is slower than the events arrive)"
+#define SPILL_REASON                                                                           \
+    "in the outbox: the sink's queue was full (the API is slower than the events arrive)"
 
 enum req_state { REQ_WAITING, REQ_IN_FLIGHT, REQ_DONE, REQ_PARK };
 
@@ -103,7 +104,7 @@ struct http_sink {
 
     struct eng_counter *m_events;
     struct eng_counter *m_retries;
-    struct eng_counter *m_parked;
+    struct eng_counter *m_parked, *m_outbox;
     struct eng_counter *m_giveups;
     struct eng_counter *m_timeout;
     struct eng_counter *m_connect;
@@ -546,7 +547,7 @@ static int park_all(struct http_sink *s, const struct eng_batch *b, struct http_
     char position[40];
     eng_lsn_format(b->position, position, sizeof(position));
     struct eng_dlq_item *items = eng_calloc(n, sizeof(*items));
-    size_t k = 0;
+    size_t k = 0, outbox = 0;
     const char *example = NULL;
     for (uint32_t i = 0; i < nreq; i++) {
         struct http_req *r = &reqs[i];
@@ -557,7 +558,10 @@ static int park_all(struct http_sink *s, const struct eng_batch *b, struct http_
         for (uint32_t j = 0; j < r->n; j++) {
             const struct eng_event *e = &b->events[r->first + j];
             struct eng_dlq_item *it = &items[k++];
-            it->origin = "http";
+            /* Spilled (the API is slower than the stream): the outbox, which `engage run`
+             * drains by itself; anything else is a dead letter. */
+            it->origin = strcmp(r->reason, SPILL_REASON) == 0 ? ENG_DLQ_OUTBOX : "http";
+            outbox += it->origin[0] == 'o';
             it->position = position;
             it->event_id = e->event_id;
             it->reason = r->reason;
@@ -573,7 +577,8 @@ static int park_all(struct http_sink *s, const struct eng_batch *b, struct http_
                  err ? err->msg : "");
         return rc;
     }
-    eng_counter_add(s->m_parked, n);
+    eng_counter_add(s->m_parked, n - outbox);
+    eng_counter_add(s->m_outbox, outbox);
     eng_warn("msg=\"http sink parked events in the dlq\" events=%zu position=%s reason=\"%s\"", n,
              position, example ? example : "");
     return 0;
@@ -1056,6 +1061,8 @@ static void register_metrics(struct http_sink *s)
                                       "Events made durable, per sink");
     s->m_retries = eng_metrics_counter("engage_http_retries_total", NULL,
                                        "HTTP sink attempts that were retries");
+    s->m_outbox = eng_metrics_counter("engage_dlq_parked_total", "origin=\"outbox\"",
+                                      "Items parked in the dead-letter queue, per origin");
     s->m_parked = eng_metrics_counter("engage_dlq_parked_total", "origin=\"http\"",
                                       "Items parked in the dead-letter queue, per origin");
     s->m_giveups = eng_metrics_counter("engage_http_giveups_total", NULL,

@@ -64,23 +64,32 @@ def pg_ids(db):
     return {r[0] for r in db.query("SELECT event_id FROM engagement_events")}
 
 
-def dlq_pending(db):
+def dlq_pending(db, origin="dead"):
+    """Pending rows: the dead letters (every origin but the outbox), or those of one origin."""
+    where = "origin <> 'outbox'" if origin == "dead" else "origin = %s"
     try:
-        return db.scalar("SELECT count(*) FROM engage_dlq WHERE replayed_at IS NULL")
+        return db.scalar(f"SELECT count(*) FROM engage_dlq WHERE replayed_at IS NULL AND {where}",
+                         None if origin == "dead" else (origin,))
     except Exception:  # noqa: BLE001 - the table appears with the first parked row
         return 0
+
+
+def outbox_pending(db):
+    return dlq_pending(db, "outbox")
 
 
 def parked_ids(db):
     if not dlq_pending(db):
         return set()
-    return {r[0] for r in db.query("SELECT event_id FROM engage_dlq WHERE replayed_at IS NULL")}
+    return {r[0] for r in db.query("SELECT event_id FROM engage_dlq WHERE replayed_at IS NULL "
+                                   "AND origin <> 'outbox'")}
 
 
 def settle(db, mock, expected_ids, timeout=120):
-    """Wait until every event is at the API or pending in the DLQ."""
-    lib.wait_for(lambda: expected_ids <= (mock.ids() | parked_ids(db)), timeout, interval=0.2,
-                 what="every event delivered or parked")
+    """Wait until every event is at the API or pending in the dead letters, and the outbox
+    (which engage run drains by itself) is empty."""
+    lib.wait_for(lambda: expected_ids <= (mock.ids() | parked_ids(db)) and not outbox_pending(db),
+                 timeout, interval=0.2, what="every event delivered or parked, the outbox empty")
 
 
 def replay_parked(db, mock, *extra):
@@ -257,10 +266,13 @@ def test_api_down_past_the_budget_then_dlq_replay(stack, db, clean_sinks, engage
           f"confirmed past them at {confirmed_after:.1f} s; giveups {m.get('engage_http_giveups_total')}, "
           f"breaker state {m.get('engage_http_breaker_state')}")
 
+    # Spilled while the lane was full, they went to the outbox, whose drainer meets the same
+    # down API: past the retry budget they become dead letters like the rest.
+    lib.wait_for(lambda: outbox_pending(db) == 0, 120, what="the outbox to give up on a down API")
     listing = dlq(db, "list", "--json")
     assert listing.returncode == 0, listing.stderr
     rows = [json.loads(line) for line in listing.stdout.splitlines()]
-    # Parked after the retry budget, or spilled while the lane was full: both are "http" rows.
+    # Parked after the retry budget (by the sink or the outbox's drainer): "http" rows.
     assert len(rows) == 400 and all(r["origin"] == "http" for r in rows)
     assert {r["event_id"] for r in rows} == set(wl.expected)
     assert all(json.loads(r["payload"]) == wl.expected[r["event_id"]] for r in rows)
@@ -408,11 +420,13 @@ def test_slow_api_does_not_slow_redis_or_clickhouse(stack, db, clean_sinks, enga
     assert proc.stop() == 0
 
 
-def test_full_queue_spills_and_replay_delivers(stack, db, clean_sinks, engage, tmp_path):
+def test_full_queue_spills_to_the_outbox_which_drains_itself(stack, db, clean_sinks, engage,
+                                                              tmp_path):
     """A queue of 4 batches in front of an API that takes 2 s a request: the queue fills,
-    the source waits 500 ms, the HTTP sink parks what waits (reason `spilled`), Redis gets
-    every event meanwhile; once the API is quick again the queue drains and `engage dlq
-    replay` delivers the parked ones, under the keys they would have had."""
+    the source waits 500 ms, the HTTP sink spills what waits into the outbox, Redis gets
+    every event meanwhile; once the API is quick again the outbox drains by itself, oldest
+    first, under the keys the events would have had: every event reaches the API without
+    anyone running a command, and nothing is a dead letter."""
     mock = Mock(engage, tmp_path, "--delay-ms", "2000")
     wl = Workload(db.uri, seed=107)
     wl.setup_content()
@@ -429,17 +443,32 @@ def test_full_queue_spills_and_replay_delivers(stack, db, clean_sinks, engage, t
     redis_s = time.monotonic() - t_inserted
     lib.wait_for(lambda: metrics(proc).get('engage_sink_spilled_batches_total{sink="http"}', 0) >= 1, 60,
                  what="the HTTP sink to spill")
-    # The API gets quick again: what still waits in the queue is delivered, the rest is parked.
+    # While the API is slow the outbox holds them, and status says so without calling them
+    # dead letters.
+    st = json.loads(subprocess.run([str(lib.engage_binary()), "status", "--pg", db.uri, "--json",
+                                    "--admin-addr", proc.admin_addr],
+                                   capture_output=True, text=True, timeout=60).stdout)
+    assert st["dlq"]["pending"] == 0, st
+    assert st["outbox"]["pending"] is not None, st
+    listed = dlq(db, "list", "--json")
+    assert listed.returncode == 0 and listed.stdout.strip() == "", listed.stdout  # no dead letters
+    # The API gets quick again: the outbox drains by itself.
     mock.control(delay_ms=0)
-    settle(db, mock, set(wl.expected))
-    reasons = {r[0] for r in db.query("SELECT split_part(reason, ':', 1) FROM engage_dlq WHERE replayed_at IS NULL")}
-    parked = dlq_pending(db)
-    replayed = assert_all_delivered(db, mock, set(wl.expected), "--http-batch", "1")
+    t_quick = time.monotonic()
+    lib.wait_for(lambda: mock.ids() == set(wl.expected), 120, interval=0.2,
+                 what="every event at the API, from the queue and the outbox")
+    drained_s = time.monotonic() - t_quick
+    lib.wait_for(lambda: outbox_pending(db) == 0, 30, what="the outbox rows marked sent")
+    m = metrics(proc)
+    spilled = m['engage_dlq_parked_total{origin="outbox"}']
     end = mock.stats()
-    print(f"\nspill: {parked} events parked ({sorted(reasons)}), {replayed} replayed; every event in Redis "
-          f"{redis_s:.2f} s after the last insert")
-    assert parked > 0 and replayed == parked
-    assert "spilled" in reasons, reasons
+    print(f"\noutbox: {spilled:.0f} events spilled, {m['engage_http_outbox_delivered_total']:.0f} "
+          f"delivered from it by itself {drained_s:.1f} s after the API was quick again; every "
+          f"event in Redis {redis_s:.2f} s after the last insert")
+    assert spilled > 0
+    assert m["engage_http_outbox_delivered_total"] == spilled
+    assert m["engage_http_outbox_pending"] == 0 or outbox_pending(db) == 0
+    assert dlq_pending(db) == 0, "a slow but healthy API makes no dead letters"
     # Without spilling Redis would wait for the API, 2 s a request: minutes for 400 events.
     # Each spill holds the source 500 ms first; 15 s leaves room for a loaded machine.
     assert redis_s < 15, f"Redis waited {redis_s:.1f} s for the HTTP sink"

@@ -387,7 +387,7 @@ def test_every_alert_has_a_unit_test_and_a_runbook():
     text = (PROM / "alerts.yml").read_text()
     for needed in ('up{job="engage"}', "engage_replication_lag_bytes", "engage_replication_lag_seconds",
                    "engage_sink_ready", "engage_sink_write_failures_total", "engage_http_retries_total",
-                   "engage_dlq_parked_total", "engage_sink_spilled_batches_total"):
+                   "engage_dlq_parked_total", "engage_http_outbox_oldest_seconds"):
         assert needed in text, f"no alert on {needed}"
 
 
