@@ -86,7 +86,7 @@ class TopicIds:
                 stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
             if proc.returncode != 0:
                 raise RuntimeError(f"kcat -C -t {self.topic} -p {p} failed: {proc.stderr.decode(errors='replace')}")
-            for line in proc.stdout.decode().splitlines():
+            for line in proc.stdout.decode().split("\n"):  # not splitlines(): U+2028 may be in a value
                 if not line.strip():
                     continue
                 m = json.loads(line)
