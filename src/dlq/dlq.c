@@ -354,8 +354,8 @@ int64_t eng_dlq_pending(struct eng_dlq *q, struct eng_error *err)
     return v;
 }
 
-int eng_dlq_origin_stats(struct eng_dlq *q, const char *origin, int64_t *pending,
-                         double *oldest_s, struct eng_error *err)
+int eng_dlq_origin_stats(struct eng_dlq *q, const char *origin, int64_t *pending, double *oldest_s,
+                         struct eng_error *err)
 {
     eng_error_clear(err);
     if (ensure_ready(q, err) != 0)
@@ -413,8 +413,9 @@ int64_t eng_dlq_scan(struct eng_dlq *q, const struct eng_dlq_filter *f,
                    " AND ($7::text IS NULL OR origin <> $7)"
                    " ORDER BY id LIMIT $6::int8",
                    q->table_sql);
-    const char *params[7] = {f->origin,  f->ids ? "f" : "t", ids.data, f->pending_only ? "t" : "f",
-                             after.data, limit.data, f->not_origin};
+    const char *params[7] = {
+        f->origin,  f->ids ? "f" : "t", ids.data,     f->pending_only ? "t" : "f",
+        after.data, limit.data,         f->not_origin};
     /* Text results except the payload (column 8), which comes back raw. */
     PGresult *res = PQexecParams(q->conn, sql.data, 7, NULL, params, NULL, NULL, 1);
     eng_buf_free(&sql);
@@ -513,4 +514,18 @@ int eng_dlq_mark_replayed(struct eng_dlq *q, const int64_t *ids, size_t n, struc
         rc = fail(q, res, "mark replayed rows in", err);
     PQclear(res);
     return rc;
+}
+
+int eng_dlq_park_one(struct eng_dlq *q, const char *origin, const char *position, int64_t event_id,
+                     const char *reason, const void *payload, size_t len, struct eng_error *err)
+{
+    struct eng_dlq_item item = {
+        .origin = origin,
+        .position = position,
+        .event_id = event_id,
+        .reason = reason,
+        .payload = payload,
+        .payload_len = len,
+    };
+    return eng_dlq_park(q, &item, 1, err);
 }

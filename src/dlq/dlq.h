@@ -45,10 +45,15 @@ void eng_dlq_destroy(struct eng_dlq *q);
 int eng_dlq_park(struct eng_dlq *q, const struct eng_dlq_item *items, size_t n,
                  struct eng_error *err) ENG_MUSTCHECK;
 
+/* Parks one item: eng_dlq_park of {origin, position, event_id, reason, payload}. */
+int eng_dlq_park_one(struct eng_dlq *q, const char *origin, const char *position, int64_t event_id,
+                     const char *reason, const void *payload, size_t len,
+                     struct eng_error *err) ENG_MUSTCHECK;
+
 /* Rows of origin still pending, and the age in seconds of the oldest (0 when none);
  * 0, or an error. */
-int eng_dlq_origin_stats(struct eng_dlq *q, const char *origin, int64_t *pending,
-                         double *oldest_s, struct eng_error *err) ENG_MUSTCHECK;
+int eng_dlq_origin_stats(struct eng_dlq *q, const char *origin, int64_t *pending, double *oldest_s,
+                         struct eng_error *err) ENG_MUSTCHECK;
 
 /* Number of rows neither replayed nor discarded, the outbox's ("outbox": events on their way
  * to the API, not dead letters) left out; or -1 on error. */
@@ -74,7 +79,7 @@ struct eng_dlq_row {
 struct eng_dlq_filter {
     const char *origin;     /* NULL: any */
     const char *not_origin; /* NULL: none left out */
-    const int64_t *ids; /* NULL: any */
+    const int64_t *ids;     /* NULL: any */
     size_t nids;
     bool pending_only; /* neither replayed nor discarded */
     int64_t after_id;  /* id > after_id (for paging) */

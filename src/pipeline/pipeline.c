@@ -137,15 +137,8 @@ static int lane_park(struct eng_sink *s, const struct eng_batch *b, const struct
     char pos[48], lsn[24];
     eng_lsn_format(e->txn_lsn, lsn, sizeof(lsn));
     snprintf(pos, sizeof(pos), "%s#%u", lsn, e->txn_seq);
-    struct eng_dlq_item item = {
-        .origin = s->ops->name,
-        .position = pos,
-        .event_id = e->event_id,
-        .reason = reason,
-        .payload = eng_batch_json(b, e),
-        .payload_len = e->json.len,
-    };
-    int rc = eng_dlq_park(l->dlq, &item, 1, err);
+    int rc = eng_dlq_park_one(l->dlq, s->ops->name, pos, e->event_id, reason, eng_batch_json(b, e),
+                              e->json.len, err);
     if (rc != 0)
         return rc;
     l->parked++;

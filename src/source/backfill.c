@@ -263,17 +263,10 @@ static int park_row(struct backfill *b, const PGresult *r, int row, const char *
     if (!PQgetisnull(r, row, ENG_COL_EVENT_ID))
         eng_parse_i64(PQgetvalue(r, row, ENG_COL_EVENT_ID),
                       (size_t)PQgetlength(r, row, ENG_COL_EVENT_ID), &id);
-    struct eng_dlq_item item = {
-        .origin = "backfill",
-        .position = "backfill",
-        .event_id = id,
-        .reason = reason,
-        .payload = payload.data,
-        .payload_len = payload.len,
-    };
     eng_warn("msg=\"bad row parked in the dead-letter queue\" event_id=%lld reason=\"%s\"",
              (long long)id, reason);
-    int rc = eng_dlq_park(b->opt->dlq, &item, 1, err);
+    int rc = eng_dlq_park_one(b->opt->dlq, "backfill", "backfill", id, reason, payload.data,
+                              payload.len, err);
     eng_buf_free(&payload);
     if (rc == 0)
         b->stats->parked++;

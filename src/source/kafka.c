@@ -233,20 +233,12 @@ static int park(struct ksrc *s, const char *topic, int32_t partition, int64_t of
 {
     char pos[320];
     snprintf(pos, sizeof(pos), "%s/%" PRId32 "/%" PRId64, topic, partition, offset);
-    struct eng_dlq_item item = {
-        .origin = "source",
-        .position = pos,
-        .event_id = event_id,
-        .reason = reason,
-        .payload = payload,
-        .payload_len = len,
-    };
     eng_counter_add(s->m_bad, 1);
     eng_warn("msg=\"bad message parked in the dead-letter queue\" position=%s reason=\"%s\"", pos,
              reason);
     struct eng_backoff bo;
     eng_backoff_init(&bo, 100000, 5000000, (uint64_t)offset);
-    while (eng_dlq_park(s->opt->dlq, &item, 1, err) != 0) {
+    while (eng_dlq_park_one(s->opt->dlq, "source", pos, event_id, reason, payload, len, err) != 0) {
         if (!err->retriable || *s->stop)
             return err->code;
         eng_warn("msg=\"could not park, retrying\" error=\"%s\"", err->msg);

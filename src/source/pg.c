@@ -825,17 +825,9 @@ static int park_bad(struct pgsrc *s, uint64_t lsn, int64_t event_id, const char 
 {
     char pos[24];
     eng_lsn_format(lsn, pos, sizeof(pos));
-    struct eng_dlq_item item = {
-        .origin = "source",
-        .position = pos,
-        .event_id = event_id,
-        .reason = reason,
-        .payload = payload,
-        .payload_len = len,
-    };
     eng_counter_add(s->m_bad, 1);
     eng_warn("msg=\"bad input parked in the dead-letter queue\" lsn=%s reason=\"%s\"", pos, reason);
-    return eng_dlq_park(s->opt->dlq, &item, 1, err);
+    return eng_dlq_park_one(s->opt->dlq, "source", pos, event_id, reason, payload, len, err);
 }
 
 /* The row as a JSON object of column texts, for the dead-letter queue. */
