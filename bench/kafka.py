@@ -20,11 +20,14 @@ For each engage process: its peak RSS (VmHWM) and the CPU seconds every process 
 stack spent during its phase (/proc utime+stime of each server and its children), which
 says where the time goes on a 2-core machine where all of them share the cores.
 
-usage: bench/kafka.py [--events N] [--partitions P] [--bin build/engage] [--perf DIR] [--also OPTS]
+usage: bench/kafka.py [--events N] [--partitions P] [--bin build/engage] [--perf DIR]
+                      [--also OPTS] [--capture-also OPTS]
   --perf DIR  also `perf record -g` each engage process during its phase into DIR
               (slows it down a little: use its profile, not its figures)
   --also OPTS another consumer run after the first, with these options added (ClickHouse and
               Redis emptied before it, a group of its own), e.g. --also "-X fetch.wait.max.ms=10"
+  --capture-also OPTS  another capture run after the first, with these options added, on a slot
+              of its own created with the others (same position) and topics of its own
 """
 
 import argparse
@@ -67,6 +70,15 @@ def metrics(addr):
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+def topic_bytes(kafka, topic):
+    """Bytes of topic's partitions' log directories on the broker's disk."""
+    total = 0
+    for d in (kafka.dir / "kafka").rglob(f"{topic}-*"):
+        if d.is_dir() and d.name.rsplit("-", 1)[0] == topic:
+            total += sum(f.stat().st_size for f in d.iterdir() if f.suffix == ".log")
+    return total
 
 
 def topic_records(bootstrap, topic, partitions):
@@ -156,9 +168,10 @@ def table(title, unit, results, base_keys, n):
     base = min(results[k] for k in base_keys)
     print()
     print(title)
-    print(f"{'':46} {'seconds':>8} {unit + '/s':>12} {'vs baseline':>12}")
+    w = max(len(k) for k in results)
+    print(f"{'':{w}} {'seconds':>8} {unit + '/s':>12} {'vs baseline':>12}")
     for name, secs in results.items():
-        print(f"{name:46} {secs:8.2f} {n / secs:12,.0f} {base / secs:11.2f}x")
+        print(f"{name:{w}} {secs:8.2f} {n / secs:12,.0f} {base / secs:11.2f}x")
     print(f"(baseline: the faster of the {len(base_keys)} runs, {base:.2f}s)")
 
 
@@ -168,6 +181,8 @@ def main():
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--bin", default=str(lib.REPO_ROOT / "build" / "engage"))
     ap.add_argument("--perf", default=None)
+    ap.add_argument("--capture-also", default=None, help="a second capture run with these extra options, "
+                    "on a slot and topics of its own, e.g. \"-X compression.type=lz4\"")
     ap.add_argument("--also", default=None, help="a second consumer run with these extra options, "
                     "e.g. \"-X fetch.wait.max.ms=10\" (sinks emptied before it)")
     args = ap.parse_args()
@@ -183,18 +198,25 @@ def main():
 
         # capture's slot (with the publication and the topics, and the 1,000 content rows
         # as snapshot reads), then twin slots for pg_recvlogical, all before the backlog.
-        def capture():
-            return lib.EngageProcess(
-                ["capture", "--pg", uri, "--kafka", bootstrap, "--topic-prefix", prefix,
-                 "--slot", "bench_cap", "--state-dir", work / "capture-state",
-                 "--partitions", args.partitions, "--log-level", "info"],
-                log_dir=work, name="capture", binary=binary)
+        # A capture run with --capture-also gets a slot and topics of its own.
+        captures = [("capture", "bench_cap", prefix, [], "engage capture -> Kafka")]
+        if args.capture_also:
+            captures.append(("capture_also", "bench_cap_also", prefix + "_also", shlex.split(args.capture_also),
+                             f"  the same with {args.capture_also}"))
 
-        p = capture().start()
-        p.wait_for_log(r'msg="streaming"', 120, what="capture to stream")
-        lib.wait_for(lambda: topic_records(bootstrap, f"{prefix}.public.content", args.partitions) >= 1000,
-                     60, what="the content snapshot in its topic")
-        assert p.stop() == 0, p.log_tail()
+        def capture(name, slot, pfx, extra):
+            return lib.EngageProcess(
+                ["capture", "--pg", uri, "--kafka", bootstrap, "--topic-prefix", pfx,
+                 "--slot", slot, "--state-dir", work / f"{name}-state",
+                 "--partitions", args.partitions, "--log-level", "info", *extra],
+                log_dir=work, name=name, binary=binary)
+
+        for name, slot, pfx, extra, _ in captures:
+            p = capture(name, slot, pfx, extra).start()
+            p.wait_for_log(r'msg="streaming"', 120, what="capture to stream")
+            lib.wait_for(lambda: topic_records(bootstrap, f"{pfx}.public.content", args.partitions) >= 1000,
+                         60, what="the content snapshot in its topic")
+            assert p.stop() == 0, p.log_tail()
         for slot in ("bench_recv_1", "bench_recv_2"):
             subprocess.run([PG_BIN / "pg_recvlogical", "-d", uri, "--slot", slot, "--plugin", "pgoutput",
                             "--create-slot"], check=True)
@@ -231,46 +253,54 @@ def main():
         cap_results = {}
         cap_results["pg_recvlogical -> /dev/null (1st)"] = recvlogical("bench_recv_1")
 
-        p = capture()
-        meter = CpuMeter({**roots, "engage": None})
-        t0 = time.monotonic()
-        p.start()
-        meter.roots["engage"] = p.pid
-        meter.start()
-        perf = perf_start(args.perf, p.pid, "capture")
-        t_topic = None
         end = lsn_int(end_lsn)
-        deadline = t0 + 1800
-        while True:
-            now = time.monotonic()
-            if t_topic is None and topic_records(bootstrap, topic, args.partitions) >= n:
-                t_topic = now - t0
-            if slot_lsn("bench_cap") >= end:
-                t_slot = time.monotonic() - t0
-                break
-            if not p.alive():
-                raise SystemExit(f"capture exited\n{p.log_tail()}")
-            if now > deadline:
-                raise SystemExit(f"capture did not reach {end_lsn} in 1800s\n{p.log_tail()}")
-            time.sleep(0.05)
-        if t_topic is None:
-            lib.wait_for(lambda: topic_records(bootstrap, topic, args.partitions) >= n, 120, interval=0.05,
-                         what=f"{n} records in {topic}")
-            t_topic = time.monotonic() - t0
-        meter.stop()
-        perf_stop(perf)
-        cap_rss = vm_hwm_kb(p.pid)
-        m = metrics(p.admin_addr)
-        assert p.stop() == 0, p.log_tail()
-        records = topic_records(bootstrap, topic, args.partitions)
-        assert records == n, f"{records} records in {topic}, expected {n}"
-        cap_results["engage capture -> Kafka (topic holds N records)"] = t_topic
-        cap_results["engage capture -> Kafka (slot confirmed at end)"] = t_slot
+        cap_stats = []
+
+        def capture_phase(name, slot, pfx, extra, label):
+            ev_topic = f"{pfx}.public.engagement_events"
+            p = capture(name, slot, pfx, extra)
+            meter = CpuMeter(roots)
+            t0 = time.monotonic()
+            p.start()
+            meter.roots["engage"] = p.pid
+            meter.start()
+            perf = perf_start(args.perf, p.pid, name)
+            t_topic = None
+            deadline = t0 + 1800
+            while True:
+                now = time.monotonic()
+                if t_topic is None and topic_records(bootstrap, ev_topic, args.partitions) >= n:
+                    t_topic = now - t0
+                if slot_lsn(slot) >= end:
+                    t_slot = time.monotonic() - t0
+                    break
+                if not p.alive():
+                    raise SystemExit(f"capture exited\n{p.log_tail()}")
+                if now > deadline:
+                    raise SystemExit(f"capture did not reach {end_lsn} in 1800s\n{p.log_tail()}")
+                time.sleep(0.05)
+            if t_topic is None:
+                lib.wait_for(lambda: topic_records(bootstrap, ev_topic, args.partitions) >= n, 120,
+                             interval=0.05, what=f"{n} records in {ev_topic}")
+                t_topic = time.monotonic() - t0
+            meter.stop()
+            perf_stop(perf)
+            rss = vm_hwm_kb(p.pid)
+            m = metrics(p.admin_addr)
+            assert p.stop() == 0, p.log_tail()
+            records = topic_records(bootstrap, ev_topic, args.partitions)
+            assert records == n, f"{records} records in {ev_topic}, expected {n}"
+            cap_results[f"{label} (topic holds N records)"] = t_topic
+            cap_results[f"{label} (slot confirmed at end)"] = t_slot
+            cap_stats.append((label, rss, meter.line()))
+            notes.append(f"{label.strip()}: engage_capture_messages_produced_total "
+                         f"{m.get('engage_capture_messages_produced_total', 0):.0f}, delivery failures "
+                         f"{m.get('engage_capture_delivery_failures_total', 0):.0f}; topic's log on disk "
+                         f"{topic_bytes(kafka, ev_topic) / 1e6:,.0f} MB")
+
+        for c in captures:
+            capture_phase(*c)
         cap_results["pg_recvlogical -> /dev/null (2nd)"] = recvlogical("bench_recv_2")
-        cap_cpu = meter.line()
-        notes.append(f"capture: engage_capture_messages_produced_total "
-                     f"{m.get('engage_capture_messages_produced_total', 0):.0f}, delivery failures "
-                     f"{m.get('engage_capture_delivery_failures_total', 0):.0f}")
 
         # --------------------------------------------------------------- consumer
         def kcat():
@@ -316,14 +346,20 @@ def main():
             meter.stop()
             perf_stop(perf)
             rss = vm_hwm_kb(p.pid)
+            t_acked = time.monotonic()
+            try:
+                lib.wait_for(lambda: metrics(p.admin_addr).get("engage_kafka_consumer_lag") == 0, 30,
+                             interval=0.05, what="consumer lag 0")
+                lag_note = f"consumer lag 0 {time.monotonic() - t_acked:.2f}s after both sinks acked"
+            except lib.WaitTimeout:
+                lag_note = f"consumer lag still {metrics(p.admin_addr).get('engage_kafka_consumer_lag')} 30s after"
             m = metrics(p.admin_addr)
             final = int(lib.ch_query(stack.clickhouse_url, "SELECT count() FROM engagement.events_enriched FINAL")[0][0])
             seen = rx.seen_count(stack.redis_url)
-            lag = m.get("engage_kafka_consumer_lag")
             src_events = m.get('engage_source_events_total{source="kafka"}', 0)
             sync_failed = m.get("engage_kafka_content_sync_failures_total", 0)
             assert p.stop() == 0, p.log_tail()
-            note = (f"{label}: count() FINAL {final}, seen-set bits {seen}, consumer lag at the end {lag}, "
+            note = (f"{label}: count() FINAL {final}, seen-set bits {seen}, {lag_note}, "
                     f"enrich misses {m.get('engage_enrich_misses_total', 0):.0f}, source events {src_events:.0f}, "
                     f"content sync failures {sync_failed:.0f}")
             assert final == n and seen == n, (final, seen)
@@ -341,8 +377,8 @@ def main():
 
         table(f"== capture: {n:,} events from WAL to Kafka ({args.partitions} partition(s))", "events",
               cap_results, ["pg_recvlogical -> /dev/null (1st)", "pg_recvlogical -> /dev/null (2nd)"], n)
-        print(f"engage capture peak RSS (VmHWM): {cap_rss / 1024:.1f} MiB")
-        print(cap_cpu)
+        for label, rss, cpu in cap_stats:
+            print(f"{label.strip()}: peak RSS (VmHWM) {rss / 1024:.1f} MiB; {cpu}")
         table(f"== consumer: {n:,} records drained from Kafka ({args.partitions} partition(s))", "events",
               con_results, ["kcat -C -> /dev/null (1st)", "kcat -C -> /dev/null (2nd)"], n)
         for label, rss, cpu in con_stats:
