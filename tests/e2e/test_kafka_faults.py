@@ -317,8 +317,9 @@ def hw_checkpoint(kafka, topic):
 
 
 def test_capture_sigkill_loop(stack, kafka, db, clean_sinks, engage, tmp_path):
-    """kill -9 capture at least 5 times while events stream and its records are
-    in flight, restarting it each time, with a consumer running throughout:
+    """kill -9 capture at least 5 times while events stream and it produces them
+    (a random moment after its records reach the broker again), restarting it
+    each time, with a consumer running throughout:
     ClickHouse, Redis and the API end exact (Kafka may hold some records twice,
     the consumer makes them one), and the capture slot's confirmed position
     never passes what the events topic holds (checked every 0.25 s and after
