@@ -116,6 +116,10 @@ static const char *const producer_defaults[] = {
     "enable.idempotence=true", /* implies acks=all and ordered retries */
     "acks=all",
     "linger.ms=5",
+    /* Debezium's records with their schema part are about 3.8 KB and alike: lz4 makes the
+     * log 23 times smaller and capture 2.9 times faster (bench/kafka.py); every client
+     * reads it transparently. -X compression.type=none restores Debezium's default. */
+    "compression.type=lz4",
     "message.timeout.ms=300000",
     "socket.keepalive.enable=true",
     "allow.auto.create.topics=false", /* open creates them, with their partition count */
