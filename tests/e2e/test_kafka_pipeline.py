@@ -122,6 +122,9 @@ def test_capture_and_consumer_deliver_the_mixed_workload_exactly(stack, kafka, d
         counts["updates"] + 2 * counts["deletes"])  # a delete and its tombstone
     assert m['engage_source_bad_input_total{source="kafka"}'] == 0
     # engage status covers both: the consumer's partitions and lag, capture's slot and records
+    # (the lag gauge is sampled every second: it reaches 0 within one sample of the end)
+    lib.wait_for(lambda: status(db, "--source", "kafka", "--admin-addr", con.admin_addr)
+                 ["kafka"]["engage_kafka_consumer_lag"] == 0, 10, what="the consumer lag gauge at 0")
     st = status(db, "--source", "kafka", "--admin-addr", con.admin_addr)
     assert st["ok"] and st["slot"]["state"] == "none", st
     assert st["kafka"]["engage_kafka_assigned_partitions"] == 3
