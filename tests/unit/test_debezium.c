@@ -1045,7 +1045,7 @@ static void test_malformed(void **state)
             check_schema_on(c, msg, schema, bases[EVENT_SCHEMA]);
         free(msg);
     }
-    print_message("%zu malformed messages refused\n", n);
+    print_message("# %zu malformed messages refused\n", n);
     assert_true(n >= 30);
     /* an error in the row still tells the message's position */
     char *msg = subst(KAFKA_PAYLOAD, "\"event_id\":3", "\"event_id\":3.5");
@@ -1241,7 +1241,7 @@ static void test_timing(void **state)
     double cached = per_message_us(d, on, 1);
     double uncached = per_message_us(d, on, 5);
     double bare = per_message_us(d, off, 1);
-    print_message("schema on, %zu bytes: %.2f us per message (schema part cached), %.2f us "
+    print_message("# schema on, %zu bytes: %.2f us per message (schema part cached), %.2f us "
                   "(not cached); schema off, %zu bytes: %.2f us\n",
                   strlen(on[0]), cached, uncached, strlen(off[0]), bare);
     assert_true(cached < 5000 && uncached < 5000 && bare < 5000);
