@@ -16,7 +16,10 @@
  * Requests: a batch is cut into requests of batch_size events, sent max_in_flight at a time
  * over curl multi with keep-alive connections. The Idempotency-Key depends only on the event
  * ids of a request ("ev-<id>", or "evs-<first>-<last>-<n>-<fnv1a of the ids>"), so a resend
- * after a retry, a crash or a replay carries the same key as the first delivery.
+ * after a retry, a crash or a replay carries the same key as the first delivery when the
+ * request holds the same events: always from PostgreSQL (one order); from Kafka a request
+ * after a restart may mix the partitions otherwise, and an event then comes again under
+ * another key (the receiver dedupes by event_id, as the API contract says).
  *
  * Retries (decided in http_policy.c): 408, 429, 5xx, timeouts and connection errors are
  * retried after max(full-jitter capped exponential backoff, Retry-After); a Retry-After also
