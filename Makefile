@@ -78,6 +78,11 @@ bench: deps build
 bench-seedstack: deps build
 	@ENGAGE_BIN=$(BUILD)/engage bash bench/seedstack/run.sh
 
+# engage against the brief's stack: the same workload into both, on the same servers
+.PHONY: bench-compare
+bench-compare: deps build
+	@ENGAGE_BIN=$(BUILD)/engage python3 bench/compare.py
+
 # The unit names the binary where it is installed (BINDIR, without DESTDIR).
 install: build
 	install -D -m 0755 $(BUILD)/engage $(DESTDIR)$(BINDIR)/engage
