@@ -44,7 +44,7 @@ static const char usage[] =
     "  --batch-events N       records per micro-batch (default 10000)\n"
     "  --batch-ms N           longest a batch stays open, ms (default 50)\n"
     "  --queue-depth N        batches queued before the source waits (default 1024)\n"
-    "  --queue-mb N           or megabytes queued, whichever first (default 128)\n"
+    "  --queue-mb N           or megabytes queued, whichever first (default 32)\n"
     "  --dlq-table NAME       dead-letter table in PostgreSQL (default engage_dlq)\n"
     "  --log-level LEVEL      debug, info, warn, error (default info)\n"
     "  --config FILE          `name = value` lines with these option names (ENGAGE_CONFIG)\n"

@@ -99,6 +99,8 @@ static const struct {
     {OPT_SLOT, ENG_CMD_CAPTURE, "engage_capture"},
     {OPT_STATE_DIR, ENG_CMD_CAPTURE, "engage-capture-state"},
     {OPT_ADMIN_ADDR, ENG_CMD_CAPTURE, "127.0.0.1:9188"},
+    /* capture's events are Debezium records of about 3.8 KB: 32 MB queue 8,000 of them */
+    {OPT_QUEUE_MB, ENG_CMD_CAPTURE, "32"},
 };
 
 static const char *default_for(enum eng_cmd_id cmd, int id)

@@ -367,6 +367,10 @@ struct eng_sink *eng_kafka_sink_create(const struct eng_kafka_sink_options *opt,
     rd_kafka_conf_destroy(conf);
     struct kafka_sink *k = eng_calloc(1, sizeof(*k));
     k->base.ops = &kafka_ops;
+    /* A write keeps a copy of each record in librdkafka until the broker acknowledged it:
+     * 10,000 Debezium records (about 38 MB with their schemas) rather than the pipeline's
+     * 50,000 bound the memory that waits on the broker. */
+    k->base.merge_max_events = 10000;
     k->opt = *opt;
     k->opt.bootstrap = eng_strdup(opt->bootstrap);
     for (size_t i = 0; i < opt->ntopics; i++)

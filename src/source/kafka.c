@@ -510,10 +510,16 @@ static void on_error(rd_kafka_t *rk, int code, const char *reason, void *opaque)
 
 static const char *const consumer_defaults[] = {
     "enable.auto.offset.store=false", /* stored after the sinks' acknowledgement */
-    "enable.auto.commit=true",        "auto.commit.interval.ms=1000",
-    "auto.offset.reset=earliest",     "enable.partition.eof=false",
-    "session.timeout.ms=10000",       "heartbeat.interval.ms=1000",
-    "max.poll.interval.ms=300000",    NULL,
+    "enable.auto.commit=true",
+    "auto.commit.interval.ms=1000",
+    "auto.offset.reset=earliest",
+    "enable.partition.eof=false",
+    "session.timeout.ms=10000",
+    "heartbeat.interval.ms=1000",
+    "max.poll.interval.ms=300000",
+    /* (queued.max.messages.kbytes stays librdkafka's 64 MB: 16 MB cut the peak RSS from 166
+     * to 55 MiB and the drain from 23,000 to 6,000 records a second, bench/kafka.py.) */
+    NULL,
 };
 
 static const char *const reader_defaults[] = {
