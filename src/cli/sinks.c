@@ -120,9 +120,8 @@ static int add_clickhouse(const struct eng_options *o, const struct sink_numbers
     return 0;
 }
 
-static int add_redis(const struct eng_options *o, const struct sink_numbers *nums,
-                     bool streaming, struct sink_list *list, struct eng_cli_sinks *out,
-                     struct eng_error *err)
+static int add_redis(const struct eng_options *o, const struct sink_numbers *nums, bool streaming,
+                     struct sink_list *list, struct eng_cli_sinks *out, struct eng_error *err)
 {
     const char *url = sink_url(o, "redis", OPT_REDIS);
     if (url == NULL)

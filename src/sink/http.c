@@ -51,7 +51,7 @@
 #define MAX_STATUS 600
 #define TOKEN_MAX  4096
 
-#define SPILL_REASON                                                                           \
+#define SPILL_REASON                                                                               \
     "in the outbox: the sink's queue was full (the API is slower than the events arrive)"
 
 enum req_state { REQ_WAITING, REQ_IN_FLIGHT, REQ_DONE, REQ_PARK };
