@@ -6,31 +6,9 @@
 set -euo pipefail
 engage=$(realpath "${1:-build/engage}")
 top=$(cd "$(dirname "$0")/.." && pwd)
-dir=$(mktemp -d /tmp/engage-demo.XXXXXX)
-chmod 755 "$dir"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [ -z "${ENGAGE_DEMO_KEEP:-}" ]; then
-        bash "$top/scripts/stack.sh" down "$dir/stack" >/dev/null 2>&1 || true
-        rm -rf "$dir"
-    else
-        echo "stack left running: source $dir/stack/env; stop with scripts/stack.sh down $dir/stack"
-    fi
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_until DESCRIPTION SECONDS COMMAND...: runs COMMAND every 0.1 s until it succeeds.
-wait_until() {
-    local what=$1 secs=$2; shift 2
-    local deadline=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        if [ $SECONDS -ge $deadline ]; then echo "demo: timed out waiting for $what" >&2; return 1; fi
-        sleep 0.1
-    done
-}
+demo=demo
+# shellcheck source=scripts/demo_common.sh
+source "$top/scripts/demo_common.sh"
 
 echo "== starting PostgreSQL 15, ClickHouse and Redis in $dir/stack"
 mkdir -p "$dir/stack"
