@@ -21,8 +21,8 @@ started afresh for engage via Kafka (so its peak memory is its own run's).
 Per stack:
 - first event: the stack's processes are launched (brief: the connector is created and
   the Spark job launched at the same moment, the broker and the Connect worker already
-  running; direct: `engage run`; kafka: capture and the consumer together, the broker
-  running); as soon as the stack's replication slot is active one event is committed; the
+  running; direct: `engage run`; kafka: capture, then the consumer as soon as capture
+  streams, the broker running); as soon as the stack's replication slot is active one event is committed; the
   time from the launch until it is in Redis (content:last).
 - --warmup s of unmeasured load at the first rate.
 - per rate (default 100, 1,000, 10,000 events/s, --duration s each): run.py's open-loop
@@ -32,7 +32,8 @@ Per stack:
   (nearest rank). The phase ends when ClickHouse (count()), Redis (the content:count sum)
   and the API (/stats unique) all hold every event committed, or --bound s after the load
   stopped; then the markers still not seen count with their age at that moment, shown as
-  ">" (a lower bound), and the row says the stack fell behind.
+  ">" (a lower bound), and the row says the stack fell behind (it says so too when the
+  sinks got the last events more than 10 s after the load stopped: a backlog built up).
 - CPU: utime+stime (+ reaped children) of the stack's own process trees from the start of
   the load to the end of the phase, divided by the events delivered meanwhile, per
   million: brief = broker + Connect + the Spark tree (Python driver, JVM, Python workers);
@@ -77,6 +78,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -209,7 +211,7 @@ class Brief:
         jars = sorted(str(p) for p in env.jars.glob("*.jar"))
         self.log = open(self.work / "spark.log", "wb")
         cmd = [sys.executable, str(SEED / "job.py"), "--bootstrap", env.kafka.bootstrap, "--topic", seed.TOPIC,
-               "--jdbc", f"jdbc:postgresql://127.0.0.1:{stack.pg_port}/{self.uri.rsplit('/', 1)[1]}",
+               "--jdbc", f"jdbc:postgresql://127.0.0.1:{stack.pg_port}/{urllib.parse.urlsplit(self.uri).path.lstrip('/')}",
                "--clickhouse", stack.clickhouse_url, "--redis", stack.redis_url, "--http", self.api_url,
                "--checkpoint", str(self.work / "checkpoint"), "--jars", ",".join(jars), "--http-batch", "100"]
         self.spark = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
@@ -310,6 +312,9 @@ class ViaKafka:
                                           "cmpk", "--slot", "cmp_kafka_cap", "--partitions", "2", "--state-dir",
                                           self.work / "capture-state", "--log-level", "info"],
                                          log_dir=self.work, name="engage-capture", binary=self.env.binary).start()
+        # The consumer once capture streams (its topics exist then: a consumer subscribed to a
+        # topic that does not exist yet would wait for a metadata refresh).
+        self.capture.wait_for_log(r'msg="streaming"', 120, what="capture to stream")
         self.consumer = lib.EngageProcess(["run", "--source", "kafka", "--kafka", k.bootstrap, "--topic",
                                            "cmpk.public.engagement_events", "--group", "cmpk", "--pg", self.uri,
                                            "--clickhouse", s.clickhouse_url, "--redis", s.redis_url,
@@ -344,6 +349,11 @@ STACKS = {"brief": Brief, "direct": Direct, "kafka": ViaKafka}
 
 
 # ------------------------------------------------------------ measuring one stack
+
+
+# A rate the stack kept up with drains within moments of the load's end; one it did not
+# leaves a backlog: more than this many seconds to deliver the rest counts as falling behind.
+BEHIND_S = 10
 
 
 def pct(values, p):
@@ -504,8 +514,12 @@ def run_stack(env, kind, args, rates):
             with markers.lock:
                 lat += [(now - t, True) for _, (_, t) in markers.pending.items()]
                 markers.pending.clear()
+            behind = time.monotonic() - t0 - load_s
             row = phase_row(rate, n, n / load_s, late, c0, o0, d0, t0, ok, delivered, lat,
-                            {"load_s": round(load_s, 1)})
+                            {"load_s": round(load_s, 1), "caught_up_after_load_s": round(behind, 1) if ok else ""})
+            if ok and behind > BEHIND_S:
+                row["note"] = f"fell behind during the load; caught up {behind:.0f}s after it stopped"
+                note(f"{kind} {rate}/s: {row['note']}")
             if not ok:
                 row["note"] = (f"fell behind: {delivered:,} of {total:,} events in all three sinks "
                                f"{args.bound:.0f}s after the load stopped")
@@ -592,7 +606,9 @@ def table(summaries, rates):
                 continue
             t = " / ".join(fmt_ms(row[f"{k}_ms"], row[f"{k}_censored"]) for k in ("p50", "p99", "max"))
             if row["drained"] != "yes":
-                t += " (fell behind)"
+                t += " (fell behind, not caught up)"
+            elif row.get("caught_up_after_load_s", 0) > BEHIND_S:
+                t += f" (fell behind; caught up {row['caught_up_after_load_s']:.0f} s after the load)"
             cells.append(t)
         sus = s["sustained"]
         cells.append("n/a" if sus != sus else f"{sus:,.0f}" + (" (not drained)" if s["sustained_note"] else ""))
@@ -629,7 +645,8 @@ def plot(summaries, rates, path):
             ys = [max(by[r][f"{k}_ms"], 0.1) for r in xs]
             ax.plot(xs, ys, style, marker="o", color=colors[s["stack"]], label=f"{SHORT[s['stack']]} {k}")
             for x, y, r in zip(xs, ys, xs):
-                if by[r][f"{k}_censored"] or by[r]["drained"] != "yes":
+                if (by[r][f"{k}_censored"] or by[r]["drained"] != "yes"
+                        or by[r].get("caught_up_after_load_s", 0) > BEHIND_S):
                     ax.annotate("fell behind" if k == "p99" else "", (x, y), textcoords="offset points",
                                 xytext=(-30, 8), fontsize=8, color=colors[s["stack"]])
                     ax.plot([x], [y], marker="^", markersize=10, color=colors[s["stack"]])
