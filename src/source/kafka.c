@@ -723,10 +723,12 @@ static int setup(struct ksrc *s, struct eng_error *err)
 
 /* Takes what the consumer has: waits up to timeout_ms for the first record, then takes
  * those already fetched. Records polled before a rebalance are dropped (their partitions may
- * be someone else's now). Returns how many are in s->group. */
-static size_t gather(struct ksrc *s, int timeout_ms)
+ * be someone else's now). Returns how many are in s->group; *caught_up says whether every
+ * record fetched was taken. */
+static size_t gather(struct ksrc *s, int timeout_ms, bool *caught_up)
 {
     size_t n = 0;
+    *caught_up = false;
     for (;;) {
         uint32_t gen = s->assign_gen;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(s->rk, n == 0 ? timeout_ms : 0);
@@ -735,8 +737,10 @@ static size_t gather(struct ksrc *s, int timeout_ms)
                 rd_kafka_message_destroy(s->group[i]);
             n = 0;
         }
-        if (m == NULL)
+        if (m == NULL) {
+            *caught_up = true;
             return n;
+        }
         if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
             if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 eng_warn("msg=\"kafka\" error=\"%s\"", rd_kafka_message_errstr(m));
@@ -755,7 +759,8 @@ static int poll_once(struct ksrc *s, struct eng_error *err)
     int timeout_ms = 100;
     if (s->batch_deadline != 0)
         timeout_ms = s->batch_deadline > now ? (int)((s->batch_deadline - now + 999) / 1000) : 0;
-    size_t n = gather(s, timeout_ms);
+    bool caught_up;
+    size_t n = gather(s, timeout_ms, &caught_up);
     int rc = 0;
     if (n > 0) {
         eng_pipeline_source_health(s->p, "kafka", true, NULL);
@@ -766,7 +771,9 @@ static int poll_once(struct ksrc *s, struct eng_error *err)
             rc = on_record(s, s->group[i], err);
         rd_kafka_message_destroy(s->group[i]);
     }
-    if (rc == 0 && (eng_batch_full(s->batch) ||
+    /* A batch closes when full, when old, or as soon as the consumer has taken everything
+     * fetched (caught up: waiting longer only adds latency). */
+    if (rc == 0 && (eng_batch_full(s->batch) || (n > 0 && caught_up) ||
                     (s->batch_deadline != 0 && eng_clock_mono_us() >= s->batch_deadline)))
         rc = flush_batch(s, -1);
     store_durable(s);
