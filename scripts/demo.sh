@@ -19,16 +19,9 @@ api_port=$(free_port)
 export ENGAGE_HTTP="http://127.0.0.1:$api_port"
 export ENGAGE_ADMIN_ADDR="127.0.0.1:$(free_port)"
 
-echo "== starting the mock external API on $ENGAGE_HTTP"
-"$engage" mock-api --listen "127.0.0.1:$api_port" >"$dir/mock-api.log" 2>&1 &
-pids+=($!)
-wait_until "the mock API" 10 curl -sf "$ENGAGE_HTTP/stats"
+start_mock_api "$ENGAGE_HTTP" "$api_port"
 
 psql -q "$ENGAGE_PG" <<'SQL'
-INSERT INTO content(content_id, content_type, length_seconds, title) VALUES
-  (1, 'video', 300, 'The brief''s example'),
-  (2, 'article', NULL, 'No length'),
-  (3, 'podcast', 1800, 'Long listen');
 -- Two events from yesterday, before engage ever ran: no slot will stream them.
 INSERT INTO engagement_events(content_id, user_id, event_type, event_ts, duration_ms, device) VALUES
   (3, 500, 'play', now() at time zone 'utc' - interval '1 day', 60000, 'web'),

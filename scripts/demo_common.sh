@@ -32,3 +32,18 @@ wait_until() {
         sleep 0.1
     done
 }
+
+# start_mock_api URL PORT: `engage mock-api` on 127.0.0.1:PORT (its log in $dir), once it
+# answers at URL; then the three sample content rows both demos enrich with.
+start_mock_api() {
+    echo "== starting the mock external API on $1"
+    "$engage" mock-api --listen "127.0.0.1:$2" >"$dir/mock-api.log" 2>&1 &
+    pids+=($!)
+    wait_until "the mock API" 10 curl -sf "$1/stats"
+    psql -q "$ENGAGE_PG" <<'SQL'
+INSERT INTO content(content_id, content_type, length_seconds, title) VALUES
+  (1, 'video', 300, 'The brief''s example'),
+  (2, 'article', NULL, 'No length'),
+  (3, 'podcast', 1800, 'Long listen');
+SQL
+}

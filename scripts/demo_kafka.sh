@@ -25,17 +25,7 @@ api="http://127.0.0.1:$api_port"
 capture_admin="127.0.0.1:$(free_port)"
 consumer_admin="127.0.0.1:$(free_port)"
 
-echo "== starting the mock external API on $api"
-"$engage" mock-api --listen "127.0.0.1:$api_port" >"$dir/mock-api.log" 2>&1 &
-pids+=($!)
-wait_until "the mock API" 10 curl -sf "$api/stats"
-
-psql -q "$ENGAGE_PG" <<'SQL'
-INSERT INTO content(content_id, content_type, length_seconds, title) VALUES
-  (1, 'video', 300, 'The brief''s example'),
-  (2, 'article', NULL, 'No length'),
-  (3, 'podcast', 1800, 'Long listen');
-SQL
+start_mock_api "$api" "$api_port"
 
 echo "== engage capture --pg ... --kafka $KAFKA_BOOTSTRAP --topic-prefix $prefix --partitions 3"
 "$engage" capture --pg "$ENGAGE_PG" --kafka "$KAFKA_BOOTSTRAP" --topic-prefix "$prefix" \
