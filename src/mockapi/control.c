@@ -99,7 +99,7 @@ static int set_fault(struct eng_mockapi_faults *f, const struct fault_key *k, js
 {
     void *field = (char *)f + k->off; /* of the type k->kind says */
     int *status = field;
-    int64_t i64;
+    int64_t i64 = 0; /* (gcc -O3 cannot see get_int sets it on success) */
     int rc;
     switch (k->kind) {
     case FAULT_RATE:
