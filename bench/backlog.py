@@ -153,15 +153,7 @@ class Bench:
         return sum(int(v or 0) for v in self.redis.mget(keys))
 
     def dlq_pending(self, outbox):
-        """Pending rows of the outbox (outbox=True) or the dead letters (every other origin)."""
-        where = "origin = 'outbox'" if outbox else "origin <> 'outbox'"
-        try:
-            return int(lib.pg_scalar(self.uri, "SELECT count(*) FROM engage_dlq WHERE replayed_at IS NULL "
-                                               f"AND discarded_at IS NULL AND {where}"))
-        except Exception as exc:  # noqa: BLE001 - the table appears with the first parked row
-            if "engage_dlq" in str(exc) and "does not exist" in str(exc):
-                return 0
-            raise
+        return dlq_pending(self.uri, outbox)
 
     def slot_lsn(self, slot):
         return lsn_int(lib.pg_scalar(self.uri, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
@@ -170,6 +162,18 @@ class Bench:
     def reset_sinks(self):
         lib.ch_reset(self.stack.clickhouse_url)
         self.redis.flushall()
+
+
+def dlq_pending(uri, outbox):
+    """Pending rows of the outbox (outbox=True) or the dead letters (every other origin)."""
+    where = "origin = 'outbox'" if outbox else "origin <> 'outbox'"
+    try:
+        return int(lib.pg_scalar(uri, "SELECT count(*) FROM engage_dlq WHERE replayed_at IS NULL "
+                                      f"AND discarded_at IS NULL AND {where}"))
+    except Exception as exc:  # noqa: BLE001 - the table appears with the first parked row
+        if "engage_dlq" in str(exc) and "does not exist" in str(exc):
+            return 0
+        raise
 
 
 def metrics(admin_addr):
