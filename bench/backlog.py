@@ -23,12 +23,13 @@ are printed apart. The all-sinks row is checked for exactness at the end
 PostgreSQL's, nothing pending in the outbox or the dead letters); a wrong
 result exits non-zero.
 
-usage: bench/backlog.py [--events N] [--bin build/engage] [--timeline]
+usage: bench/backlog.py [--events N] [--bin build/engage] [--timeline] [--engage-args "ARGS"]
 """
 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -74,7 +75,24 @@ def vm_hwm_mib(pid):
 
 def tree_cpu_seconds(root):
     """utime + stime of root and every descendant, with their reaped children
-    (cutime + cstime), in seconds; 0 for a root that is gone."""
+    (cutime + cstime), in seconds; 0 for a root that is gone. A child that the
+    root reaps while /proc is read would be counted in neither: the scan is
+    done again when the root's cutime + cstime moved meanwhile."""
+    for _ in range(20):
+        try:
+            reaped = _stat_fields(root)[13:15] if root else None
+        except OSError:
+            return 0.0
+        total = _tree_ticks(root)
+        try:
+            if (_stat_fields(root)[13:15] if root else None) == reaped:
+                break
+        except OSError:
+            return 0.0
+    return total / CLK_TCK
+
+
+def _tree_ticks(root):
     table = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -93,7 +111,7 @@ def tree_cpu_seconds(root):
         if pid in table:
             total += table[pid][1]
             todo += children.get(pid, [])
-    return total / CLK_TCK
+    return total
 
 
 def servers_cpu(stack):
@@ -112,8 +130,9 @@ def lsn_int(text):
 class Bench:
     """What every row needs: the stack, the database, the binary, the mock API."""
 
-    def __init__(self, stack, uri, work, binary, events):
+    def __init__(self, stack, uri, work, binary, events, extra=()):
         self.stack, self.uri, self.work, self.binary, self.events = stack, uri, work, binary, events
+        self.extra = list(extra)  # more `engage run` arguments for every timed row
         self.redis = lib.redis_client(stack.redis_url)
         self.end_lsn = None
         self.api = self.api_url = None
@@ -274,7 +293,7 @@ def engage_stdout(b, slot):
     with open(os.devnull, "wb") as devnull:
         sp = subprocess.Popen([b.binary, "run", "--slot", slot, "--sinks", "stdout",
                                "--state-dir", str(b.work / slot), "--log-level", "warn",
-                               "--admin-addr", "off"], env={**os.environ, "ENGAGE_PG": b.uri},
+                               "--admin-addr", "off", *b.extra], env={**os.environ, "ENGAGE_PG": b.uri},
                               stdout=devnull)
         lib.wait_for(lambda: b.slot_lsn(slot) >= lsn_int(b.end_lsn), DEADLINE_S, interval=0.05,
                      what="engage stdout to reach the end")
@@ -310,7 +329,7 @@ def engage_sinks(b, slot, sinks, waiters, on_poll=None, on_done=None):
     s0 = servers_cpu(b.stack)
     t0 = time.monotonic()
     p = lib.EngageProcess(["run", "--slot", slot, "--sinks", sinks, "--state-dir", str(b.work / slot),
-                           "--log-level", "warn"], env=b.env(sinks), log_dir=b.work, name=slot,
+                           "--log-level", "warn", *b.extra], env=b.env(sinks), log_dir=b.work, name=slot,
                           binary=b.binary).start()
     try:
         reached = wait_all(waiters, t0, p, on_poll)
@@ -470,9 +489,13 @@ def main():
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--bin", default=str(lib.REPO_ROOT / "build" / "engage"))
     ap.add_argument("--timeline", action="store_true", help="print every sink's progress every 5 s (all sinks)")
+    ap.add_argument("--engage-args", default="", help="more engage run arguments for every timed row, "
+                                                      "e.g. \"--queue-mb 16\"")
     args = ap.parse_args()
     with bench_stack() as (stack, uri, work):
-        b = Bench(stack, uri, work, Path(args.bin).resolve(), args.events)
+        b = Bench(stack, uri, work, Path(args.bin).resolve(), args.events, shlex.split(args.engage_args))
+        if b.extra:
+            print(f"every engage row runs with {shlex.join(b.extra)}")
         b.start_api()
         try:
             make_slots(b)
