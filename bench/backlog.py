@@ -464,6 +464,7 @@ def report(b, results):
 
     base = min(results["pg_recvlogical -> /dev/null (1st)"]["secs"], results["pg_recvlogical -> /dev/null (2nd)"]["secs"])
     print()
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} cores")
     print(f"(baseline: the faster pg_recvlogical run, {base:.2f}s; RSS = peak resident memory of the consumer "
           "process; CPU = its CPU seconds; servers = PostgreSQL + ClickHouse + Redis CPU seconds meanwhile)")
     print(f"{'consumer':48} {'seconds':>8} {'events/s':>10} {'vs pg_recvlogical':>18} {'RSS MiB':>8} "

@@ -100,7 +100,7 @@ import psycopg2.extras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 import lib  # noqa: E402
-from backlog import PGBIN, cpu_seconds, dlq_pending, metrics, tree_cpu_seconds, vm_hwm_mib  # noqa: E402
+from backlog import CLK_TCK, PGBIN, cpu_seconds, dlq_pending, metrics, tree_cpu_seconds, vm_hwm_mib  # noqa: E402
 
 REDIS_DB = 9
 RSS_BAR_MIB = 32  # at 10,000/s
@@ -413,6 +413,10 @@ class Usage:
                for name, (pid, tree) in self.processes.items()}
         t = os.times()
         out["bench"] = t.user + t.system
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+        out["host"] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK
         return out
 
     def end(self):
@@ -649,10 +653,11 @@ def share(usage, name):
 
 
 def print_usage(rows, floors):
-    names = [n for n in ("engage", "postgres", "redis", "clickhouse", "mock-api", "bench")
+    names = [n for n in ("engage", "postgres", "redis", "clickhouse", "mock-api", "bench", "host")
              if any(n in r["usage"]["share"] for r in rows)]
-    print("CPU share per phase (CPU seconds / wall seconds, 1.00 = one core; host has "
-          f"{os.cpu_count()}); RSS: engage's peak resident memory in the phase (VmHWM)")
+    print("CPU share per phase (CPU seconds / wall seconds, 1.00 = one core; host: every process on "
+          f"the host's {os.cpu_count()} cores, ours and others'); RSS: engage's peak resident memory "
+          "in the phase (VmHWM)")
     head = f"{'rate/s':>7} {'consumer':<16} {'wall s':>7} " + " ".join(f"{n if n != 'engage' else 'consumer':>10}" for n in names) + f" {'RSS MiB':>8}"
     print(head)
     print("-" * len(head))
