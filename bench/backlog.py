@@ -408,9 +408,11 @@ class AllSinks:
             if self.timeline and secs >= self._next_sample:
                 self._next_sample = secs + 5
                 stats = self.b.api_get("/stats")
+                analyzes = lib.pg_scalar(self.b.uri, "SELECT coalesce(sum(autoanalyze_count + analyze_count), 0) "
+                                                     "FROM pg_stat_user_tables WHERE relname = 'engage_dlq'")
                 self.samples.append((secs, self.b.ch_count(), self.b.redis_sum(), stats.get("unique", 0),
                                      stats.get("received", 0), int(m.get("engage_http_outbox_pending", 0)),
-                                     int(m.get('engage_dlq_parked_total{origin="outbox"}', 0))))
+                                     int(m.get('engage_dlq_parked_total{origin="outbox"}', 0)), int(analyzes)))
 
     def done(self, proc):
         m = metrics(proc.admin_addr)
@@ -429,10 +431,11 @@ def all_sinks(b, slot, sinks, timeline, failures):
     check_ch_redis(b, failures, "all sinks")
     check_api(b, failures)
     if w.samples:
-        print("\nall sinks, every 5 s:  t/s  clickhouse  redis  api_unique  api_received  outbox_gauge  "
-              "outbox_parked")
+        print("\nall sinks, every 5 s (dlq_analyzes: ANALYZE runs of engage_dlq so far, autovacuum's or others'):")
+        print("".join(f"{h:>14}" for h in ("t/s", "clickhouse", "redis", "api_unique", "api_received",
+                                            "outbox_gauge", "outbox_parked", "dlq_analyzes")))
         for s in w.samples:
-            print("  ".join(f"{x:10.1f}" if isinstance(x, float) else f"{x:10d}" for x in s))
+            print("".join(f"{x:14.1f}" if isinstance(x, float) else f"{x:14d}" for x in s))
     return r
 
 
