@@ -51,13 +51,16 @@ members each, so --contents also sets the cost of that rebuild.
   pg_recvlogical's output, test_decoding writes one text line per row), its
   `-f -` output read by the same selector loop and stamped the same way; the
   i-th INSERT line of a content is its i-th event. That is commit -> received
-  by the simplest consumer of the same WAL on the same servers, which no
-  consumer of logical replication can beat.
+  by the simplest consumer of the same WAL on the same servers: a floor that
+  a consumer of logical replication can hardly beat. Its `<0` share is large:
+  the walsender sends as soon as the commit record is flushed, often before
+  the backend's reply reaches the bench.
 
 - Resources of each rate phase (from the load's start until its last event is
   seen): engage's CPU seconds over the phase's wall seconds, the same for
-  PostgreSQL (the postmaster's process tree), Redis, ClickHouse, the mock API
-  and this bench; engage's peak RSS over the phase (VmHWM, reset through
+  PostgreSQL (the postmaster's process tree), Redis, ClickHouse, the mock API,
+  this bench and the whole host (ours and other users' processes: the
+  machine may be shared); engage's peak RSS over the phase (VmHWM, reset through
   /proc/PID/clear_refs when the phase starts, read when it ends).
 
 - --http runs the HTTP sink into `engage mock-api` beside Redis; after each
@@ -71,8 +74,9 @@ usage: bench/freshness.py [--bin build/engage] [--rates 1000,10000] [--duration 
                           [--tx-size 5] [--contents 10000] [--clickhouse] [--http]
                           [--no-floor] [--baseline "ENGAGE ARGS"]
 --baseline measures every rate first with engage run given those extra
-arguments (e.g. "--queue-depth 8"), then with its defaults, in the same run on
-the same servers, and prints both.
+arguments (e.g. "--queue-depth 8"; leading NAME=VALUE words are set in engage's
+environment instead, e.g. "MALLOC_MMAP_THRESHOLD_=131072"), then with its
+defaults, in the same run on the same servers, and prints both.
 Starts its own servers on loopback (or reuses $ENGAGE_STACK_DIR; it then uses
 Redis db 9, which it empties, and a new PostgreSQL database).
 """
@@ -566,12 +570,23 @@ def measure_floors(args, ctx, rates):
         recv.close()
 
 
+def split_env(words):
+    """Leading NAME=VALUE words as an environment, and the rest."""
+    env = {}
+    while words and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    return env, words
+
+
 def run_config(args, ctx, c, extra, rates):
     """Every rate through one engage run (configuration c) with extra arguments."""
     slot = f"{ctx.name}_{c}"
+    env, extra = split_env(list(extra))
     proc = lib.EngageProcess(["run", "--slot", slot, "--sinks", ctx.sinks, "--state-dir",
                               str(ctx.work / f"state{c}"), "--log-level", "warn", *extra],
-                             env=ctx.env, log_dir=ctx.work, name=f"engage{c}", binary=ctx.binary).start()
+                             env={**ctx.env, **env}, log_dir=ctx.work, name=f"engage{c}",
+                             binary=ctx.binary).start()
     try:
         lib.wait_for(lambda: lib.pg_scalar(ctx.uri, "SELECT active FROM pg_replication_slots WHERE slot_name = %s",
                                            (slot,)), 60, what="engage to stream")
