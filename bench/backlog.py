@@ -12,8 +12,12 @@ drain them? Measured in one run on one stack, so the figures compare as ratios:
                   events, and the HTTP sink's outbox (rows of origin 'outbox'
                   in engage_dlq not yet replayed) empty
 
-Each engage row has a slot of its own, made before the backlog is written, and
-ClickHouse and Redis are emptied before each row that writes to them. Beside
+Each engage row has a slot of its own, made before the backlog is written.
+ClickHouse's table is dropped before each row that writes to it. Each row with
+Redis has a Redis database of its own, left alone after its slot was made: an
+engage whose Redis was flushed under it sees a loss (its engage:mark is gone)
+and rebuilds Redis from the whole table (src/source/redis_repair.c), which is
+not what this bench measures. Beside
 each engage row: the peak resident memory of the engage process (VmHWM, read
 from /proc just before it is stopped) and its CPU seconds (utime + stime);
 beside pg_recvlogical the same (VmHWM sampled every 10 ms while it runs, CPU
@@ -133,16 +137,22 @@ class Bench:
     def __init__(self, stack, uri, work, binary, events, extra=()):
         self.stack, self.uri, self.work, self.binary, self.events = stack, uri, work, binary, events
         self.extra = list(extra)  # more `engage run` arguments for every timed row
-        self.redis = lib.redis_client(stack.redis_url)
+        self.redis = None  # the current row's Redis database (use_row)
         self.end_lsn = None
         self.api = self.api_url = None
 
-    def env(self, sinks):
+    def redis_url(self, slot):
+        return f"redis://127.0.0.1:{self.stack.redis_port}/{REDIS_DBS.get(slot, 0)}"
+
+    def use_row(self, slot):
+        self.redis = lib.redis_client(self.redis_url(slot))
+
+    def env(self, sinks, slot):
         env = {"ENGAGE_PG": self.uri}
         if "clickhouse" in sinks:
             env["ENGAGE_CLICKHOUSE"] = self.stack.clickhouse_url
         if "redis" in sinks:
-            env["ENGAGE_REDIS"] = self.stack.redis_url
+            env["ENGAGE_REDIS"] = self.redis_url(slot)
         if "http" in sinks:
             env["ENGAGE_HTTP"] = self.api_url
         return env
@@ -178,9 +188,8 @@ class Bench:
         return lsn_int(lib.pg_scalar(self.uri, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
                                                "WHERE slot_name = %s", (slot,)))
 
-    def reset_sinks(self):
+    def reset_clickhouse(self):
         lib.ch_reset(self.stack.clickhouse_url)
-        self.redis.flushall()
 
 
 def dlq_pending(uri, outbox):
@@ -219,12 +228,14 @@ ENGAGE_ROWS = [
     ("engage -> ClickHouse + Redis", "bench_ch_redis", "clickhouse,redis"),
     (ALL, "bench_all", "clickhouse,redis,http"),
 ]
+REDIS_DBS = {"bench_ch_redis": 1, "bench_all": 2}  # emptied once, before the slots are made
 
 
 def make_slots(b):
+    lib.redis_client(b.stack.redis_url).flushall()
     for name, slot, sinks in ENGAGE_ROWS:
         p = lib.EngageProcess(["run", "--slot", slot, "--sinks", sinks, "--state-dir", str(b.work / slot),
-                               "--log-level", "warn"], env=b.env(sinks), log_dir=b.work,
+                               "--log-level", "warn"], env=b.env(sinks, slot), log_dir=b.work,
                               name=f"setup-{slot}", binary=b.binary).start()
         lib.wait_for(lambda: lib.pg_scalar(b.uri, "SELECT count(*) FROM pg_replication_slots "
                                                   "WHERE active AND slot_name = %s", (slot,)) == 1,
@@ -329,7 +340,7 @@ def engage_sinks(b, slot, sinks, waiters, on_poll=None, on_done=None):
     s0 = servers_cpu(b.stack)
     t0 = time.monotonic()
     p = lib.EngageProcess(["run", "--slot", slot, "--sinks", sinks, "--state-dir", str(b.work / slot),
-                           "--log-level", "warn", *b.extra], env=b.env(sinks), log_dir=b.work, name=slot,
+                           "--log-level", "warn", *b.extra], env=b.env(sinks, slot), log_dir=b.work, name=slot,
                           binary=b.binary).start()
     try:
         reached = wait_all(waiters, t0, p, on_poll)
@@ -445,7 +456,8 @@ def run_rows(b, timeline, failures):
         if sinks == "stdout":
             results[name] = engage_stdout(b, slot)
             continue
-        b.reset_sinks()
+        b.reset_clickhouse()
+        b.use_row(slot)
         if "http" in sinks:
             results[name] = all_sinks(b, slot, sinks, timeline, failures)
         elif "redis" in sinks:
