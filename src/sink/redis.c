@@ -21,25 +21,37 @@
 
 /* The script, kept only here (no build step, nothing to keep in sync).
  *
- * ARGV: last_ttl, bucket_ttl, seen_ttl, top_ttl, gen, seq, nwin, then nwin minute names
- * (YYYYMMDDHHMM) of the top window (nwin = 0: no rebuild in this call), then 7 values per
- * event:
- *   chunk (event_id >> 20), bit (event_id & (2^20 - 1)), content_id, event_ts_us, event_id,
- *   minute bucket ('' = too old to touch a bucket), json.
+ * ARGV: last_ttl, bucket_ttl, seen_ttl, top_ttl, gen, seq, nwin, mode ('newest' or 'all'),
+ * then nwin minute names (YYYYMMDDHHMM) of the top window (nwin = 0: no rebuild in this
+ * call), then the events in groups that share a seen-set chunk, a content and a bucket:
+ *   chunk (event_id >> 20), content_id, minute bucket ('' = too old to touch a bucket),
+ *   event_ts_us, event_id and json of the group's newest event, k, then k seen-set bits
+ *   (event_id & (2^20 - 1)), the newest's first.
  * chunk, bit and the bucket name are computed in C so nothing depends on Lua arithmetic;
  * event_ts_us and event_id are compared as Lua numbers (doubles), exact below 2^53, which
  * the C side guarantees.
+ *
+ * Per event the script does only what cannot be shared: one test-and-set of its bit, k bits
+ * per BITFIELD of a chunk (a redis.call per event cost more than the rest of the script);
+ * only an event whose bit was newly set is counted and added to its bucket. The effects
+ * are aggregated per group and per content first, so Redis sees one INCRBY per content,
+ * one ZINCRBY per (bucket, content) and at most one SET pair per content, after reading
+ * their counts and last values with MGET (1,000 keys a command): the work is proportional
+ * to the slice, never to the keyspace (no KEYS, no SCAN).
+ *
+ * A group offers its newest event as the content's last, which is right when that event is
+ * newly applied: then nothing newer of its group is. In mode 'newest' the script checks
+ * that first (BITFIELD_RO, before any write) and otherwise answers ENGAGE_RESEND having
+ * written nothing; the sink then sends the call again in mode 'all', every event a group of
+ * one with its own JSON, the order of the batch (so a replay that overlaps what Redis has
+ * still offers the newest event that is new, as a script per event would). An event_id
+ * that repeats within a call also makes the sink use mode 'all'. Either way the effects are
+ * those of applying the events one by one in the batch's order.
  *
  * A chunk of the seen-set is created at its full size (SETBIT of its last bit) the first
  * time a call touches it: grown bit by bit, Redis's greedy string growth would leave it with
  * a 256 KiB allocation for 128 KiB of bits; created whole it takes one 160 KiB jemalloc
  * size class (131072 bytes + the sds header), measured by tests/sinkcheck.
- *
- * Per event, SETBIT on the seen-set; only an event whose bit was newly set is counted,
- * added to its bucket and offered as last. The effects are aggregated per content (and per
- * bucket) in Lua tables first, so Redis sees one INCRBY per content, one ZINCRBY per
- * (bucket, content) and at most one GET/SET pair per content: the work is proportional to
- * the slice, never to the keyspace (no KEYS, no SCAN).
  *
  * content:last must stay exactly the event JSON, so the (event_ts_us, event_id) of the
  * stored value lives in a companion string engage:last:{content_id} = "ts_us:event_id" with
@@ -54,7 +66,8 @@
  * key it will write (its type, and that a count holds an integer) and writes nothing when
  * one is wrong: it answers ENGAGE_BADKEY naming the key, a permanent error for the events
  * that touch that key (the pipeline finds and parks them; the others are applied). An OOM
- * server refuses the first write (SETBIT) before anything changed, so OOM is retriable.
+ * server refuses the first write (SETBIT or BITFIELD) before anything changed, so OOM is
+ * retriable.
  *
  * Loss: the hash engage:mark holds a generation (gen, random, made when engage first finds
  * no mark) and a write count (seq, +1 per call, in the same script as the counts). A call
@@ -64,13 +77,16 @@
  * writing every event of the table again (a whole-table backfill) makes them exact. */
 #define SEEN_BITS     20        /* ids per seen-set key: 2^20 (128 KiB of bits) */
 #define SEEN_LAST_BIT "1048575" /* 2^SEEN_BITS - 1, as the script spells it */
+/* Keys per MGET and events per BITFIELD: Lua's unpack stops at 8000 values. */
+#define UNPACK_MAX   "1000"
+#define BITFIELD_MAX "1000"
 
-/* In two parts, joined when a sink is created: C17 compilers need not take a string literal
- * this long. The first checks, the second writes. */
+/* In three parts, joined when a sink is created: C17 compilers need not take a string literal
+ * this long. The first reads and checks, the second applies the seen-set, the third writes. */
 static const char apply_script_check[] =
     "local last_ttl, bucket_ttl, seen_ttl, top_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), "
     "ARGV[4]\n"
-    "local nwin = tonumber(ARGV[7])\n"
+    "local nwin, newest = tonumber(ARGV[7]), ARGV[8] == 'newest'\n"
     "if redis.call('TYPE', 'engage:mark')['ok'] ~= 'hash' then\n"
     "  return redis.error_reply('ENGAGE_LOST engage:mark is gone')\n"
     "end\n"
@@ -84,20 +100,42 @@ static const char apply_script_check[] =
     "  return redis.error_reply('ENGAGE_LOST engage:mark is at write ' .. tostring(mark[2]) ..\n"
     "    ', this engage saw ' .. tonumber(ARGV[6]))\n"
     "end\n"
-    "local fresh = 0\n"
-    "local counts, buckets, chunks = {}, {}, {}\n"
-    "local bidx, bts, bid = {}, {}, {}\n"
-    "local sized = {}\n"
-    "local checked = {}\n"
-    "local function need(key, want)\n"
-    "  if checked[key] then return nil end\n"
-    "  checked[key] = true\n"
-    "  local t = redis.call('TYPE', key)['ok']\n"
+    "local cids, ncid, incall = {}, 0, {}\n"
+    "local chunks, nchunk, inchunk = {}, 0, {}\n"
+    "local blist, nb, inb = {}, 0, {}\n"
+    "local gs, ng = {}, 0\n"
+    "local s, nargs = 9 + nwin, #ARGV\n"
+    "while s <= nargs do\n"
+    "  ng = ng + 1; gs[ng] = s\n"
+    "  local c, cid, b = ARGV[s], ARGV[s + 1], ARGV[s + 2]\n"
+    "  if not inchunk[c] then inchunk[c] = true; nchunk = nchunk + 1; chunks[nchunk] = c end\n"
+    "  if not incall[cid] then incall[cid] = true; ncid = ncid + 1; cids[ncid] = cid end\n"
+    "  if b ~= '' and not inb[b] then inb[b] = true; nb = nb + 1; blist[nb] = b end\n"
+    "  s = s + 7 + tonumber(ARGV[s + 6])\n"
+    "end\n"
+    "local known, val = {}, {}\n"
+    "local function prefetch(prefix)\n"
+    "  local keys = {}\n"
+    "  for k = 1, ncid do keys[k] = prefix .. cids[k] end\n"
+    "  for f = 1, ncid, " UNPACK_MAX " do\n"
+    "    local got = redis.call('MGET', unpack(keys, f, math.min(f + " UNPACK_MAX " - 1, ncid)))\n"
+    "    for k = 1, #got do\n"
+    "      if got[k] then known[keys[f + k - 1]], val[keys[f + k - 1]] = 'string', got[k] end\n"
+    "    end\n"
+    "  end\n"
+    "  return keys\n"
+    "end\n"
+    "local ckeys = prefetch('content:count:')\n"
+    "local lkeys = prefetch('content:last:')\n"
+    "local okeys = prefetch('engage:last:')\n"
+    "local function need(key, want, int)\n"
+    "  local t = known[key]\n"
+    "  if t == nil then t = redis.call('TYPE', key)['ok']; known[key] = t end\n"
     "  if t ~= 'none' and t ~= want then\n"
     "    return key .. ' holds a ' .. t .. ', engage keeps a ' .. want .. ' there'\n"
     "  end\n"
-    "  if t == 'string' and string.sub(key, 1, 14) == 'content:count:' then\n"
-    "    local v = redis.call('GET', key)\n"
+    "  if int and t == 'string' then\n"
+    "    local v = val[key] or redis.call('GET', key)\n"
     "    if not string.match(v, '^%-?%d+$') then\n"
     "      return key .. ' holds a string that is not an integer'\n"
     "    end\n"
@@ -105,78 +143,138 @@ static const char apply_script_check[] =
     "  return nil\n"
     "end\n"
     "local function check()\n"
-    "  for i = 8 + nwin, #ARGV, 7 do\n"
-    "    local cid = ARGV[i + 2]\n"
-    "    local why = need('engage:seen:' .. ARGV[i], 'string') or\n"
-    "      need('content:count:' .. cid, 'string') or need('content:last:' .. cid, 'string') or\n"
-    "      need('engage:last:' .. cid, 'string')\n"
-    "    if why == nil and ARGV[i + 5] ~= '' then\n"
-    "      why = need('top:content:bucket:' .. ARGV[i + 5], 'zset')\n"
+    "  for k = 1, nchunk do\n"
+    "    local why = need('engage:seen:' .. chunks[k], 'string')\n"
+    "    if why then return why end\n"
+    "  end\n"
+    "  for k = 1, ncid do\n"
+    "    local c, l, o = ckeys[k], lkeys[k], okeys[k]\n"
+    "    local why\n"
+    "    if val[c] and val[l] and val[o] then\n"
+    "      if not string.match(val[c], '^%-?%d+$') then\n"
+    "        why = c .. ' holds a string that is not an integer'\n"
+    "      end\n"
+    "    else\n"
+    "      why = need(c, 'string', true) or need(l, 'string') or need(o, 'string')\n"
     "    end\n"
+    "    if why then return why end\n"
+    "  end\n"
+    "  for k = 1, nb do\n"
+    "    local why = need('top:content:bucket:' .. blist[k], 'zset')\n"
     "    if why then return why end\n"
     "  end\n"
     "  if nwin > 0 then return need('top:content:10m', 'zset') or need('engage:top:end', 'string') "
     "end\n"
     "  return nil\n"
     "end\n"
-    "local why = check()\n";
-static const char apply_script_write[] =
-    "if why then return redis.error_reply('ENGAGE_BADKEY ' .. why) end\n"
-    "for i = 8 + nwin, #ARGV, 7 do\n"
-    "  local seen = 'engage:seen:' .. ARGV[i]\n"
-    "  if sized[seen] == nil then\n"
-    "    sized[seen] = true\n"
-    "    if redis.call('EXISTS', seen) == 0 then\n"
-    "      redis.call('SETBIT', seen, " SEEN_LAST_BIT ", 0)\n"
+    "local why = check()\n"
+    "if why then return redis.error_reply('ENGAGE_BADKEY ' .. why) end\n";
+static const char apply_script_seen[] =
+    "if newest then\n"
+    "  local probe = {}\n"
+    "  for q = 1, ng do\n"
+    "    local c = ARGV[gs[q]]\n"
+    "    if known['engage:seen:' .. c] ~= 'none' then\n"
+    "      local p = probe[c]\n"
+    "      if p == nil then p = {}; probe[c] = p end\n"
+    "      local m = #p\n"
+    "      p[m + 1], p[m + 2], p[m + 3] = 'GET', 'u1', ARGV[gs[q] + 7]\n"
     "    end\n"
     "  end\n"
-    "  if redis.call('SETBIT', seen, ARGV[i + 1], 1) == 0 then\n"
-    "    fresh = fresh + 1\n"
-    "    local cid = ARGV[i + 2]\n"
-    "    counts[cid] = (counts[cid] or 0) + 1\n"
-    "    local bucket = ARGV[i + 5]\n"
+    "  for c, p in pairs(probe) do\n"
+    "    for f = 1, #p, 3 * " BITFIELD_MAX " do\n"
+    "      local got = redis.call('BITFIELD_RO', 'engage:seen:' .. c,\n"
+    "        unpack(p, f, math.min(f + 3 * " BITFIELD_MAX " - 1, #p)))\n"
+    "      for j = 1, #got do\n"
+    "        if got[j] ~= 0 then\n"
+    "          return redis.error_reply('ENGAGE_RESEND the newest event of a group was applied "
+    "before')\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "local gfresh, sized = {}, {}\n"
+    "local args, opg, nop, opchunk = {}, {}, 0, nil\n"
+    "local function flush()\n"
+    "  if nop == 0 then return end\n"
+    "  local seen = 'engage:seen:' .. opchunk\n"
+    "  if known[seen] == 'none' and not sized[seen] then\n"
+    "    sized[seen] = true\n"
+    "    redis.call('SETBIT', seen, " SEEN_LAST_BIT ", 0)\n"
+    "  end\n"
+    "  local old = redis.call('BITFIELD', seen, unpack(args, 1, 4 * nop))\n"
+    "  for j = 1, nop do\n"
+    "    if old[j] == 0 then local q = opg[j]; gfresh[q] = (gfresh[q] or 0) + 1 end\n"
+    "  end\n"
+    "  nop = 0\n"
+    "end\n"
+    "for q = 1, ng do\n"
+    "  local g = gs[q]\n"
+    "  if ARGV[g] ~= opchunk then flush(); opchunk = ARGV[g] end\n"
+    "  for k = g + 7, g + 6 + tonumber(ARGV[g + 6]) do\n"
+    "    if nop == " BITFIELD_MAX " then flush() end\n"
+    "    nop = nop + 1\n"
+    "    local o = 4 * nop\n"
+    "    args[o - 3], args[o - 2], args[o - 1], args[o] = 'SET', 'u1', ARGV[k], '1'\n"
+    "    opg[nop] = q\n"
+    "  end\n"
+    "end\n"
+    "flush()\n"
+    "if seen_ttl > 0 then\n"
+    "  for k = 1, nchunk do redis.call('EXPIRE', 'engage:seen:' .. chunks[k], seen_ttl) end\n"
+    "end\n"
+    "local fresh = 0\n"
+    "local counts, buckets = {}, {}\n"
+    "local bidx, bts, bid = {}, {}, {}\n"
+    "for q = 1, ng do\n"
+    "  local n = gfresh[q]\n"
+    "  if n then\n"
+    "    local g = gs[q]\n"
+    "    local cid, bucket = ARGV[g + 1], ARGV[g + 2]\n"
+    "    fresh = fresh + n\n"
+    "    counts[cid] = (counts[cid] or 0) + n\n"
     "    if bucket ~= '' then\n"
     "      local z = buckets[bucket]\n"
     "      if z == nil then z = {}; buckets[bucket] = z end\n"
-    "      z[cid] = (z[cid] or 0) + 1\n"
+    "      z[cid] = (z[cid] or 0) + n\n"
     "    end\n"
-    "    local ts, id = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])\n"
+    "    local ts, id = tonumber(ARGV[g + 3]), tonumber(ARGV[g + 4])\n"
     "    local bt = bts[cid]\n"
     "    if bt == nil or ts > bt or (ts == bt and id > bid[cid]) then\n"
-    "      bidx[cid], bts[cid], bid[cid] = i, ts, id\n"
+    "      bidx[cid], bts[cid], bid[cid] = g, ts, id\n"
     "    end\n"
     "  end\n"
-    "  if seen_ttl > 0 then chunks[seen] = true end\n"
-    "end\n"
-    "for key in pairs(chunks) do redis.call('EXPIRE', key, seen_ttl) end\n"
+    "end\n";
+static const char apply_script_write[] =
     "for cid, n in pairs(counts) do redis.call('INCRBY', 'content:count:' .. cid, n) end\n"
     "for bucket, z in pairs(buckets) do\n"
     "  local key = 'top:content:bucket:' .. bucket\n"
     "  for cid, n in pairs(z) do redis.call('ZINCRBY', key, n, cid) end\n"
     "  redis.call('EXPIRE', key, bucket_ttl)\n"
     "end\n"
-    "for cid, i in pairs(bidx) do\n"
+    "for cid, g in pairs(bidx) do\n"
     "  local last, ord = 'content:last:' .. cid, 'engage:last:' .. cid\n"
-    "  local take = true\n"
-    "  local cur = redis.call('GET', ord)\n"
-    "  if cur and redis.call('EXISTS', last) == 1 then\n"
+    "  local newer = true\n"
+    "  local cur = val[ord]\n"
+    "  if cur and known[last] == 'string' then\n"
     "    local ct, ci = string.match(cur, '^(%-?%d+):(%d+)$')\n"
     "    ct, ci = tonumber(ct), tonumber(ci)\n"
     "    if ct ~= nil and ci ~= nil and\n"
     "       (ct > bts[cid] or (ct == bts[cid] and ci >= bid[cid])) then\n"
-    "      take = false\n"
+    "      newer = false\n"
     "    end\n"
     "  end\n"
-    "  if take then\n"
-    "    redis.call('SET', last, ARGV[i + 6], 'EX', last_ttl)\n"
-    "    redis.call('SET', ord, ARGV[i + 3] .. ':' .. ARGV[i + 4], 'EX', last_ttl)\n"
+    "  if newer then\n"
+    "    redis.call('SET', last, ARGV[g + 5], 'EX', last_ttl)\n"
+    "    redis.call('SET', ord, ARGV[g + 3] .. ':' .. ARGV[g + 4], 'EX', last_ttl)\n"
     "  end\n"
     "end\n"
     "if nwin > 0 then\n"
     "  local top, mark = 'top:content:10m', 'engage:top:end'\n"
-    "  if redis.call('GET', mark) == ARGV[8] and redis.call('EXISTS', top) == 1 then\n"
+    "  if redis.call('GET', mark) == ARGV[9] and redis.call('EXISTS', top) == 1 then\n"
     "    local inwin = {}\n"
-    "    for k = 1, nwin do inwin[ARGV[7 + k]] = true end\n"
+    "    for k = 1, nwin do inwin[ARGV[8 + k]] = true end\n"
     "    for bucket, z in pairs(buckets) do\n"
     "      if inwin[bucket] then\n"
     "        for cid, n in pairs(z) do redis.call('ZINCRBY', top, n, cid) end\n"
@@ -184,35 +282,63 @@ static const char apply_script_write[] =
     "    end\n"
     "  else\n"
     "    local keys = {}\n"
-    "    for k = 1, nwin do keys[k] = 'top:content:bucket:' .. ARGV[7 + k] end\n"
+    "    for k = 1, nwin do keys[k] = 'top:content:bucket:' .. ARGV[8 + k] end\n"
     "    redis.call('ZUNIONSTORE', top, nwin, unpack(keys))\n"
     "  end\n"
-    "  redis.call('SET', mark, ARGV[8], 'EX', top_ttl)\n"
+    "  redis.call('SET', mark, ARGV[9], 'EX', top_ttl)\n"
     "  redis.call('EXPIRE', top, top_ttl)\n"
     "end\n"
     "return {fresh, redis.call('HINCRBY', 'engage:mark', 'seq', 1)}\n";
 
-#define HEADER_ARGS         7 /* ARGV before the window names */
+#define HEADER_ARGS         8 /* ARGV before the window names */
 #define MARK_KEY            "engage:mark"
-#define SEQ_DIGITS          19 /* the write count as the script gets it, zero-padded */
-#define EVENT_ARGS          7  /* ARGV per event */
-#define CALL_PREFIX         3  /* EVALSHA sha 0 */
-#define NUM_SLOT            96 /* bytes of number text per event (79 used at most) */
+#define SEQ_DIGITS          19  /* the write count as the script gets it, zero-padded */
+#define EVENT_ARGS          8   /* ARGV per event at most (a group of one: 7 + its bit) */
+#define CALL_PREFIX         3   /* EVALSHA sha 0 */
+#define NUM_SLOT            8   /* bytes of a seen-set bit's text (7 digits at most) */
+#define GNUM_SLOT           112 /* bytes of a group's numbers and bucket name (97 at most) */
 #define MAX_EXACT           ((int64_t)1 << 53)
 #define MAX_EVENTS_PER_CALL 100000
+
+/* The events of one call go to the script in groups of one seen-set chunk, content and
+ * bucket (build_call). The tables that find them are open addressing over slots that belong
+ * to the call whose stamp they carry. */
+struct call_group {
+    int64_t chunk, minute;
+    int32_t content_id;
+    uint32_t count, start; /* its events: r->order[start, start + count) */
+    uint32_t newest;       /* index in the batch of its newest event */
+};
+
+struct group_slot {
+    uint32_t stamp, group;
+};
+
+struct id_slot {
+    uint32_t stamp;
+    int64_t event_id;
+};
 
 struct redis_sink {
     struct eng_sink base;
     struct eng_redis_url url;
     struct eng_redis_options opt;
     redisContext *ctx;
-    char *script; /* apply_script_check + apply_script_write */
+    char *script; /* apply_script_check + apply_script_seen + apply_script_write */
     char sha[41];
 
     /* One call's argument vector, reused across calls. */
     const char **argv;
     size_t *argvlen;
-    char *num; /* NUM_SLOT bytes per event */
+    char *num;  /* NUM_SLOT bytes per event: its seen-set bit */
+    char *gnum; /* GNUM_SLOT bytes per group: its numbers and bucket name */
+    struct call_group *groups;
+    uint32_t ngroups;
+    uint32_t *order;    /* batch indexes of the call's events, group by group */
+    uint32_t *group_at; /* the group of each event of the call, in the batch's order */
+    struct group_slot *group_slots;
+    struct id_slot *ids;
+    uint32_t slot_mask, stamp;
     char header[4][16];
     char nwin_text[4];
     /* The generation of Redis's data this process writes into ("" until the first open) and
@@ -504,8 +630,8 @@ static bool reply_denied(const char *msg)
 /* Runs one command. On success returns 0 and *out (freed by the caller); a connection
  * failure drops the connection and returns a retriable ENG_EIO; an error reply returns
  * ENG_EIO classified by reply_error_retriable, with what as the message's subject. The
- * reply of a NOSCRIPT or ENGAGE_LOST error is handed back in *out with rc 0, for the caller
- * to handle. */
+ * reply of a NOSCRIPT, ENGAGE_LOST or ENGAGE_RESEND error is handed back in *out with rc 0,
+ * for the caller to handle. */
 static int command(struct redis_sink *r, int argc, const char **argv, const size_t *argvlen,
                    const char *what, redisReply **out, struct eng_error *err)
 {
@@ -518,7 +644,8 @@ static int command(struct redis_sink *r, int argc, const char **argv, const size
         return rc;
     }
     if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) != 0 &&
-        strncmp(reply->str, "ENGAGE_LOST", 11) != 0) {
+        strncmp(reply->str, "ENGAGE_LOST", 11) != 0 &&
+        strncmp(reply->str, "ENGAGE_RESEND", 13) != 0) {
         bool denied = reply_denied(reply->str);
         bool retriable = denied || reply_error_retriable(reply->str);
         int rc = eng_error_set(err, denied ? ENG_EDENIED : ENG_EIO, retriable,
@@ -817,13 +944,174 @@ static void push_arg(struct redis_sink *r, int *argc, const char *p, size_t n)
     (*argc)++;
 }
 
+/* The event time the script orders by, clamped to what a double holds exactly (beyond year
+ * 2255, events of one content are ordered by event_id alone). */
+static int64_t order_ts(const struct eng_event *e)
+{
+    int64_t ts = e->event_ts_us;
+    if (ts > MAX_EXACT - 1)
+        ts = MAX_EXACT - 1;
+    if (ts < -(MAX_EXACT - 1))
+        ts = -(MAX_EXACT - 1);
+    return ts;
+}
+
+static bool newer_than(const struct eng_event *a, const struct eng_event *b)
+{
+    int64_t ta = order_ts(a), tb = order_ts(b);
+    return ta > tb || (ta == tb && a->event_id > b->event_id);
+}
+
+/* The minute bucket an event touches (its minute since the epoch), or NO_BUCKET. */
+#define NO_BUCKET INT64_MIN
+static int64_t bucket_minute(const struct eng_event *e, int64_t bucket_cutoff_us)
+{
+    char name[13];
+    if (e->event_ts_us < bucket_cutoff_us || !minute_name(e->event_ts_us, name))
+        return NO_BUCKET;
+    int64_t m = e->event_ts_us / 60000000;
+    return e->event_ts_us % 60000000 < 0 ? m - 1 : m;
+}
+
+static uint32_t slot_hash(uint64_t x, uint32_t mask)
+{
+    x *= UINT64_C(0x9E3779B97F4A7C15);
+    return (uint32_t)(x >> 32) & mask;
+}
+
+/* True if event_id is already in this call's set of ids (and adds it). */
+static bool id_repeated(struct redis_sink *r, int64_t event_id)
+{
+    for (uint32_t i = slot_hash((uint64_t)event_id, r->slot_mask);; i = (i + 1) & r->slot_mask) {
+        struct id_slot *s = &r->ids[i];
+        if (s->stamp != r->stamp) {
+            *s = (struct id_slot){r->stamp, event_id};
+            return false;
+        }
+        if (s->event_id == event_id)
+            return true;
+    }
+}
+
+/* The group of this call that e belongs to (same seen-set chunk, content and bucket),
+ * created empty when it is the first. */
+static struct call_group *group_of(struct redis_sink *r, const struct eng_event *e, int64_t minute)
+{
+    int64_t chunk = e->event_id >> SEEN_BITS;
+    uint64_t h = (uint64_t)chunk * 31 + (uint64_t)(uint32_t)e->content_id;
+    h = h * 31 + (uint64_t)minute;
+    for (uint32_t i = slot_hash(h, r->slot_mask);; i = (i + 1) & r->slot_mask) {
+        struct group_slot *s = &r->group_slots[i];
+        if (s->stamp != r->stamp) {
+            s->stamp = r->stamp;
+            s->group = r->ngroups++;
+            r->groups[s->group] = (struct call_group){.chunk = chunk,
+                                                      .minute = minute,
+                                                      .content_id = e->content_id,
+                                                      .newest = UINT32_MAX};
+            return &r->groups[s->group];
+        }
+        struct call_group *g = &r->groups[s->group];
+        if (g->chunk == chunk && g->content_id == e->content_id && g->minute == minute)
+            return g;
+    }
+}
+
+static void next_stamp(struct redis_sink *r)
+{
+    if (++r->stamp == 0) { /* wrapped: no slot may look current */
+        memset(r->ids, 0, ((size_t)r->slot_mask + 1) * sizeof(*r->ids));
+        memset(r->group_slots, 0, ((size_t)r->slot_mask + 1) * sizeof(*r->group_slots));
+        r->stamp = 1;
+    }
+}
+
+/* Groups events [first, first + n) of b by (chunk, content, bucket) in the order the groups
+ * first appear, each with its newest event first, into r->groups and r->order. With
+ * all_json (or when an event_id repeats within the call, which then sets *all_json), every
+ * event is a group of its own, in the batch's order. */
+static void group_events(struct redis_sink *r, const struct eng_batch *b, uint32_t first,
+                         uint32_t n, int64_t bucket_cutoff_us, bool *all_json)
+{
+    next_stamp(r);
+    r->ngroups = 0;
+    for (uint32_t k = first; k < first + n && !*all_json; k++) {
+        const struct eng_event *e = &b->events[k];
+        if (id_repeated(r, e->event_id)) {
+            *all_json = true;
+            break;
+        }
+        struct call_group *g = group_of(r, e, bucket_minute(e, bucket_cutoff_us));
+        g->count++;
+        if (g->newest == UINT32_MAX || newer_than(e, &b->events[g->newest]))
+            g->newest = k;
+        r->group_at[k - first] = (uint32_t)(g - r->groups);
+    }
+    if (*all_json) {
+        for (uint32_t k = 0; k < n; k++) {
+            const struct eng_event *e = &b->events[first + k];
+            r->groups[k] = (struct call_group){.minute = bucket_minute(e, bucket_cutoff_us),
+                                               .count = 1,
+                                               .start = k,
+                                               .newest = first + k};
+            r->order[k] = first + k;
+        }
+        r->ngroups = n;
+        return;
+    }
+    uint32_t at = 0;
+    for (uint32_t q = 0; q < r->ngroups; q++) {
+        r->groups[q].start = at;
+        r->order[at] = r->groups[q].newest;
+        at += r->groups[q].count;
+        r->groups[q].count = 1; /* counts up again as the group fills */
+    }
+    for (uint32_t k = first; k < first + n; k++) {
+        struct call_group *g = &r->groups[r->group_at[k - first]];
+        if (k != g->newest)
+            r->order[g->start + g->count++] = k;
+    }
+}
+
+/* Pushes one group: chunk, content_id, bucket, then the time, id and JSON of its newest
+ * event, the number of events and their seen-set bits (the newest's first). */
+static void push_group(struct redis_sink *r, int *argc, const struct eng_batch *b,
+                       const struct call_group *g, char *text)
+{
+    const struct eng_event *e = &b->events[g->newest];
+    const int64_t fields[5] = {e->event_id >> SEEN_BITS, e->content_id, 0, order_ts(e),
+                               e->event_id};
+    for (int f = 0; f < 5; f++) {
+        if (f == 2) {
+            bool named = g->minute != NO_BUCKET && minute_name(e->event_ts_us, text);
+            push_arg(r, argc, text, named ? 12 : 0);
+            text += 13;
+            continue;
+        }
+        size_t l = put_i64(text, fields[f]);
+        push_arg(r, argc, text, l);
+        text += l + 1;
+    }
+    push_arg(r, argc, eng_batch_json(b, e), e->json.len);
+    size_t l = put_i64(text, g->count);
+    push_arg(r, argc, text, l);
+    for (uint32_t k = g->start; k < g->start + g->count; k++) {
+        char *bit = r->num + (size_t)k * NUM_SLOT;
+        int64_t id = b->events[r->order[k]].event_id;
+        push_arg(r, argc, bit, put_i64(bit, id & (((int64_t)1 << SEEN_BITS) - 1)));
+    }
+}
+
 /* Fills the argument vector for events [first, first + n) of b, with the top window when
- * with_window. Returns argc. */
+ * with_window. Unless *all_json, events go in groups of one seen-set chunk, content and
+ * bucket, with the JSON of the newest only (the script answers ENGAGE_RESEND when one of
+ * those was applied before, for it then needs the others'). Returns argc. */
 static int build_call(struct redis_sink *r, const struct eng_batch *b, uint32_t first, uint32_t n,
-                      bool with_window, int64_t bucket_cutoff_us)
+                      bool with_window, bool *all_json, int64_t bucket_cutoff_us)
 {
     int argc = 0;
 
+    group_events(r, b, first, n, bucket_cutoff_us, all_json);
     push_arg(r, &argc, "EVALSHA", 7);
     push_arg(r, &argc, r->sha, 40);
     push_arg(r, &argc, "0", 1);
@@ -831,48 +1119,32 @@ static int build_call(struct redis_sink *r, const struct eng_batch *b, uint32_t 
         push_arg(r, &argc, r->header[i], strlen(r->header[i]));
     push_arg(r, &argc, r->gen, ENG_REDIS_GEN_LEN);
     push_arg(r, &argc, r->seq_text, SEQ_DIGITS);
-    if (with_window) {
+    if (with_window)
         push_arg(r, &argc, r->nwin_text, strlen(r->nwin_text));
-        for (uint32_t w = 0; w < r->opt.top_minutes; w++)
-            push_arg(r, &argc, r->window[w], 12);
-    } else {
+    else
         push_arg(r, &argc, "0", 1);
-    }
-
-    for (uint32_t k = 0; k < n; k++) {
-        const struct eng_event *e = &b->events[first + k];
-        char *p = r->num + (size_t)k * NUM_SLOT;
-        /* Order by event time, clamped to what a double holds exactly (beyond year 2255,
-         * events of one content are ordered by event_id alone). */
-        int64_t ts = e->event_ts_us;
-        if (ts > MAX_EXACT - 1)
-            ts = MAX_EXACT - 1;
-        if (ts < -(MAX_EXACT - 1))
-            ts = -(MAX_EXACT - 1);
-        const int64_t fields[5] = {e->event_id >> SEEN_BITS,
-                                   e->event_id & (((int64_t)1 << SEEN_BITS) - 1), e->content_id, ts,
-                                   e->event_id};
-        for (int f = 0; f < 5; f++) {
-            size_t l = put_i64(p, fields[f]);
-            push_arg(r, &argc, p, l);
-            p += l + 1;
-        }
-        if (e->event_ts_us >= bucket_cutoff_us && minute_name(e->event_ts_us, p))
-            push_arg(r, &argc, p, 12);
-        else
-            push_arg(r, &argc, "", 0);
-        push_arg(r, &argc, eng_batch_json(b, e), e->json.len);
-    }
+    if (*all_json)
+        push_arg(r, &argc, "all", 3);
+    else
+        push_arg(r, &argc, "newest", 6);
+    for (uint32_t w = 0; with_window && w < r->opt.top_minutes; w++)
+        push_arg(r, &argc, r->window[w], 12);
+    for (uint32_t q = 0; q < r->ngroups; q++)
+        push_group(r, &argc, b, &r->groups[q], r->gnum + (size_t)q * GNUM_SLOT);
     return argc;
 }
 
-/* Runs one prepared call, reloading the script on NOSCRIPT (after a server restart or SCRIPT
- * FLUSH) and taking up Redis's new generation on ENGAGE_LOST (the loss is reported through
- * mark_sync; the call then writes into the new generation). Adds the number of events not
+/* Applies events [first, first + n) of b in one call, reloading the script on NOSCRIPT
+ * (after a server restart or SCRIPT FLUSH), taking up Redis's new generation on
+ * ENGAGE_LOST (the loss is reported through mark_sync; the call then writes into the new
+ * generation) and sending every event's JSON on ENGAGE_RESEND. Adds the number of events not
  * seen before to *fresh. */
-static int run_call(struct redis_sink *r, int argc, uint64_t *fresh, struct eng_error *err)
+static int run_call(struct redis_sink *r, const struct eng_batch *b, uint32_t first, uint32_t n,
+                    int64_t bucket_cutoff_us, uint64_t *fresh, struct eng_error *err)
 {
-    for (int attempt = 0; attempt < 4; attempt++) {
+    bool all_json = false;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        int argc = build_call(r, b, first, n, true, &all_json, bucket_cutoff_us);
         redisReply *reply;
         int rc = command(r, argc, r->argv, r->argvlen, "apply script", &reply, err);
         if (rc != 0)
@@ -886,6 +1158,11 @@ static int run_call(struct redis_sink *r, int argc, uint64_t *fresh, struct eng_
             freeReplyObject(reply);
             return 0;
         }
+        if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "ENGAGE_RESEND", 13) == 0) {
+            freeReplyObject(reply);
+            all_json = true;
+            continue;
+        }
         bool lost = reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "ENGAGE_LOST", 11) == 0;
         if (reply->type == REDIS_REPLY_ERROR) {
             eng_info("msg=\"redis sink %s\" reply=\"%s\"",
@@ -895,7 +1172,7 @@ static int run_call(struct redis_sink *r, int argc, uint64_t *fresh, struct eng_
             rc = lost ? mark_sync(r, err) : load_script(r, err);
             if (rc != 0)
                 return rc;
-            continue; /* r->argv points at r->sha, r->gen and r->seq_text, now updated */
+            continue;
         }
         freeReplyObject(reply);
         return eng_error_set(err, ENG_EPROTO, false, "redis apply script: unexpected reply");
@@ -946,8 +1223,7 @@ static int redis_write(struct eng_sink *s, const struct eng_batch *b, struct eng
         uint32_t n = b->n - first;
         if (n > r->opt.max_events_per_call)
             n = r->opt.max_events_per_call;
-        int argc = build_call(r, b, first, n, true, cutoff);
-        rc = run_call(r, argc, &fresh, err);
+        rc = run_call(r, b, first, n, cutoff, &fresh, err);
         if (rc != 0)
             goto fail;
         first += n;
@@ -975,6 +1251,12 @@ static void redis_destroy(struct eng_sink *s)
     free(r->argv);
     free(r->argvlen);
     free(r->num);
+    free(r->gnum);
+    free(r->groups);
+    free(r->order);
+    free(r->group_at);
+    free(r->group_slots);
+    free(r->ids);
     free(r);
 }
 
@@ -1030,15 +1312,27 @@ static bool options_resolve(const struct eng_redis_options *opt, struct eng_redi
 static void call_buffers_alloc(struct redis_sink *r)
 {
     const struct eng_redis_options *o = &r->opt;
-    r->script = eng_malloc(sizeof(apply_script_check) + sizeof(apply_script_write));
-    memcpy(r->script, apply_script_check, sizeof(apply_script_check) - 1);
-    memcpy(r->script + sizeof(apply_script_check) - 1, apply_script_write,
-           sizeof(apply_script_write));
+    const size_t check = sizeof(apply_script_check) - 1, seen = sizeof(apply_script_seen) - 1;
+    r->script = eng_malloc(check + seen + sizeof(apply_script_write));
+    memcpy(r->script, apply_script_check, check);
+    memcpy(r->script + check, apply_script_seen, seen);
+    memcpy(r->script + check + seen, apply_script_write, sizeof(apply_script_write));
     size_t cap = CALL_PREFIX + HEADER_ARGS + ENG_REDIS_MAX_TOP_MINUTES +
                  (size_t)EVENT_ARGS * o->max_events_per_call;
     r->argv = eng_calloc(cap, sizeof(*r->argv));
     r->argvlen = eng_calloc(cap, sizeof(*r->argvlen));
-    r->num = eng_malloc((size_t)NUM_SLOT * o->max_events_per_call);
+    size_t max = o->max_events_per_call;
+    r->num = eng_malloc(NUM_SLOT * max);
+    r->gnum = eng_malloc(GNUM_SLOT * max);
+    r->groups = eng_calloc(max, sizeof(*r->groups));
+    r->order = eng_calloc(max, sizeof(*r->order));
+    r->group_at = eng_calloc(max, sizeof(*r->group_at));
+    size_t slots = 2;
+    while (slots < 2 * max)
+        slots *= 2;
+    r->group_slots = eng_calloc(slots, sizeof(*r->group_slots));
+    r->ids = eng_calloc(slots, sizeof(*r->ids));
+    r->slot_mask = (uint32_t)(slots - 1);
     put_i64(r->header[0], o->last_ttl_s);
     put_i64(r->header[1], o->bucket_ttl_s);
     put_i64(r->header[2], o->seen_ttl_s);
