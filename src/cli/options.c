@@ -101,6 +101,11 @@ static const struct {
     {OPT_ADMIN_ADDR, ENG_CMD_CAPTURE, "127.0.0.1:9188"},
     /* capture's events are Debezium records of about 3.8 KB: 32 MB queue 8,000 of them */
     {OPT_QUEUE_MB, ENG_CMD_CAPTURE, "32"},
+    /* backfill has a backlog, not a stream: the sinks write as fast as they take it (an insert
+     * that waits for the interval only holds ClickHouse back), and Redis in calls that share
+     * more of their per-content work (each holds Redis for about 30 ms) */
+    {OPT_CLICKHOUSE_INTERVAL_MS, ENG_CMD_BACKFILL, "0"},
+    {OPT_REDIS_CALL_EVENTS, ENG_CMD_BACKFILL, "20000"},
 };
 
 static const char *default_for(enum eng_cmd_id cmd, int id)
