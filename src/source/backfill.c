@@ -62,6 +62,7 @@ struct backfill {
     char state_path[4096];
     char state_name[40];      /* backfill-<hash of the range>.state */
     struct page_key after;    /* the last row submitted (before the first row at the start) */
+    bool in_flight;           /* the query for the page after the one in hand was sent */
     uint64_t pages;           /* submitted */
     struct eng_checkpoint cp; /* cp.acked: the last page saved as the resume point */
     struct pending_page *pending;
@@ -72,6 +73,7 @@ struct backfill {
 static int connect_and_prepare(struct backfill *b, struct eng_error *err)
 {
     PQfinish(b->conn);
+    b->in_flight = false;
     b->conn = eng_pg_connect(b->opt->conninfo, "engage-backfill", false, err);
     if (b->conn == NULL)
         return err->code;
@@ -273,18 +275,48 @@ static int park_row(struct backfill *b, const PGresult *r, int row, const char *
     return rc;
 }
 
-/* Queries the next page. Returns the result (0 rows at the end) or NULL with err set. */
-static PGresult *query_page(struct backfill *b, struct eng_error *err)
+/* Sends the query for the page after key; its result is read by recv_page. The next page's
+ * query goes out as soon as a page has arrived, so that PostgreSQL reads it while this
+ * page is enriched and submitted (a page query waited for, then the page processed, left
+ * each side idle half the time). Returns 0 or an error with err set. */
+static int send_page(struct backfill *b, const struct page_key *key, struct eng_error *err)
 {
     char limit[16];
     snprintf(limit, sizeof(limit), "%u", b->opt->page_events);
-    const char *params[] = {b->start, b->end, b->after.ts, b->after.id, limit};
-    return eng_pg_exec(b->conn,
-                       "SELECT event_id, content_id, user_id, event_type, event_ts, duration_ms, "
-                       "device FROM engagement_events WHERE event_ts >= $1::timestamp AND "
-                       "event_ts < $2::timestamp AND (event_ts, event_id) > ($3::timestamp, "
-                       "$4::bigint) ORDER BY event_ts, event_id LIMIT $5::int",
-                       5, params, err, "could not read engagement_events");
+    const char *params[] = {b->start, b->end, key->ts, key->id, limit};
+    if (PQsendQueryParams(b->conn,
+                          "SELECT event_id, content_id, user_id, event_type, event_ts, "
+                          "duration_ms, device FROM engagement_events WHERE event_ts >= "
+                          "$1::timestamp AND event_ts < $2::timestamp AND (event_ts, event_id) > "
+                          "($3::timestamp, $4::bigint) ORDER BY event_ts, event_id LIMIT $5::int",
+                          5, NULL, params, NULL, NULL, 0) != 1)
+        return eng_pg_fail(err, b->conn, "could not read engagement_events");
+    b->in_flight = true;
+    return 0;
+}
+
+/* The result of the query send_page sent: the page (0 rows at the end) or NULL with err
+ * set. */
+static PGresult *recv_page(struct backfill *b, struct eng_error *err)
+{
+    b->in_flight = false;
+    PGresult *page = NULL, *r;
+    while ((r = PQgetResult(b->conn)) != NULL) {
+        if (page == NULL)
+            page = r;
+        else
+            PQclear(r);
+    }
+    if (page == NULL) {
+        eng_pg_fail(err, b->conn, "could not read engagement_events");
+        return NULL;
+    }
+    if (PQresultStatus(page) != PGRES_TUPLES_OK) {
+        eng_pg_error(err, b->conn, page, "could not read engagement_events");
+        PQclear(page);
+        return NULL;
+    }
+    return page;
 }
 
 /* Turns a page's rows into a batch of enriched events; rows that are not events are parked. */
@@ -476,7 +508,9 @@ enum page_outcome { PAGE_MORE, PAGE_LAST, PAGE_STOPPED, PAGE_FAILED };
 static enum page_outcome next_page(struct backfill *b, struct eng_backoff *bo,
                                    struct eng_error *err)
 {
-    PGresult *r = query_page(b, err);
+    PGresult *r = NULL;
+    if (b->in_flight || send_page(b, &b->after, err) == 0)
+        r = recv_page(b, err);
     if (r == NULL) {
         if (!err->retriable)
             return PAGE_FAILED;
@@ -492,6 +526,10 @@ static enum page_outcome next_page(struct backfill *b, struct eng_backoff *bo,
     struct page_key key;
     snprintf(key.ts, sizeof(key.ts), "%s", PQgetvalue(r, n - 1, ENG_COL_EVENT_TS));
     snprintf(key.id, sizeof(key.id), "%s", PQgetvalue(r, n - 1, ENG_COL_EVENT_ID));
+    /* The next page is read meanwhile; a failure to send shows when it is read. */
+    struct eng_error serr;
+    if ((uint32_t)n == b->opt->page_events && send_page(b, &key, &serr) != 0)
+        b->in_flight = false;
     struct eng_batch *batch = NULL;
     int rc = page_batch(b, r, &batch, err);
     PQclear(r);
