@@ -632,11 +632,11 @@ static bool reply_denied(const char *msg)
  * ENG_EIO classified by reply_error_retriable, with what as the message's subject. The
  * reply of a NOSCRIPT, ENGAGE_LOST or ENGAGE_RESEND error is handed back in *out with rc 0,
  * for the caller to handle. */
-static int command(struct redis_sink *r, int argc, const char **argv, const size_t *argvlen,
-                   const char *what, redisReply **out, struct eng_error *err)
+/* command()'s reading of a reply (NULL: the connection failed). */
+static int checked_reply(struct redis_sink *r, redisReply *reply, const char *what,
+                         redisReply **out, struct eng_error *err)
 {
     *out = NULL;
-    redisReply *reply = redisCommandArgv(r->ctx, argc, argv, argvlen);
     if (reply == NULL) {
         int rc = eng_error_set(err, ENG_EIO, true, "redis %s failed on \"%s:%d\": %s", what,
                                r->url.host, r->url.port, r->ctx->errstr);
@@ -657,6 +657,12 @@ static int command(struct redis_sink *r, int argc, const char **argv, const size
     }
     *out = reply;
     return 0;
+}
+
+static int command(struct redis_sink *r, int argc, const char **argv, const size_t *argvlen,
+                   const char *what, redisReply **out, struct eng_error *err)
+{
+    return checked_reply(r, redisCommandArgv(r->ctx, argc, argv, argvlen), what, out, err);
 }
 
 static int load_script(struct redis_sink *r, struct eng_error *err)
@@ -1134,6 +1140,20 @@ static int build_call(struct redis_sink *r, const struct eng_batch *b, uint32_t 
     return argc;
 }
 
+/* True when reply is the script's answer of success: {fresh, seq}, taken into *fresh and
+ * r->seq. */
+static bool applied(struct redis_sink *r, const redisReply *reply, uint64_t *fresh)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER || reply->element[0]->integer < 0 ||
+        reply->element[1]->type != REDIS_REPLY_INTEGER)
+        return false;
+    *fresh += (uint64_t)reply->element[0]->integer;
+    if (reply->element[1]->integer > r->seq)
+        set_seq(r, reply->element[1]->integer);
+    return true;
+}
+
 /* Applies events [first, first + n) of b in one call, reloading the script on NOSCRIPT
  * (after a server restart or SCRIPT FLUSH), taking up Redis's new generation on
  * ENGAGE_LOST (the loss is reported through mark_sync; the call then writes into the new
@@ -1149,12 +1169,7 @@ static int run_call(struct redis_sink *r, const struct eng_batch *b, uint32_t fi
         int rc = command(r, argc, r->argv, r->argvlen, "apply script", &reply, err);
         if (rc != 0)
             return rc;
-        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
-            reply->element[0]->type == REDIS_REPLY_INTEGER && reply->element[0]->integer >= 0 &&
-            reply->element[1]->type == REDIS_REPLY_INTEGER) {
-            *fresh += (uint64_t)reply->element[0]->integer;
-            if (reply->element[1]->integer > r->seq)
-                set_seq(r, reply->element[1]->integer);
+        if (applied(r, reply, fresh)) {
             freeReplyObject(reply);
             return 0;
         }
@@ -1179,6 +1194,88 @@ static int run_call(struct redis_sink *r, const struct eng_batch *b, uint32_t fi
     }
     return eng_error_set(err, ENG_EIO, true,
                          "redis apply script: the script or the mark changed on every attempt");
+}
+
+/* Sends the call for events [first, first + n) of b without waiting for its answer. */
+static int send_call(struct redis_sink *r, const struct eng_batch *b, uint32_t first, uint32_t n,
+                     int64_t bucket_cutoff_us, struct eng_error *err)
+{
+    bool all_json = false;
+    int argc = build_call(r, b, first, n, true, &all_json, bucket_cutoff_us);
+    int done = 0;
+    if (redisAppendCommandArgv(r->ctx, argc, r->argv, r->argvlen) != REDIS_OK)
+        done = -1;
+    while (done == 0) {
+        if (redisBufferWrite(r->ctx, &done) != REDIS_OK)
+            done = -1;
+    }
+    if (done > 0)
+        return 0;
+    int rc = eng_error_set(err, ENG_EIO, true, "redis apply script failed on \"%s:%d\": %s",
+                           r->url.host, r->url.port, r->ctx->errstr);
+    drop_connection(r);
+    return rc;
+}
+
+/* Reads the answer to the oldest call send_call sent: 0 with *ok set (false: the answer
+ * asks for the call again through run_call, which knows what to do), or an error. */
+static int recv_call(struct redis_sink *r, uint64_t *fresh, bool *ok, struct eng_error *err)
+{
+    void *raw = NULL;
+    if (redisGetReply(r->ctx, &raw) != REDIS_OK)
+        raw = NULL;
+    redisReply *reply;
+    int rc = checked_reply(r, raw, "apply script", &reply, err);
+    if (rc != 0)
+        return rc;
+    *ok = applied(r, reply, fresh);
+    if (!*ok && reply->type != REDIS_REPLY_ERROR)
+        rc = eng_error_set(err, ENG_EPROTO, false, "redis apply script: unexpected reply");
+    freeReplyObject(reply);
+    return rc;
+}
+
+static uint32_t slice_len(const struct redis_sink *r, const struct eng_batch *b, uint32_t first)
+{
+    uint32_t n = b->n - first;
+    return n > r->opt.max_events_per_call ? r->opt.max_events_per_call : n;
+}
+
+/* Applies b in calls of at most max_events_per_call events, the next call sent before the
+ * answer to the one before is read: Redis runs a call while this thread builds the next
+ * (one at a time, it idled meanwhile). An answer that asks for its call again (NOSCRIPT,
+ * ENGAGE_LOST, ENGAGE_RESEND) turns the rest of the batch over to run_call, one call at a
+ * time; calls are idempotent, so one that was applied and is sent again changes nothing. */
+static int apply_batch(struct redis_sink *r, const struct eng_batch *b, int64_t bucket_cutoff_us,
+                       uint64_t *fresh, struct eng_error *err)
+{
+    uint32_t a = 0, na = slice_len(r, b, 0);
+    int rc = send_call(r, b, a, na, bucket_cutoff_us, err);
+    bool ok = true;
+    while (rc == 0 && ok) {
+        uint32_t c = a + na, nc = slice_len(r, b, c);
+        if (nc > 0)
+            rc = send_call(r, b, c, nc, bucket_cutoff_us, err);
+        if (rc == 0)
+            rc = recv_call(r, fresh, &ok, err);
+        bool ok_c = true;
+        if (rc == 0 && !ok && nc > 0)
+            rc = recv_call(r, fresh, &ok_c, err); /* drained: the rest goes one by one */
+        if (rc == 0 && !ok)
+            rc = run_call(r, b, a, na, bucket_cutoff_us, fresh, err);
+        if (rc == 0 && !ok_c)
+            rc = run_call(r, b, c, nc, bucket_cutoff_us, fresh, err);
+        for (uint32_t k = c + nc; rc == 0 && !ok && k < b->n; k += slice_len(r, b, k))
+            rc = run_call(r, b, k, slice_len(r, b, k), bucket_cutoff_us, fresh, err);
+        if (nc == 0 || !ok)
+            break;
+        a = c;
+        na = nc;
+    }
+    if (rc != 0 && r->ctx != NULL)
+        drop_connection(r); /* a call may still be on its way: its answer must not be read as
+                             * the answer to the next write's (open connects again) */
+    return rc;
 }
 
 static int redis_write(struct eng_sink *s, const struct eng_batch *b, struct eng_error *err)
@@ -1218,16 +1315,9 @@ static int redis_write(struct eng_sink *s, const struct eng_batch *b, struct eng
     int64_t cutoff = now - (int64_t)r->opt.bucket_ttl_s * 1000000;
 
     uint64_t fresh = 0;
-    uint32_t first = 0;
-    do {
-        uint32_t n = b->n - first;
-        if (n > r->opt.max_events_per_call)
-            n = r->opt.max_events_per_call;
-        rc = run_call(r, b, first, n, cutoff, &fresh, err);
-        if (rc != 0)
-            goto fail;
-        first += n;
-    } while (first < b->n);
+    rc = apply_batch(r, b, cutoff, &fresh, err);
+    if (rc != 0)
+        goto fail;
 
     eng_counter_add(r->m_events, b->n);
     eng_counter_add(r->m_batches, 1);
